@@ -1,0 +1,12 @@
+"""dspkg: dataset version packaging for datasets of many small files.
+
+Publish a job's outputs as an immutable dataset version packed into a few
+uncompressed ZIP packages, and pull versions into an inputs directory through a
+shared local cache. See :mod:`dspkg.api` for the functions below.
+"""
+
+from dspkg import errors
+from dspkg.api import datasets, publish, pull, show, versions
+
+__all__ = ["datasets", "errors", "publish", "pull", "show", "versions"]
+__version__ = "0.1.0"

@@ -1,0 +1,144 @@
+"""The public Python API: what the command line does, callable from notebooks and training code.
+
+Every function is synchronous, reads the environment (or the ``env`` mapping it is
+given) only here, returns a typed result whose ``to_json()`` is what ``--json``
+prints, and raises the errors of :mod:`dspkg.errors`.
+
+    >>> import dspkg
+    >>> dspkg.publish("/valohai/outputs", store="s3://bucket/datasets")   # doctest: +SKIP
+    >>> dspkg.pull("dataset://images/train-v1", "/valohai/inputs/images")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from dspkg.browse import (
+    DatasetSummary,
+    VersionDetails,
+    VersionSummary,
+    describe_version,
+    list_datasets,
+    list_versions,
+)
+from dspkg.cache import Cache
+from dspkg.catalog import Catalog
+from dspkg.config import Settings
+from dspkg.materialize import LinkMode
+from dspkg.names import VersionUri, check_name
+from dspkg.progress import Progress
+from dspkg.publisher import PublishOptions, PublishResult, publish_outputs
+from dspkg.puller import PullOptions, PullResult, pull_version
+from dspkg.sizes import parse_size
+from dspkg.store import Store, open_store
+from dspkg.transfer import run_sync
+
+StoreLike = Store | str | None
+
+
+def resolve_store(
+    store: StoreLike, settings: Settings, options: Mapping[str, str] | None = None
+) -> Store:
+    """A :class:`Store` from a Store, a URL, or the configured default."""
+    if isinstance(store, Store):
+        return store
+    return open_store(store or settings.store_url, options, settings.env)
+
+
+def publish(
+    outputs_dir: str | Path,
+    *,
+    store: StoreLike = None,
+    packaging: bool | None = None,
+    packages_only: bool = False,
+    package_size: int | str = "1GiB",
+    jobs: int = 32,
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> PublishResult:
+    """Publish the dataset versions that the metadata in ``outputs_dir`` asks for.
+
+    ``packaging``: None follows each version's ``"packaging": true`` gated by
+    ``VH_ENABLE_DATASET_VERSION_PACKAGING``; True packages every version; False none.
+    """
+    settings = Settings.from_env(env)
+    options = PublishOptions(
+        packaging=packaging,
+        gate=settings.packaging_gate,
+        packages_only=packages_only,
+        package_size=max(parse_size(package_size), 1),
+        jobs=max(jobs, 1),
+    )
+    target = resolve_store(store, settings, store_options)
+    return run_sync(publish_outputs(Path(outputs_dir), target, options, progress))
+
+
+def pull(
+    uri: str,
+    dest: str | Path,
+    *,
+    store: StoreLike = None,
+    link: str | LinkMode = LinkMode.AUTO,
+    jobs: int = 16,
+    dry_run: bool = False,
+    cache_dir: str | Path | None = None,
+    refetch: bool | None = None,
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> PullResult:
+    """Make ``dataset://<dataset>/<version-or-alias>`` appear in ``dest`` (absent or empty).
+
+    ``refetch`` (default: ``VH_NO_DATA_CACHE``) downloads again what the cache holds.
+    """
+    settings = Settings.from_env(env)
+    version = VersionUri.parse(uri)
+    options = PullOptions(
+        link=LinkMode.parse(str(link)),
+        jobs=max(jobs, 1),
+        dry_run=dry_run,
+        refetch=settings.no_data_cache if refetch is None else refetch,
+    )
+    source = resolve_store(store, settings, store_options)
+    with Cache(Path(cache_dir) if cache_dir else settings.cache_dir) as cache:
+        return run_sync(pull_version(version, Path(dest), source, cache, options, progress))
+
+
+def datasets(
+    *,
+    store: StoreLike = None,
+    store_options: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[DatasetSummary]:
+    """Every dataset in the store, with its number of versions and ``latest``."""
+    source = resolve_store(store, Settings.from_env(env), store_options)
+    return run_sync(list_datasets(Catalog(source)))
+
+
+def versions(
+    dataset: str,
+    *,
+    store: StoreLike = None,
+    store_options: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[VersionSummary]:
+    """The versions of ``dataset`` (a name or ``dataset://name``), oldest first."""
+    name = dataset.removeprefix("dataset://").rstrip("/")
+    check_name(name, what="dataset name")
+    source = resolve_store(store, Settings.from_env(env), store_options)
+    return run_sync(list_versions(Catalog(source), name))
+
+
+def show(
+    uri: str,
+    *,
+    store: StoreLike = None,
+    store_options: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> VersionDetails:
+    """One version: files, bytes, parent, aliases and packages."""
+    version = VersionUri.parse(uri)
+    source = resolve_store(store, Settings.from_env(env), store_options)
+    return run_sync(describe_version(Catalog(source), version))

@@ -1,0 +1,1 @@
+"""Benchmark harness for `dspkg bench`: network emulation and workloads."""

@@ -1,0 +1,130 @@
+"""What ``ls`` and ``show`` report: datasets, their versions, and one version in detail."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from dspkg.catalog import Catalog
+from dspkg.manifest import Manifest
+from dspkg.names import VersionUri
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    name: str
+    versions: int
+    latest: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dataset": self.name, "versions": self.versions, "latest": self.latest}
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    uri: str
+    version: str
+    created: str | None
+    aliases: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "version": self.version,
+            "created": self.created,
+            "aliases": list(self.aliases),
+        }
+
+
+@dataclass(frozen=True)
+class VersionDetails:
+    manifest: Manifest
+    aliases: tuple[str, ...]
+    package_bytes: int
+
+    def to_json(self, *, files: bool = False) -> dict[str, Any]:
+        m = self.manifest
+        used = Counter(f.package for f in m.files if f.package is not None)
+        doc: dict[str, Any] = {
+            "uri": str(m.uri),
+            "dataset": m.dataset,
+            "version": m.version,
+            "from": m.parent,
+            "created_at": m.created_at,
+            "files": len(m.files),
+            "bytes": m.total_bytes,
+            "aliases": list(self.aliases),
+            "blobs": m.blobs,
+            "packaged_files": sum(used.values()),
+            "packages": [
+                {
+                    "name": p.name,
+                    "key": p.key,
+                    "size": p.size,
+                    "entries": p.entries,
+                    "sha256": p.sha256,
+                    "files_used": used[i],
+                }
+                for i, p in enumerate(m.packages)
+            ],
+        }
+        if files:
+            doc["file_list"] = [
+                {
+                    "path": f.path,
+                    "size": f.size,
+                    "sha256": f.sha256,
+                    "package": m.packages[f.package].name if f.package is not None else None,
+                    "offset": f.offset,
+                }
+                for f in m.files
+            ]
+        return doc
+
+
+async def list_datasets(catalog: Catalog) -> list[DatasetSummary]:
+    found = []
+    for name in await catalog.datasets():
+        versions = await catalog.versions(name)
+        latest = await catalog.read_alias(name, "latest")
+        found.append(DatasetSummary(name, len(versions), latest))
+    return found
+
+
+async def list_versions(catalog: Catalog, dataset: str) -> list[VersionSummary]:
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (await catalog.aliases(dataset)).items():
+        aliases.setdefault(version, []).append(alias)
+    infos = await catalog.store.list(f"datasets/{dataset}/versions/")
+    summaries = []
+    for info in infos:
+        name = info.key.rpartition("/")[2]
+        if not name.endswith(".json"):
+            continue
+        version = name.removesuffix(".json")
+        created = info.modified.strftime("%Y-%m-%dT%H:%M:%SZ") if info.modified else None
+        summaries.append(
+            VersionSummary(
+                uri=str(VersionUri(dataset, version)),
+                version=version,
+                created=created,
+                aliases=tuple(sorted(aliases.get(version, []))),
+            )
+        )
+    summaries.sort(key=lambda s: (s.created or "", s.version))
+    return summaries
+
+
+async def describe_version(catalog: Catalog, uri: VersionUri) -> VersionDetails:
+    manifest = await catalog.read_manifest(uri)
+    aliases = sorted(
+        alias
+        for alias, version in (await catalog.aliases(manifest.dataset)).items()
+        if version == manifest.version
+    )
+    return VersionDetails(
+        manifest=manifest,
+        aliases=tuple(aliases),
+        package_bytes=sum(p.size for p in manifest.packages),
+    )

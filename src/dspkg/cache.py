@@ -1,0 +1,339 @@
+"""The local, content-addressed cache that pulls fill and later pulls reuse.
+
+Layout under the cache root (``$DSPKG_CACHE`` or the user cache directory)::
+
+    objects/<hex[0:2]>/<hex[2:]>     file contents by sha256: read-only, fixed mtime
+    tmp/<host>-<pid>-<rand>/         one private directory per running process
+    tmp/<host>-<pid>-<rand>.lock     held (flock) while that process lives
+    manifests/<store-id>/<dataset>/<version>.json    copies of immutable manifests
+    versions/<store-id>/<dataset>/<version>.json     what a pulled version uses, last use
+
+Correctness never depends on a lock: every file is written under a private temp
+name and renamed into place, so a reader sees a whole object or none, and a
+process killed at any moment leaves only its temp directory, which the next
+process sweeps. A cached object carries a fixed mtime and no write bits; anything
+that wrote to it (through a hardlink, say) changed its mtime or size, so
+:meth:`Cache.lookup` drops it and the pull fetches it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import stat
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dspkg.errors import CacheError
+from dspkg.names import VersionUri
+
+# 2000-01-01T00:00:00Z: every cached object carries this mtime (see module docstring).
+SENTINEL_NS = 946_684_800 * 10**9
+STALE_FOREIGN_TEMP = 24 * 3600
+
+
+def store_id(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def cache_error(exc: OSError, where: Path | str) -> CacheError:
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        return CacheError(
+            f"no space left in the cache directory {where}; free space, run "
+            "'dspkg cache prune --max-size SIZE', or point DSPKG_CACHE elsewhere",
+            path=str(where),
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CacheError(
+            f"cannot write to the cache directory {where} ({exc.strerror}); fix its permissions "
+            "or point DSPKG_CACHE elsewhere",
+            path=str(where),
+        )
+    return CacheError(f"cache directory {where}: {exc.strerror or exc}", path=str(where))
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What the cache knows of a version it served: its objects and when it was last used."""
+
+    store: str
+    uri: str
+    files: int
+    nbytes: int
+    objects: tuple[str, ...]
+    last_used: float
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "bytes": self.nbytes,
+                "files": self.files,
+                "last_used": self.last_used,
+                "objects": list(self.objects),
+                "schema_version": 1,
+                "store": self.store,
+                "uri": self.uri,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> VersionRecord:
+        doc = json.loads(data)
+        return cls(
+            store=str(doc["store"]),
+            uri=str(doc["uri"]),
+            files=int(doc["files"]),
+            nbytes=int(doc["bytes"]),
+            objects=tuple(str(o) for o in doc["objects"]),
+            last_used=float(doc["last_used"]),
+        )
+
+
+class Cache:
+    """One process's handle on the shared cache directory; use as a context manager."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.tmp = root / "tmp"
+        self.manifests = root / "manifests"
+        self.versions = root / "versions"
+        self.locks = root / "locks"
+        self._own: Path | None = None
+        self._lock_fd: int | None = None
+        self._counter = 0
+
+    def __enter__(self) -> Cache:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        try:
+            for path in (self.objects, self.tmp, self.manifests, self.versions, self.locks):
+                path.mkdir(parents=True, exist_ok=True)
+            if not (self.objects / "ff").is_dir():
+                for i in range(256):
+                    (self.objects / f"{i:02x}").mkdir(exist_ok=True)
+            self.sweep()
+            name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+            lock_path = self.tmp / f"{name}.lock"
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            own = self.tmp / name
+            own.mkdir()
+        except OSError as exc:
+            raise cache_error(exc, self.root) from None
+        self._lock_fd = fd
+        self._own = own
+
+    def close(self) -> None:
+        if self._own is not None:
+            shutil.rmtree(self._own, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (self.tmp / f"{self._own.name}.lock").unlink()
+            self._own = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def sweep(self) -> int:
+        """Remove temp directories of processes that are gone; return how many."""
+        removed = 0
+        host = socket.gethostname()
+        for lock in self.tmp.glob("*.lock"):
+            name = lock.name[: -len(".lock")]
+            if self._owner_alive(lock, name, host):
+                continue
+            shutil.rmtree(self.tmp / name, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            removed += 1
+        for orphan in self.tmp.iterdir():
+            # A directory whose lock file is gone: its owner died between the two removals.
+            if orphan.is_dir() and not (self.tmp / f"{orphan.name}.lock").exists():
+                shutil.rmtree(orphan, ignore_errors=True)
+                removed += 1
+        return removed
+
+    @staticmethod
+    def _owner_alive(lock: Path, name: str, host: str) -> bool:
+        owner_host, _, pid_text = name.rpartition("-")[0].rpartition("-")
+        if owner_host != host:
+            # Another machine sharing this cache: only its lock or great age tells.
+            try:
+                return time.time() - lock.stat().st_mtime < STALE_FOREIGN_TEMP
+            except OSError:
+                return False
+        try:
+            pid = int(pid_text)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError):
+            return False
+        except PermissionError:
+            return True
+        # The pid lives, but pids are reused: the lock says whether our process holds it.
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return pid == os.getpid()
+
+    # --- objects -------------------------------------------------------------------
+
+    def object_path(self, sha256: str) -> Path:
+        return self.objects / sha256[:2] / sha256[2:]
+
+    def lookup(self, sha256: str, size: int) -> bool:
+        """True if the object is cached and untouched; a changed object is dropped."""
+        path = self.objects / sha256[:2] / sha256[2:]
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise cache_error(exc, path) from None
+        if _fingerprint_ok(info, size):
+            return True
+        self.drop(sha256)
+        return False
+
+    def drop(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.object_path(sha256))
+
+    def temp_path(self) -> Path:
+        if self._own is None:
+            raise RuntimeError("cache is not open")
+        self._counter += 1
+        return self._own / str(self._counter)
+
+    def write_object(self, sha256: str, pieces: Sequence[bytes | memoryview]) -> None:
+        """Insert verified bytes under their sha256, atomically."""
+        tmp = self.temp_path()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+            try:
+                for piece in pieces:
+                    _write_all(fd, piece)
+                os.utime(fd, ns=(SENTINEL_NS, SENTINEL_NS))
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.objects / sha256[:2] / sha256[2:])
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise cache_error(exc, self.root) from None
+
+    def commit_temp(self, tmp: Path, sha256: str) -> None:
+        """Move a verified temp file (written by the caller) into place as an object."""
+        try:
+            os.chmod(tmp, 0o444)
+            os.utime(tmp, ns=(SENTINEL_NS, SENTINEL_NS))
+            os.rename(tmp, self.object_path(sha256))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise cache_error(exc, self.root) from None
+
+    def iter_objects(self) -> Iterable[tuple[str, Path]]:
+        for sub in sorted(self.objects.iterdir()):
+            if not sub.is_dir():
+                continue
+            for entry in os.scandir(sub):
+                yield sub.name + entry.name, Path(entry.path)
+
+    # --- manifests and version records ----------------------------------------------
+
+    def _record_path(self, base: Path, store: str, uri: VersionUri) -> Path:
+        return base / store_id(store) / uri.dataset / f"{uri.version}.json"
+
+    def load_manifest(self, store: str, uri: VersionUri) -> bytes | None:
+        try:
+            return self._record_path(self.manifests, store, uri).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise cache_error(exc, self.manifests) from None
+
+    def save_manifest(self, store: str, uri: VersionUri, data: bytes) -> None:
+        self._write_atomic(self._record_path(self.manifests, store, uri), data)
+
+    def record_version(
+        self, store: str, uri: VersionUri, *, files: int, nbytes: int, objects: Iterable[str]
+    ) -> None:
+        record = VersionRecord(
+            store=store,
+            uri=str(uri),
+            files=files,
+            nbytes=nbytes,
+            objects=tuple(sorted(set(objects))),
+            last_used=time.time(),
+        )
+        self._write_atomic(self._record_path(self.versions, store, uri), record.to_json())
+
+    def version_records(self) -> list[tuple[Path, VersionRecord]]:
+        found: list[tuple[Path, VersionRecord]] = []
+        for path in sorted(self.versions.glob("*/*/*.json")):
+            try:
+                found.append((path, VersionRecord.from_json(path.read_bytes())))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return found
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        tmp = self.temp_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise cache_error(exc, self.root) from None
+
+    def stats(self) -> dict[str, Any]:
+        files = 0
+        nbytes = 0
+        for _, path in self.iter_objects():
+            with contextlib.suppress(OSError):
+                nbytes += path.stat().st_size
+                files += 1
+        return {"objects": files, "bytes": nbytes}
+
+
+def _fingerprint_ok(info: os.stat_result, size: int) -> bool:
+    return (
+        info.st_size == size
+        and info.st_mtime_ns == SENTINEL_NS
+        and stat.S_ISREG(info.st_mode)
+        and not info.st_mode & 0o222
+    )
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,290 @@
+"""The ``dspkg`` command line: a thin layer over :mod:`dspkg.api`.
+
+Exit status 0 on success, 1 on an error (one line ``dspkg: error: ...``, no
+traceback), 2 on bad usage. ``--json`` prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dspkg import api
+from dspkg.errors import DspkgError, InvalidArgument
+from dspkg.progress import LinePrinter, Progress, TerminalProgress
+from dspkg.sizes import format_size
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except DspkgError as exc:
+        _error(str(exc))
+    except KeyboardInterrupt:
+        _error("interrupted")
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        _error(f"{exc.strerror or exc}{where}")
+    except Exception as exc:
+        if os.environ.get("DSPKG_DEBUG"):
+            raise
+        _error(
+            f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(set DSPKG_DEBUG=1 for a traceback and report it)"
+        )
+    return 1
+
+
+def _error(message: str) -> None:
+    print(f"dspkg: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    as_json = getattr(args, "json", False)
+    out = sys.stderr if as_json else sys.stdout
+    if sys.stderr.isatty():
+        return TerminalProgress(out=out)
+    return LinePrinter(out=out)
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def _store_options(pairs: Sequence[str] | None) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"--store-option {pair!r}: expected KEY=VALUE")
+        options[key.strip()] = value
+    return options
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    result = api.publish(
+        args.dir,
+        store=args.store,
+        packaging=args.packaging,
+        packages_only=args.packages_only,
+        package_size=args.package_size,
+        jobs=args.jobs,
+        store_options=_store_options(args.store_option),
+        progress=_progress(args),
+    )
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    for v in result.versions:
+        state = "created" if v.created else "unchanged"
+        packages = f", {len(v.packages)} package{'s' if len(v.packages) != 1 else ''}"
+        print(f"{state} {v.uri}: {v.files:,} files, {format_size(v.bytes)}{packages}")
+    print(
+        f"published {len(result.versions)} version(s) in {result.seconds:.1f} s: "
+        f"{format_size(result.bytes_uploaded)} uploaded in {result.requests:,} requests"
+    )
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    result = api.pull(
+        args.uri,
+        args.dest,
+        store=args.store,
+        link=args.link,
+        jobs=args.jobs,
+        dry_run=args.dry_run,
+        store_options=_store_options(args.store_option),
+        progress=_progress(args),
+    )
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    if result.plan is not None:
+        _print_plan(result.uri, result.plan)
+        return 0
+    print(
+        f"pulled {result.uri} into {result.dest}: {result.files:,} files, "
+        f"{format_size(result.bytes)} ({result.files_from_cache:,} from cache, "
+        f"{result.files_fetched:,} fetched; {format_size(result.bytes_downloaded)} downloaded "
+        f"in {result.requests:,} requests) in {result.seconds:.2f} s, link {result.link}"
+    )
+    return 0
+
+
+def _print_plan(uri: str, plan: dict[str, Any]) -> None:
+    print(f"plan for {uri}:")
+    print(
+        f"  {plan['files_to_fetch']:,} files to fetch, {plan['files_cached']:,} already cached; "
+        f"{format_size(plan['bytes_to_fetch'])} in {plan['requests']:,} requests "
+        f"({plan['ranges']:,} ranges, {plan['blobs']:,} blobs)"
+    )
+    est = plan["estimates"]
+    a = est["assumptions"]
+    print(f"  estimated at {a['rtt_ms']:.0f} ms round trip, {a['mbit']:.0f} Mbit/s:")
+    for key, label in (
+        ("per_file", "per-file GETs"),
+        ("whole_packages", "whole packages"),
+        ("ranged", "ranged GETs (planned)"),
+    ):
+        e = est[key]
+        print(
+            f"    {label:<22} {e['requests']:>9,} requests {format_size(e['bytes']):>10} "
+            f"{e['seconds']:>9.2f} s"
+        )
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    if args.dataset:
+        versions = api.versions(
+            args.dataset, store=args.store, store_options=_store_options(args.store_option)
+        )
+        if args.json:
+            _print_json({"dataset": args.dataset, "versions": [v.to_json() for v in versions]})
+            return 0
+        for v in versions:
+            aliases = f"  ({', '.join(v.aliases)})" if v.aliases else ""
+            print(f"{v.uri}  {v.created or '-'}{aliases}")
+        if not versions:
+            print(f"no versions of {args.dataset}")
+        return 0
+    datasets = api.datasets(store=args.store, store_options=_store_options(args.store_option))
+    if args.json:
+        _print_json({"datasets": [d.to_json() for d in datasets]})
+        return 0
+    for d in datasets:
+        print(f"dataset://{d.name}  {d.versions} version(s), latest {d.latest or '-'}")
+    if not datasets:
+        print("no datasets in the store")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    details = api.show(args.uri, store=args.store, store_options=_store_options(args.store_option))
+    doc = details.to_json(files=args.files)
+    if args.json:
+        _print_json(doc)
+        return 0
+    print(doc["uri"])
+    print(f"  files:    {doc['files']:,} ({format_size(doc['bytes'])})")
+    print(f"  from:     {doc['from'] or '-'}")
+    print(f"  created:  {doc['created_at']}")
+    print(f"  aliases:  {', '.join(doc['aliases']) or '-'}")
+    print(f"  blobs:    {'yes' if doc['blobs'] else 'no (files only inside packages)'}")
+    if doc["packages"]:
+        print(f"  packages: {len(doc['packages'])} ({doc['packaged_files']:,} files packaged)")
+        for p in doc["packages"]:
+            print(
+                f"    {p['name']}  {format_size(p['size'])}  {p['entries']:,} entries"
+                f"  ({p['files_used']:,} used by this version)"
+            )
+    else:
+        print("  packages: none (files are fetched one by one)")
+    if args.files:
+        for f in doc["file_list"]:
+            where = f"  [{f['package']} @ {f['offset']}]" if f["package"] else ""
+            print(f"    {f['path']}  {f['size']:,}  {f['sha256'][:12]}{where}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dspkg.demo import run_demo
+
+    return run_demo(files=args.files, root=args.root)
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="store URL (default: $DSPKG_STORE or a local file:// store)")
+    p.add_argument(
+        "--store-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="obstore configuration for the store (repeatable), e.g. region=eu-west-1",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dspkg",
+        description="Package datasets of many small files into a few ZIP packages, and pull "
+        "them fast through a shared local cache.",
+    )
+    parser.add_argument("--version", action="version", version="dspkg 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "publish", help="publish the dataset versions named by a directory's metadata"
+    )
+    p.add_argument("dir", help="directory of outputs with valohai.metadata.jsonl and/or sidecars")
+    _add_store(p)
+    p.add_argument(
+        "--packaging",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="package every version (--no-packaging: none); default: versions whose metadata "
+        "asks for it, when VH_ENABLE_DATASET_VERSION_PACKAGING is set",
+    )
+    p.add_argument(
+        "--packages-only", action="store_true", help="store files only inside packages (no blobs)"
+    )
+    p.add_argument("--package-size", default="1GiB", help="split packages at SIZE (default 1GiB)")
+    p.add_argument("--jobs", type=_positive_int, default=32, help="requests in flight")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_cmd_publish)
+
+    p = sub.add_parser("pull", help="make a dataset version appear in a directory")
+    p.add_argument("uri", help="dataset://<dataset>/<version or alias>")
+    p.add_argument("dest", help="destination directory (absent or empty)")
+    _add_store(p)
+    p.add_argument(
+        "--link",
+        default="auto",
+        choices=["auto", "reflink", "hardlink", "symlink", "copy"],
+        help="how files appear in DEST (default auto: reflink, then hardlink, then copy)",
+    )
+    p.add_argument("--jobs", type=_positive_int, default=16, help="requests in flight")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and estimates only")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_cmd_pull)
+
+    p = sub.add_parser("ls", help="list datasets, or the versions of one dataset")
+    p.add_argument("dataset", nargs="?", help="dataset://<dataset>")
+    _add_store(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_ls)
+
+    p = sub.add_parser("show", help="one version: files, bytes, parent, aliases and packages")
+    p.add_argument("uri", help="dataset://<dataset>/<version or alias>")
+    p.add_argument("--files", action="store_true", help="list every file too")
+    _add_store(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_show)
+
+    p = sub.add_parser("demo", help="publish and pull a generated dataset, with timings")
+    p.add_argument("--files", type=_positive_int, default=20_000, help="files to generate")
+    p.add_argument("--root", help="work directory (default: a temporary directory)")
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Settings read from the environment, once, at the edge (the CLI and the public API)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from dspkg.errors import InvalidArgument
+from dspkg.sizes import parse_size
+
+TRUTHY = {"1", "yes", "true", "on"}
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in TRUTHY
+
+
+@dataclass(frozen=True)
+class Settings:
+    store_url: str
+    cache_dir: Path
+    packaging_gate: bool
+    no_data_cache: bool
+    cache_max_size: int | None
+    env: Mapping[str, str]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        store = env.get("DSPKG_STORE") or (
+            "file://" + str(Path(platformdirs.user_data_dir("dspkg")) / "store")
+        )
+        cache = Path(env.get("DSPKG_CACHE") or platformdirs.user_cache_dir("dspkg")).expanduser()
+        max_size_text = env.get("DSPKG_CACHE_MAX_SIZE") or _config_file_max_size(cache)
+        try:
+            max_size = parse_size(max_size_text) if max_size_text else None
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"DSPKG_CACHE_MAX_SIZE: {exc}") from None
+        return cls(
+            store_url=store,
+            cache_dir=cache,
+            packaging_gate=truthy(env.get("VH_ENABLE_DATASET_VERSION_PACKAGING")),
+            no_data_cache=truthy(env.get("VH_NO_DATA_CACHE")),
+            cache_max_size=max_size,
+            env=env,
+        )
+
+
+def _config_file_max_size(cache: Path) -> str | None:
+    """``max_size = "10GB"`` in ``<cache>/config.toml``."""
+    path = cache / "config.toml"
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidArgument(f"{path} cannot be read: {exc}") from None
+    value = doc.get("max_size")
+    return None if value is None else str(value)

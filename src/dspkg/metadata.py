@@ -1,0 +1,228 @@
+"""Reads which dataset versions a directory of outputs asks for.
+
+Two sources, as on the platform dspkg is compatible with, usable together:
+
+- ``valohai.metadata.jsonl`` at the root: lines ``{"file": "<relative path>", "metadata": {...}}``;
+- ``<file>.metadata.json`` sidecars: one JSON object, the metadata of ``<file>``.
+
+``metadata["valohai.dataset-versions"]`` lists the versions a file joins, each a
+``dataset://<dataset>/<version>`` string or an object with ``uri`` and optionally
+``packaging``, ``from``, ``exclude``, ``start_fresh`` and ``targeting_aliases``.
+
+Everything is validated here, before anything is uploaded; errors name the file
+and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dspkg.errors import InvalidMetadata, InvalidName
+from dspkg.names import VersionUri, check_name
+from dspkg.paths import path_problem
+
+JSONL_NAME = "valohai.metadata.jsonl"
+SIDECAR_SUFFIX = ".metadata.json"
+VERSIONS_KEY = "valohai.dataset-versions"
+_ENTRY_KEYS = {"uri", "packaging", "from", "exclude", "start_fresh", "targeting_aliases"}
+
+
+@dataclass(frozen=True)
+class VersionRequest:
+    """One version the outputs ask for, merged over every file that names it."""
+
+    uri: VersionUri
+    files: tuple[str, ...]
+    packaging: bool = False
+    parent: VersionUri | None = None
+    exclude: tuple[str, ...] = ()
+    start_fresh: bool = False
+    aliases: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass
+class _Draft:
+    uri: VersionUri
+    source: str
+    files: set[str] = field(default_factory=set)
+    packaging: bool = False
+    parent: VersionUri | None = None
+    parent_source: str = ""
+    exclude: set[str] = field(default_factory=set)
+    start_fresh: bool = False
+    aliases: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A directory of outputs and the versions its metadata asks for."""
+
+    root: Path
+    versions: tuple[VersionRequest, ...]
+    metadata: dict[str, dict[str, Any]]
+
+    def files(self) -> list[str]:
+        """Every data file under the root (metadata files aside), sorted, as relative paths."""
+        return sorted(_walk_data_files(self.root))
+
+
+def read_outputs(root: Path) -> Outputs:
+    """Parse and validate the metadata of the outputs directory ``root``."""
+    if not root.is_dir():
+        raise InvalidMetadata("not a directory; give the directory of outputs", path=str(root))
+    root = root.resolve()
+    per_file: dict[str, dict[str, Any]] = {}
+    drafts: dict[VersionUri, _Draft] = {}
+    for rel, meta, where in _read_sources(root):
+        _check_file(root, rel, where)
+        entries = meta.get(VERSIONS_KEY, [])
+        if not isinstance(entries, list):
+            raise _invalid(where, f"{VERSIONS_KEY} must be a list")
+        for entry in entries:
+            _merge_entry(drafts, rel, entry, where)
+        merged = per_file.setdefault(rel, {})
+        for key, value in meta.items():
+            merged[key] = merged.get(key, []) + value if key == VERSIONS_KEY else value
+    versions = tuple(_finish(d) for d in sorted(drafts.values(), key=lambda d: d.uri))
+    return Outputs(root=root, versions=versions, metadata=per_file)
+
+
+def _read_sources(root: Path) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(relative file path, its metadata, "file, line N") for every metadata record."""
+    jsonl = root / JSONL_NAME
+    if jsonl.exists():
+        try:
+            text = jsonl.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidMetadata(f"cannot be read ({exc})", path=str(jsonl)) from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{jsonl}\0{number}"
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise _invalid(where, f"not valid JSON ({exc.args[0]})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+                raise _invalid(where, 'expected {"file": "<path>", "metadata": {...}}')
+            meta = record.get("metadata", {})
+            if not isinstance(meta, dict):
+                raise _invalid(where, '"metadata" must be a JSON object')
+            yield record["file"], meta, where
+    for rel in sorted(_walk(root, sidecars=True)):
+        sidecar = root / rel
+        where = f"{sidecar}\0"
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise _invalid(where, f"not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise _invalid(where, "must hold one JSON object")
+        yield rel[: -len(SIDECAR_SUFFIX)], meta, where
+
+
+def _invalid(where: str, message: str) -> InvalidMetadata:
+    path, _, line = where.partition("\0")
+    return InvalidMetadata(message, path=path, line=int(line) if line else None)
+
+
+def _check_file(root: Path, rel: str, where: str) -> None:
+    problem = path_problem(rel)
+    if problem:
+        raise _invalid(where, f"file {rel!r} cannot be published: {problem}")
+    path = root / rel
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            target = path.resolve()
+            if not target.is_relative_to(root):
+                raise _invalid(where, f"file {rel!r} is a link that points outside {root}")
+            info = target.stat()
+    except FileNotFoundError:
+        raise _invalid(where, f"file {rel!r} does not exist in {root}") from None
+    except OSError as exc:
+        raise _invalid(where, f"file {rel!r} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise _invalid(where, f"file {rel!r} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise _invalid(where, f"file {rel!r} is not readable")
+
+
+def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: str) -> None:
+    try:
+        if isinstance(entry, str):
+            entry = {"uri": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
+            raise _invalid(where, f"each {VERSIONS_KEY} item must be a URI or an object with 'uri'")
+        uri = VersionUri.parse(entry["uri"])
+        if uri.version == "latest":
+            raise _invalid(where, f"{uri}: 'latest' is kept by dspkg and cannot name a version")
+        draft = drafts.setdefault(uri, _Draft(uri=uri, source=where))
+        draft.files.add(rel)
+        if entry.get("packaging") is True:
+            draft.packaging = True
+        if entry.get("start_fresh") is True:
+            draft.start_fresh = True
+        parent = entry.get("from")
+        if parent is not None:
+            parent_uri = VersionUri.parse(parent) if isinstance(parent, str) else None
+            if parent_uri is None or parent_uri.dataset != uri.dataset:
+                raise _invalid(where, f"'from' of {uri} must be a version of dataset {uri.dataset}")
+            if draft.parent is not None and draft.parent != parent_uri:
+                raise _invalid(
+                    where,
+                    f"{uri} is built from {parent_uri} here but from {draft.parent} elsewhere",
+                )
+            draft.parent = parent_uri
+        for key, target in (("exclude", draft.exclude), ("targeting_aliases", draft.aliases)):
+            values = entry.get(key) or []
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise _invalid(where, f"'{key}' of {uri} must be a list of strings")
+            if key == "exclude":
+                for value in values:
+                    problem = path_problem(value)
+                    if problem:
+                        raise _invalid(where, f"excluded path {value!r} is invalid: {problem}")
+            else:
+                for value in values:
+                    check_name(value, what="alias")
+            target.update(values)
+    except InvalidName as exc:
+        raise _invalid(where, str(exc)) from None
+
+
+def _finish(draft: _Draft) -> VersionRequest:
+    path, _, line = draft.source.partition("\0")
+    return VersionRequest(
+        uri=draft.uri,
+        files=tuple(sorted(draft.files)),
+        packaging=draft.packaging,
+        parent=draft.parent,
+        exclude=tuple(sorted(draft.exclude)),
+        start_fresh=draft.start_fresh,
+        aliases=tuple(sorted(draft.aliases)),
+        source=f"{path}, line {line}" if line else path,
+    )
+
+
+def _walk(root: Path, *, sidecars: bool) -> Iterator[str]:
+    """Relative paths of sidecars (or of data files) under ``root``, not following links."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = os.path.relpath(dirpath, root)
+        for name in filenames:
+            rel = name if base == "." else f"{base}/{name}"
+            is_meta = name.endswith(SIDECAR_SUFFIX) or rel == JSONL_NAME
+            if is_meta == sidecars and (not sidecars or rel != JSONL_NAME):
+                yield rel
+
+
+def _walk_data_files(root: Path) -> Iterator[str]:
+    return _walk(root, sidecars=False)

@@ -1,0 +1,70 @@
+"""Builds a package from files as they are read and streams it into a multipart upload.
+
+No package file ever lands on disk: local headers and file bytes are gathered into
+parts of ``part_size`` bytes that the store uploads while later files are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from dspkg.manifest import PackageInfo
+from dspkg.publish_plan import BuiltPackage, PackagePlan
+from dspkg.sources import FileReader, ReadFile
+from dspkg.store import Store
+from dspkg.zipwriter import PackageWriter
+
+OnFile = Callable[[ReadFile], Awaitable[None]]
+
+
+async def _no_op(_: ReadFile) -> None:
+    return None
+
+
+async def upload_package(
+    store: Store,
+    plan: PackagePlan,
+    reader: FileReader,
+    *,
+    on_file: OnFile = _no_op,
+    part_size: int = 8 << 20,
+    concurrency: int = 8,
+) -> BuiltPackage:
+    """Read, hash and package ``plan.files`` into ``plan.key``; ``on_file`` sees each file read."""
+    writer = PackageWriter()
+    digest = hashlib.sha256()
+    offsets: dict[str, int] = {}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        buffer = bytearray()
+        async for read in reader.read_all(plan.files):
+            buffer += writer.add(read.file.rel, read.file.size, read.crc32)
+            offsets[read.file.rel] = writer.entries[-1].data_offset
+            if read.data is not None:
+                buffer += read.data
+            else:
+                async for block in reader.stream(read):
+                    buffer += block
+                    if len(buffer) >= part_size:
+                        digest.update(buffer)
+                        yield bytes(buffer)
+                        buffer.clear()
+            await on_file(read)
+            if len(buffer) >= part_size:
+                digest.update(buffer)
+                yield bytes(buffer)
+                buffer.clear()
+        buffer += writer.finish()
+        digest.update(buffer)
+        yield bytes(buffer)
+
+    await store.put_stream(plan.key, chunks(), part_size=part_size, concurrency=concurrency)
+    info = PackageInfo(
+        name=plan.name,
+        key=plan.key,
+        size=writer.position,
+        sha256=digest.hexdigest(),
+        entries=len(plan.files),
+    )
+    return BuiltPackage(info=info, offsets=offsets)

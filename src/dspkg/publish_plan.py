@@ -1,0 +1,183 @@
+"""What publishing a version will do, computed as data before any upload (pure).
+
+A version's files are its parent's (unless ``start_fresh``), minus ``exclude``,
+plus the files of this run; a new path replaces the parent's file of the same path.
+Files taken from the parent keep pointing into the parent's packages, so a child
+version uploads packages of only its own new files. New files are split into
+packages of at most ``package_size`` bytes, on entry boundaries, in path order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from dspkg import zipformat as zf
+from dspkg.catalog import package_key, package_name
+from dspkg.manifest import FileEntry, Manifest, PackageInfo
+from dspkg.metadata import VersionRequest
+from dspkg.sources import LocalFile
+
+# Bytes a package spends per entry besides data: local header plus central record.
+_CENTRAL_FIXED = 46
+_END_RECORDS = 22 + 56 + 20
+
+
+@dataclass(frozen=True)
+class PackagePlan:
+    name: str
+    key: str
+    files: tuple[LocalFile, ...]
+
+    @property
+    def estimated_size(self) -> int:
+        return package_bytes(self.files)
+
+
+@dataclass(frozen=True)
+class VersionPlan:
+    request: VersionRequest
+    parent: Manifest | None
+    inherited: tuple[FileEntry, ...]
+    local: tuple[LocalFile, ...]
+    packages: tuple[PackagePlan, ...]
+    unmatched_excludes: tuple[str, ...]
+
+    @property
+    def files(self) -> int:
+        return len(self.inherited) + len(self.local)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.inherited) + sum(f.size for f in self.local)
+
+
+def entry_cost(rel: str, size: int) -> int:
+    name = len(rel.encode())
+    return (
+        zf.local_header_size(rel.encode(), size)
+        + size
+        + _CENTRAL_FIXED
+        + name
+        + (28 if size >= zf.MAX32 else 0)
+    )
+
+
+def package_bytes(files: Sequence[LocalFile]) -> int:
+    return sum(entry_cost(f.rel, f.size) for f in files) + _END_RECORDS
+
+
+def split_packages(files: Sequence[LocalFile], package_size: int) -> list[list[LocalFile]]:
+    """Consecutive runs of ``files`` (sorted) whose packages stay within ``package_size``.
+
+    A file bigger than the limit gets a package of its own.
+    """
+    groups: list[list[LocalFile]] = []
+    current: list[LocalFile] = []
+    used = _END_RECORDS
+    for f in files:
+        cost = entry_cost(f.rel, f.size)
+        if current and used + cost > package_size:
+            groups.append(current)
+            current, used = [], _END_RECORDS
+        current.append(f)
+        used += cost
+    if current:
+        groups.append(current)
+    return groups
+
+
+def plan_version(
+    request: VersionRequest,
+    parent: Manifest | None,
+    local: Mapping[str, LocalFile],
+    *,
+    packaging: bool,
+    package_size: int,
+) -> VersionPlan:
+    own = tuple(local[rel] for rel in sorted(request.files))
+    own_paths = {f.rel for f in own}
+    inherited: list[FileEntry] = []
+    unmatched: tuple[str, ...] = ()
+    if parent is not None and not request.start_fresh:
+        excluded = set(request.exclude)
+        parent_paths = {f.path for f in parent.files}
+        unmatched = tuple(sorted(excluded - parent_paths))
+        inherited = [f for f in parent.files if f.path not in excluded and f.path not in own_paths]
+    packages: list[PackagePlan] = []
+    if packaging and own:
+        groups = split_packages(own, package_size)
+        uri = request.uri
+        for index, group in enumerate(groups):
+            name = package_name(uri.dataset, uri.version, index, len(groups))
+            packages.append(
+                PackagePlan(name, package_key(uri.dataset, uri.version, name), tuple(group))
+            )
+    return VersionPlan(
+        request=request,
+        parent=parent,
+        inherited=tuple(inherited),
+        local=own,
+        packages=tuple(packages),
+        unmatched_excludes=unmatched,
+    )
+
+
+@dataclass(frozen=True)
+class BuiltPackage:
+    info: PackageInfo
+    offsets: Mapping[str, int]
+
+
+def assemble_manifest(
+    plan: VersionPlan,
+    hashes: Mapping[str, tuple[int, str]],
+    built: Sequence[BuiltPackage],
+    *,
+    created_at: str,
+    blobs: bool,
+) -> Manifest:
+    """The manifest of a planned version once its files are hashed and packages built.
+
+    ``hashes`` maps each local path to ``(size, sha256)``; ``blobs`` says whether
+    this run stored every local file on its own.
+    """
+    packages: list[PackageInfo] = []
+    index_of: dict[str, int] = {}
+
+    def package_index(info: PackageInfo) -> int:
+        if info.key not in index_of:
+            index_of[info.key] = len(packages)
+            packages.append(info)
+        return index_of[info.key]
+
+    files: list[FileEntry] = []
+    parent = plan.parent
+    for f in plan.inherited:
+        if parent is not None and f.package is not None:
+            files.append(f._replace(package=package_index(parent.packages[f.package])))
+        else:
+            files.append(f)
+    offsets: dict[str, tuple[int, int]] = {}
+    for package in built:
+        index = package_index(package.info)
+        for rel, offset in package.offsets.items():
+            offsets[rel] = (index, offset)
+    for local in plan.local:
+        size, sha = hashes[local.rel]
+        where = offsets.get(local.rel)
+        if where is None:
+            files.append(FileEntry(local.rel, size, sha))
+        else:
+            files.append(FileEntry(local.rel, size, sha, where[0], where[1]))
+    files.sort(key=lambda f: f.path)
+    inherited_blobs = parent is None or parent.blobs or not plan.inherited
+    return Manifest(
+        dataset=plan.request.uri.dataset,
+        version=plan.request.uri.version,
+        files=tuple(files),
+        packages=tuple(packages),
+        parent=str(parent.uri) if parent is not None else None,
+        created_at=created_at,
+        blobs=blobs and inherited_blobs,
+    )

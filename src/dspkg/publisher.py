@@ -1,0 +1,361 @@
+"""Producing dataset versions from a directory of outputs.
+
+validate everything (metadata, files, names, parents, existing versions) -> plan ->
+read each file once, hashing it -> blobs the store lacks and packages, streamed ->
+manifest last, with a conditional create -> aliases. Nothing is uploaded before
+validation passes, and a version exists whole (its manifest) or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dspkg.catalog import LATEST, Catalog, blob_key, now_iso
+from dspkg.errors import AlreadyExists, DspkgError, InvalidMetadata, NotFound
+from dspkg.manifest import Manifest
+from dspkg.metadata import VersionRequest, read_outputs
+from dspkg.names import VersionUri
+from dspkg.packager import upload_package
+from dspkg.progress import Progress
+from dspkg.publish_plan import BuiltPackage, VersionPlan, assemble_manifest, plan_version
+from dspkg.sizes import format_size
+from dspkg.sources import FileReader, ReadFile, stat_files
+from dspkg.store import Store
+from dspkg.transfer import BoundedTasks
+
+
+@dataclass(frozen=True)
+class PublishOptions:
+    """How to publish. ``packaging``: None follows each version's metadata and ``gate``
+    (``VH_ENABLE_DATASET_VERSION_PACKAGING``); True packages every version; False none."""
+
+    packaging: bool | None = None
+    gate: bool = False
+    packages_only: bool = False
+    package_size: int = 1 << 30
+    jobs: int = 32
+    read_threads: int = 4
+
+
+@dataclass(frozen=True)
+class PackageSummary:
+    name: str
+    key: str
+    size: int
+    entries: int
+    uploaded: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "key": self.key,
+            "size": self.size,
+            "entries": self.entries,
+            "uploaded": self.uploaded,
+        }
+
+
+@dataclass(frozen=True)
+class VersionResult:
+    uri: str
+    files: int
+    bytes: int
+    created: bool
+    parent: str | None
+    packages: tuple[PackageSummary, ...]
+    aliases: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "files": self.files,
+            "bytes": self.bytes,
+            "created": self.created,
+            "from": self.parent,
+            "packages": [p.to_json() for p in self.packages],
+            "aliases": list(self.aliases),
+        }
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    versions: tuple[VersionResult, ...]
+    files: int
+    bytes: int
+    bytes_uploaded: int
+    requests: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "versions": [v.to_json() for v in self.versions],
+            "files": self.files,
+            "bytes": self.bytes,
+            "bytes_uploaded": self.bytes_uploaded,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class _Run:
+    store: Store
+    catalog: Catalog
+    options: PublishOptions
+    progress: Progress
+    reader: FileReader
+    known_blobs: set[str] = field(default_factory=set)
+    uploaded_packages: list[str] = field(default_factory=list)
+
+
+async def publish_outputs(
+    root: Path,
+    store: Store,
+    options: PublishOptions = PublishOptions(),
+    progress: Progress | None = None,
+) -> PublishResult:
+    """Publish every dataset version the metadata in ``root`` asks for."""
+    progress = progress or Progress()
+    started = time.monotonic()
+    before = (store.stats.bytes_up, store.stats.requests)
+    outputs = read_outputs(root)
+    if not outputs.versions:
+        progress.warn(f"no file in {outputs.root} names a dataset version; nothing to publish")
+    requests = _in_dependency_order(outputs.versions)
+    all_rels = sorted({rel for req in requests for rel in req.files})
+    local = stat_files(outputs.root, all_rels)
+    catalog = Catalog(store)
+    with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
+        run = _Run(store, catalog, options, progress, FileReader(executor))
+        parents, existing = await _validate(run, requests)
+        packaging = {req.uri: _packaging(req, options, progress) for req in requests}
+        results: list[VersionResult] = []
+        manifests: dict[VersionUri, Manifest] = dict(existing)
+        try:
+            for req in requests:
+                parent = _parent_manifest(req, parents, manifests)
+                plan = plan_version(
+                    req,
+                    parent,
+                    local,
+                    packaging=packaging[req.uri],
+                    package_size=options.package_size,
+                )
+                for path in plan.unmatched_excludes:
+                    progress.warn(f"{req.uri}: excluded path {path!r} is not in {req.parent}")
+                if req.uri in existing:
+                    results.append(await _confirm_same(run, plan, existing[req.uri]))
+                    continue
+                manifest, result = await _build(run, plan)
+                manifests[req.uri] = manifest
+                results.append(result)
+        except BaseException:
+            await _discard_packages(run)
+            raise
+    files = len(all_rels)
+    nbytes = sum(f.size for f in local.values())
+    return PublishResult(
+        versions=tuple(results),
+        files=files,
+        bytes=nbytes,
+        bytes_uploaded=store.stats.bytes_up - before[0],
+        requests=store.stats.requests - before[1],
+        seconds=time.monotonic() - started,
+    )
+
+
+def _in_dependency_order(requests: Sequence[VersionRequest]) -> list[VersionRequest]:
+    """Parents published in the same run come before their children."""
+    by_uri = {r.uri: r for r in requests}
+    ordered: list[VersionRequest] = []
+    state: dict[VersionUri, str] = {}
+
+    def visit(req: VersionRequest) -> None:
+        if state.get(req.uri) == "done":
+            return
+        if state.get(req.uri) == "visiting":
+            raise InvalidMetadata(f"{req.uri} is built from itself through 'from'", path=req.source)
+        state[req.uri] = "visiting"
+        if req.parent is not None and req.parent in by_uri:
+            visit(by_uri[req.parent])
+        state[req.uri] = "done"
+        ordered.append(req)
+
+    for req in requests:
+        visit(req)
+    return ordered
+
+
+async def _validate(
+    run: _Run, requests: Sequence[VersionRequest]
+) -> tuple[dict[VersionUri, Manifest], dict[VersionUri, Manifest]]:
+    """Parents outside this run, and versions that already exist; nothing is uploaded."""
+    in_run = {r.uri for r in requests}
+    parents: dict[VersionUri, Manifest] = {}
+    existing: dict[VersionUri, Manifest] = {}
+    for req in requests:
+        if req.parent is not None and req.parent not in in_run and req.parent not in parents:
+            try:
+                parents[req.parent] = await run.catalog.read_manifest(req.parent)
+            except NotFound:
+                raise InvalidMetadata(
+                    f"{req.uri} is built from {req.parent}, which does not exist in "
+                    f"{run.store.url}; publish it first or fix 'from'",
+                    path=req.source,
+                ) from None
+        found = await run.catalog.find_manifest(req.uri)
+        if found is not None:
+            existing[req.uri] = found
+    return parents, existing
+
+
+def _parent_manifest(
+    req: VersionRequest,
+    parents: dict[VersionUri, Manifest],
+    manifests: dict[VersionUri, Manifest],
+) -> Manifest | None:
+    if req.parent is None:
+        return None
+    return manifests.get(req.parent) or parents.get(req.parent)
+
+
+def _packaging(req: VersionRequest, options: PublishOptions, progress: Progress) -> bool:
+    if options.packages_only or options.packaging is True:
+        return True
+    if options.packaging is False:
+        return False
+    if req.packaging and not options.gate:
+        progress.warn(
+            f"{req.uri} asks for packaging, but VH_ENABLE_DATASET_VERSION_PACKAGING is not set; "
+            "creating it without packages (set it to 1 or pass --packaging)"
+        )
+        return False
+    return req.packaging
+
+
+async def _confirm_same(run: _Run, plan: VersionPlan, existing: Manifest) -> VersionResult:
+    """Republishing: identical content is a no-op, anything else an error."""
+    hashes: dict[str, tuple[int, str]] = {}
+    async for read in run.reader.read_all(plan.local):
+        hashes[read.file.rel] = (read.file.size, read.sha256)
+    files = [f[:3] for f in plan.inherited]
+    files += [(f.rel, *hashes[f.rel]) for f in plan.local]
+    files.sort()
+    if files != [f[:3] for f in existing.files]:
+        uri = plan.request.uri
+        raise AlreadyExists(
+            f"{uri} already exists with different content; versions are immutable, "
+            "publish under a new version name",
+            uri=str(uri),
+        )
+    run.progress.log(f"{plan.request.uri} already exists with the same content; nothing to do")
+    return _result(existing, created=False, uploaded=set(), aliases=())
+
+
+async def _build(run: _Run, plan: VersionPlan) -> tuple[Manifest, VersionResult]:
+    req = plan.request
+    options = run.options
+    if plan.parent is not None and plan.parent.blobs:
+        run.known_blobs.update(f.sha256 for f in plan.parent.files)
+    hashes: dict[str, tuple[int, str]] = {}
+    blobs = BoundedTasks(options.jobs)
+    want_blobs = not options.packages_only
+    total = sum(f.size for f in plan.local)
+    run.progress.start(f"publishing {req.uri}", len(plan.local), total)
+
+    async def on_file(read: ReadFile) -> None:
+        hashes[read.file.rel] = (read.file.size, read.sha256)
+        if want_blobs and read.sha256 not in run.known_blobs:
+            run.known_blobs.add(read.sha256)
+            await blobs.spawn(_put_blob(run, read))
+        run.progress.advance(1, read.file.size)
+
+    built: list[BuiltPackage] = []
+    try:
+        count = len(plan.packages)
+        packaged = {f.rel for p in plan.packages for f in p.files}
+        for index, package in enumerate(plan.packages, start=1):
+            prefix = f"(dataset version package {index}/{count})"
+            run.progress.log(
+                f"{prefix} uploading {package.name} ({format_size(package.estimated_size)})"
+            )
+            run.uploaded_packages.append(package.key)
+            built.append(
+                await upload_package(
+                    run.store,
+                    package,
+                    run.reader,
+                    on_file=on_file,
+                    concurrency=max(2, min(options.jobs, 16)),
+                )
+            )
+            run.progress.log(f"{prefix} upload complete")
+        rest = [f for f in plan.local if f.rel not in packaged]
+        async for read in run.reader.read_all(rest):
+            await on_file(read)
+        await blobs.join()
+    except BaseException:
+        await blobs.cancel()
+        raise
+    finally:
+        run.progress.done()
+    manifest = assemble_manifest(
+        plan, hashes, built, created_at=now_iso(), blobs=not options.packages_only
+    )
+    if not await run.catalog.write_manifest(manifest):
+        # Another publisher created it meanwhile; same content is fine.
+        other = await run.catalog.find_manifest(req.uri)
+        if other is None or not other.same_content(manifest):
+            raise AlreadyExists(
+                f"{req.uri} was created by another publisher with different content "
+                "while this one ran; publish under a new version name",
+                uri=str(req.uri),
+            )
+        return other, _result(other, created=False, uploaded=set(), aliases=())
+    run.uploaded_packages.clear()  # referenced by a manifest now: never discard them
+    aliases = (LATEST, *req.aliases)
+    for alias in aliases:
+        await run.catalog.set_alias(req.uri.dataset, alias, req.uri.version)
+    uploaded = {b.info.key for b in built}
+    return manifest, _result(manifest, created=True, uploaded=uploaded, aliases=aliases)
+
+
+async def _put_blob(run: _Run, read: ReadFile) -> None:
+    key = blob_key(read.sha256)
+    if read.data is not None:
+        await run.store.put(key, read.data, create=True)
+        return
+    if await run.store.head(key) is None:
+        await run.store.put_stream(key, run.reader.stream(read))
+
+
+async def _discard_packages(run: _Run) -> None:
+    """Best effort: a failed publish leaves no package that no manifest names."""
+    for key in run.uploaded_packages:
+        with contextlib.suppress(DspkgError):
+            await run.store.delete(key)
+    run.uploaded_packages.clear()
+
+
+def _result(
+    manifest: Manifest, *, created: bool, uploaded: Iterable[str], aliases: Sequence[str]
+) -> VersionResult:
+    uploaded = set(uploaded)
+    return VersionResult(
+        uri=str(manifest.uri),
+        files=len(manifest.files),
+        bytes=manifest.total_bytes,
+        created=created,
+        parent=manifest.parent,
+        packages=tuple(
+            PackageSummary(p.name, p.key, p.size, p.entries, p.key in uploaded)
+            for p in manifest.packages
+        ),
+        aliases=tuple(aliases),
+    )

@@ -1,0 +1,182 @@
+"""Which bytes a pull must download, computed as data before any request (pure).
+
+Files the cache holds are skipped. Missing files that live in packages are grouped
+into ranged GETs: neighbours are coalesced when the bytes between them cost less
+to download than another request would (bandwidth x round trip), and long runs
+are cut into ranges that can be fetched in parallel. Files without a package are
+fetched blob by blob. The same content appearing under several paths is fetched
+once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dspkg import zipformat as zf
+from dspkg.errors import Integrity
+from dspkg.manifest import FileEntry, Manifest
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Network assumptions behind range coalescing and the dry-run estimates."""
+
+    rtt: float = 0.030  # seconds per round trip
+    bandwidth: float = 125e6  # bytes per second
+    max_range: int = 8 << 20  # longest single ranged GET, so a package downloads in parallel
+    concurrency: int = 16  # ranged GETs in flight
+    blob_concurrency: int = 64  # per-file GETs in flight
+
+    @property
+    def gap_bytes(self) -> int:
+        """Bytes worth downloading to save one request."""
+        return max(int(self.bandwidth * self.rtt), 64 << 10)
+
+
+@dataclass(frozen=True)
+class RangeFetch:
+    package: int
+    key: str
+    start: int  # the local header of the first wanted entry
+    end: int  # the end of the last wanted entry's data
+    files: tuple[FileEntry, ...]
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    uri: str
+    files_total: int
+    bytes_total: int
+    files_cached: int
+    bytes_cached: int
+    ranges: tuple[RangeFetch, ...]
+    blobs: tuple[FileEntry, ...]
+
+    @property
+    def files_to_fetch(self) -> int:
+        return sum(len(r.files) for r in self.ranges) + len(self.blobs)
+
+    @property
+    def bytes_to_fetch(self) -> int:
+        return sum(r.size for r in self.ranges) + sum(f.size for f in self.blobs)
+
+    @property
+    def requests(self) -> int:
+        return len(self.ranges) + len(self.blobs)
+
+    @property
+    def packages(self) -> tuple[int, ...]:
+        return tuple(sorted({r.package for r in self.ranges}))
+
+
+def header_start(f: FileEntry) -> int:
+    assert f.offset is not None
+    return f.offset - zf.local_header_size(f.path.encode(), f.size)
+
+
+def plan_fetch(
+    manifest: Manifest, cached: Callable[[FileEntry], bool], tuning: Tuning = Tuning()
+) -> FetchPlan:
+    """Plan the downloads that fill the cache with every file of ``manifest``."""
+    seen: set[str] = set()
+    files_cached = bytes_cached = 0
+    by_package: dict[int, list[FileEntry]] = {}
+    blobs: list[FileEntry] = []
+    for f in manifest.files:
+        if f.sha256 in seen:
+            continue
+        seen.add(f.sha256)
+        if cached(f):
+            files_cached += 1
+            bytes_cached += f.size
+        elif f.package is not None:
+            by_package.setdefault(f.package, []).append(f)
+        elif manifest.blobs:
+            blobs.append(f)
+        else:
+            raise Integrity(
+                f"{manifest.uri}: file {f.path!r} is in no package and the version has no blobs; "
+                "the manifest is inconsistent, publish the version again",
+                obj=f.path,
+            )
+    ranges: list[RangeFetch] = []
+    for index in sorted(by_package):
+        ranges.extend(_coalesce(manifest, index, by_package[index], tuning))
+    return FetchPlan(
+        uri=str(manifest.uri),
+        files_total=len(manifest.files),
+        bytes_total=manifest.total_bytes,
+        files_cached=files_cached,
+        bytes_cached=bytes_cached,
+        ranges=tuple(ranges),
+        blobs=tuple(blobs),
+    )
+
+
+def _coalesce(
+    manifest: Manifest, index: int, files: list[FileEntry], tuning: Tuning
+) -> list[RangeFetch]:
+    key = manifest.packages[index].key
+    files.sort(key=lambda f: f.offset or 0)
+    ranges: list[RangeFetch] = []
+    group: list[FileEntry] = []
+    start = end = 0
+    for f in files:
+        assert f.offset is not None
+        f_start = header_start(f)
+        f_end = f.offset + f.size
+        if group and (f_start - end > tuning.gap_bytes or f_end - start > tuning.max_range):
+            ranges.append(RangeFetch(index, key, start, end, tuple(group)))
+            group = []
+        if not group:
+            start = f_start
+        group.append(f)
+        end = f_end
+    if group:
+        ranges.append(RangeFetch(index, key, start, end, tuple(group)))
+    return ranges
+
+
+def estimate(plan: FetchPlan, manifest: Manifest, tuning: Tuning = Tuning()) -> dict[str, Any]:
+    """Seconds each strategy would take for the missing files, by a simple latency and
+    bandwidth model: per-file GETs, whole packages, and the planned ranges."""
+    missing = [f for r in plan.ranges for f in r.files] + list(plan.blobs)
+    nbytes = sum(f.size for f in missing)
+    per_file = max(
+        nbytes / tuning.bandwidth,
+        math.ceil(len(missing) / tuning.blob_concurrency) * tuning.rtt,
+    ) + (tuning.rtt if missing else 0)
+    package_bytes = sum(manifest.packages[i].size for i in plan.packages)
+    blob_bytes = sum(f.size for f in plan.blobs)
+    whole = (
+        (package_bytes + blob_bytes) / tuning.bandwidth
+        + math.ceil(len(plan.blobs) / tuning.blob_concurrency) * tuning.rtt
+        + (tuning.rtt if plan.requests else 0)
+    )
+    ranged = (
+        plan.bytes_to_fetch / tuning.bandwidth
+        + math.ceil(len(plan.ranges) / tuning.concurrency) * tuning.rtt
+        + math.ceil(len(plan.blobs) / tuning.blob_concurrency) * tuning.rtt
+        + (tuning.rtt if plan.requests else 0)
+    )
+    return {
+        "assumptions": {"rtt_ms": tuning.rtt * 1000, "mbit": tuning.bandwidth * 8 / 1e6},
+        "per_file": {"requests": len(missing), "bytes": nbytes, "seconds": round(per_file, 3)},
+        "whole_packages": {
+            "requests": len(plan.packages) + len(plan.blobs),
+            "bytes": package_bytes + blob_bytes,
+            "seconds": round(whole, 3),
+        },
+        "ranged": {
+            "requests": plan.requests,
+            "bytes": plan.bytes_to_fetch,
+            "seconds": round(ranged, 3),
+        },
+    }

@@ -1,0 +1,206 @@
+"""Reading the files being published: each read once, hashed on the way, read ahead in parallel.
+
+Small files are read whole in worker threads (batched, so one hand-off moves many
+files) and come back in order with their sha256 and CRC-32. A file at or above
+``big_file`` is hashed in a first pass and streamed again when its bytes are
+needed, verified against the first pass, so memory stays bounded by the
+read-ahead window whatever the file sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dspkg.errors import SourceChanged
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    rel: str
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFile:
+    file: LocalFile
+    sha256: str
+    crc32: int
+    data: bytes | None  # None when the file is big: stream it with FileReader.stream
+
+
+def stat_files(root: Path, rels: Sequence[str]) -> dict[str, LocalFile]:
+    """LocalFile records (size from ``stat``) for paths already validated by the metadata reader."""
+    found: dict[str, LocalFile] = {}
+    for rel in rels:
+        path = root / rel
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise _source_error(path, exc) from None
+        found[rel] = LocalFile(rel, path, size)
+    return found
+
+
+def _source_error(path: Path, exc: OSError) -> SourceChanged:
+    if exc.errno == errno.ENOENT:
+        return SourceChanged(
+            f"{path} disappeared while publishing; nothing was published, run again", path=str(path)
+        )
+    return SourceChanged(
+        f"{path} cannot be read ({exc.strerror}); fix its permissions and run again", path=str(path)
+    )
+
+
+def _changed(path: Path, expected: int, got: int) -> SourceChanged:
+    return SourceChanged(
+        f"{path} changed size while being published ({expected} -> {got} bytes); "
+        "nothing was published, run again once it is stable",
+        path=str(path),
+    )
+
+
+def _read_small(file: LocalFile) -> ReadFile:
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        fd = os.open(file.path, os.O_RDONLY)
+        try:
+            # Ask for one byte more than expected, to notice a file that grew.
+            while total <= file.size:
+                block = os.read(fd, file.size + 1 - total)
+                if not block:
+                    break
+                chunks.append(block)
+                total += len(block)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _source_error(file.path, exc) from None
+    if total != file.size:
+        raise _changed(file.path, file.size, total)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return ReadFile(file, hashlib.sha256(data).hexdigest(), zlib.crc32(data), data)
+
+
+def _hash_big(file: LocalFile, chunk: int) -> ReadFile:
+    sha = hashlib.sha256()
+    crc = 0
+    total = 0
+    try:
+        with file.path.open("rb", buffering=0) as handle:
+            while block := handle.read(chunk):
+                sha.update(block)
+                crc = zlib.crc32(block, crc)
+                total += len(block)
+    except OSError as exc:
+        raise _source_error(file.path, exc) from None
+    if total != file.size:
+        raise _changed(file.path, file.size, total)
+    return ReadFile(file, sha.hexdigest(), crc, None)
+
+
+def _read_batch(files: Sequence[LocalFile], big_file: int, chunk: int) -> list[ReadFile]:
+    return [_hash_big(f, chunk) if f.size >= big_file else _read_small(f) for f in files]
+
+
+@dataclass
+class FileReader:
+    executor: Executor
+    big_file: int = 32 << 20
+    window_bytes: int = 64 << 20
+    batch_bytes: int = 1 << 20
+    batch_files: int = 64
+    chunk: int = 8 << 20
+
+    async def read_all(self, files: Sequence[LocalFile]) -> AsyncIterator[ReadFile]:
+        """Yield every file, in order, hashed; reads run ahead up to ``window_bytes``."""
+        loop = asyncio.get_running_loop()
+        batches = _batches(files, self.batch_bytes, self.batch_files, self.big_file)
+        pending: deque[tuple[asyncio.Future[list[ReadFile]], int]] = deque()
+        in_flight = 0
+        index = 0
+        try:
+            while index < len(batches) or pending:
+                while index < len(batches) and (not pending or in_flight < self.window_bytes):
+                    batch = batches[index]
+                    weight = sum(min(f.size, self.big_file) for f in batch)
+                    future = loop.run_in_executor(
+                        self.executor, _read_batch, batch, self.big_file, self.chunk
+                    )
+                    pending.append((future, weight))
+                    in_flight += weight
+                    index += 1
+                future, weight = pending.popleft()
+                results = await future
+                in_flight -= weight
+                for result in results:
+                    yield result
+        finally:
+            for future, _ in pending:
+                future.cancel()
+
+    async def stream(self, read: ReadFile) -> AsyncIterator[bytes]:
+        """The bytes of a big file again, checked against its first pass."""
+        loop = asyncio.get_running_loop()
+        path = read.file.path
+        try:
+            handle = await loop.run_in_executor(self.executor, path.open, "rb")
+        except OSError as exc:
+            raise _source_error(path, exc) from None
+        sha = hashlib.sha256()
+        total = 0
+        try:
+            while True:
+                try:
+                    block = await loop.run_in_executor(self.executor, handle.read, self.chunk)
+                except OSError as exc:
+                    raise _source_error(path, exc) from None
+                if not block:
+                    break
+                total += len(block)
+                if total > read.file.size:
+                    raise _changed(path, read.file.size, total)
+                sha.update(block)
+                yield block
+        finally:
+            handle.close()
+        if total != read.file.size:
+            raise _changed(path, read.file.size, total)
+        if sha.hexdigest() != read.sha256:
+            raise SourceChanged(
+                f"{path} changed while being published; nothing was published, run again",
+                path=str(path),
+            )
+
+
+def _batches(
+    files: Sequence[LocalFile], batch_bytes: int, batch_files: int, big_file: int
+) -> list[list[LocalFile]]:
+    batches: list[list[LocalFile]] = []
+    current: list[LocalFile] = []
+    size = 0
+    for f in files:
+        if f.size >= big_file:
+            if current:
+                batches.append(current)
+                current, size = [], 0
+            batches.append([f])
+            continue
+        current.append(f)
+        size += f.size
+        if size >= batch_bytes or len(current) >= batch_files:
+            batches.append(current)
+            current, size = [], 0
+    if current:
+        batches.append(current)
+    return batches

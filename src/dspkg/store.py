@@ -1,0 +1,388 @@
+"""The one thin adapter over obstore: the few operations dspkg needs, with our errors.
+
+Every request goes through :class:`Store`, which counts requests and bytes (the
+figures ``--json`` reports) and translates obstore's exceptions into
+:mod:`dspkg.errors` at this boundary. :func:`open_store` turns a URL into a store;
+only the public API and the command line call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import random
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlparse
+
+import obstore
+from obstore import exceptions as obx
+from obstore.store import AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
+
+from dspkg.errors import DspkgError, InvalidArgument, NotFound, RetriesExceeded, StoreError
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, ObjectStore, RetryConfig
+
+T = TypeVar("T")
+
+# Errors worth another try: network trouble and server-side failures that obstore
+# reports generically once its own request retries are used up, or that cut a body
+# stream midway. Everything else (not found, denied, precondition) is final.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    obx.GenericError,
+    obx.JoinError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+@dataclass
+class StoreStats:
+    requests: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str | None = None
+    modified: datetime | None = None
+
+
+@dataclass
+class Store:
+    """A store of blobs, packages and manifests at ``url``."""
+
+    inner: ObjectStore
+    url: str
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    stats: StoreStats = field(default_factory=StoreStats)
+
+    def describe(self, key: str) -> str:
+        return f"{self.url.rstrip('/')}/{key}"
+
+    async def _call(self, key: str, op: Callable[[], Awaitable[T]]) -> T:
+        last: BaseException | None = None
+        for attempt in range(self.retry.attempts):
+            self.stats.requests += 1
+            try:
+                return await op()
+            except TRANSIENT as exc:
+                last = exc
+                self.stats.retries += 1
+                await asyncio.sleep(self.retry.delay(attempt))
+            except Exception as exc:
+                raise translate(exc, self.describe(key)) from exc
+        assert last is not None
+        raise RetriesExceeded(
+            f"{self.describe(key)}: store request failed {self.retry.attempts} times "
+            f"({_first_line(last)}); check the network and the store, then retry",
+            key=key,
+            last=last,
+        ) from last
+
+    async def get(self, key: str) -> bytes:
+        async def op() -> bytes:
+            result = await obstore.get_async(self.inner, key)
+            data = bytes(await result.bytes_async())
+            self.stats.bytes_down += len(data)
+            return data
+
+        return await self._call(key, op)
+
+    async def get_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+
+        async def op() -> bytes:
+            data = bytes(await obstore.get_range_async(self.inner, key, start=start, end=end))
+            self.stats.bytes_down += len(data)
+            return data
+
+        data = await self._call(key, op)
+        if len(data) != end - start:
+            raise StoreError(
+                f"{self.describe(key)}: asked for bytes {start}-{end} and got {len(data)} bytes; "
+                "the object is shorter than its manifest says (truncated?)",
+                key=key,
+            )
+        return data
+
+    async def stream_range(
+        self, key: str, start: int, end: int, *, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[memoryview]:
+        """Yield bytes ``[start, end)`` as they arrive; resume after a broken connection.
+
+        A transient failure mid-body re-requests from the first byte not yet
+        yielded, so the caller sees every byte exactly once.
+        """
+        position = start
+        failures = 0
+        while position < end:
+            self.stats.requests += 1
+            try:
+                result = await obstore.get_async(
+                    self.inner, key, options={"range": (position, end)}
+                )
+                got = result.range
+                if got[0] != position or got[1] != end:
+                    # A full 200 or a different range: never splice it, ask again.
+                    raise StoreError(
+                        f"{self.describe(key)}: asked for bytes {position}-{end}, "
+                        f"got {got[0]}-{got[1]}",
+                        key=key,
+                    )
+                async for chunk in result.stream(min_chunk_size=chunk_size):
+                    view = memoryview(chunk)
+                    if position + len(view) > end:
+                        raise StoreError(
+                            f"{self.describe(key)}: the store sent more bytes than asked for",
+                            key=key,
+                        )
+                    position += len(view)
+                    self.stats.bytes_down += len(view)
+                    failures = 0
+                    yield view
+                if position < end:
+                    raise ConnectionError(f"body ended at byte {position} of {end}")
+            except TRANSIENT as exc:
+                failures += 1
+                self.stats.retries += 1
+                if failures >= self.retry.attempts:
+                    raise RetriesExceeded(
+                        f"{self.describe(key)}: download failed {failures} times in a row "
+                        f"({_first_line(exc)}); check the network and the store, then retry",
+                        key=key,
+                        last=exc,
+                    ) from exc
+                await asyncio.sleep(self.retry.delay(failures))
+            except StoreError:
+                raise
+            except Exception as exc:
+                raise translate(exc, self.describe(key)) from exc
+
+    async def put(self, key: str, data: bytes, *, create: bool = False) -> bool:
+        """Write ``data`` at ``key``; with ``create``, return False if ``key`` exists."""
+
+        async def op() -> bool:
+            try:
+                await obstore.put_async(
+                    self.inner,
+                    key,
+                    data,
+                    mode="create" if create else "overwrite",
+                    use_multipart=False,
+                )
+            except obx.AlreadyExistsError:
+                return False
+            self.stats.bytes_up += len(data)
+            return True
+
+        return await self._call(key, op)
+
+    async def put_stream(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        part_size: int = 8 << 20,
+        concurrency: int = 8,
+    ) -> None:
+        """Upload a stream as one object (multipart); nothing appears at ``key`` on failure."""
+        counted = self._count_up(chunks)
+        self.stats.requests += 1
+        try:
+            await obstore.put_async(
+                self.inner,
+                key,
+                counted,
+                chunk_size=part_size,
+                max_concurrency=concurrency,
+            )
+        except DspkgError:
+            raise  # raised by the caller's stream, e.g. a source file that changed
+        except Exception as exc:
+            raise translate(exc, self.describe(key)) from exc
+
+    async def _count_up(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.stats.bytes_up += len(chunk)
+            yield chunk
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        async def op() -> ObjectInfo | None:
+            try:
+                meta = await obstore.head_async(self.inner, key)
+            except FileNotFoundError:
+                return None
+            return ObjectInfo(key=meta["path"], size=meta["size"], etag=meta.get("e_tag"))
+
+        return await self._call(key, op)
+
+    async def list(self, prefix: str) -> builtins.list[ObjectInfo]:
+        async def op() -> builtins.list[ObjectInfo]:
+            found: builtins.list[ObjectInfo] = []
+            stream = obstore.list(self.inner, prefix=prefix, chunk_size=1000)
+            async for batch in stream:
+                self.stats.requests += 1
+                found.extend(
+                    ObjectInfo(m["path"], m["size"], m.get("e_tag"), m.get("last_modified"))
+                    for m in batch
+                )
+            return found
+
+        return await self._call(prefix, op)
+
+    async def list_dirs(self, prefix: str) -> builtins.list[str]:
+        """Names of the immediate "subdirectories" under ``prefix/``."""
+
+        async def op() -> builtins.list[str]:
+            result = await obstore.list_with_delimiter_async(self.inner, prefix=prefix)
+            return sorted(p.rstrip("/").rpartition("/")[2] for p in result["common_prefixes"])
+
+        return await self._call(prefix, op)
+
+    async def delete(self, key: str) -> None:
+        async def op() -> None:
+            try:
+                await obstore.delete_async(self.inner, key)
+            except FileNotFoundError:
+                return
+
+        await self._call(key, op)
+
+
+def translate(exc: BaseException, where: str) -> StoreError:
+    """Our error for an obstore (or OS) error raised while working on ``where``."""
+    if isinstance(exc, StoreError):
+        return exc
+    detail = _first_line(exc)
+    if isinstance(exc, FileNotFoundError | obx.NotFoundError):
+        return StoreError(f"{where}: not found in the store", key=where)
+    if isinstance(exc, obx.PermissionDeniedError | obx.UnauthenticatedError | PermissionError):
+        return StoreError(
+            f"{where}: the store refused access ({detail}); check credentials and permissions",
+            key=where,
+        )
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return StoreError(f"{where}: no space left on the store's disk", key=where)
+    return StoreError(f"{where}: store request failed: {detail}", key=where)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+# Stores made from memory:// URLs, so that one process sees one store per name.
+_MEMORY: dict[str, MemoryStore] = {}
+
+
+def open_store(
+    url: str, options: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None
+) -> Store:
+    """Build a store from a URL: ``file://DIR``, ``s3://bucket/prefix``, ``gs://``, ``az://``,
+    ``memory://[name]``, or a plain directory path.
+
+    ``options`` are obstore configuration keys (``region``, ``endpoint``,
+    ``skip_signature`` ...); credentials otherwise come from the usual environment
+    variables, read by obstore. With an ``http://`` endpoint (``AWS_ENDPOINT_URL``
+    or the ``endpoint`` option) plain HTTP is allowed, for local S3 servers.
+    """
+    options = dict(options or {})
+    env = env or {}
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    try:
+        if scheme in ("", "file"):
+            path = Path(url[len("file://") :] if scheme == "file" else url).expanduser()
+            if not str(path):
+                raise InvalidArgument(f"invalid store URL {url!r}: file:// needs a directory")
+            path = path.resolve()
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"store directory {path} cannot be created ({exc.strerror}); "
+                    "choose another --store"
+                ) from None
+            inner: ObjectStore = LocalStore(prefix=path)
+            return Store(inner, f"file://{path}")
+        if scheme == "memory":
+            name = parsed.netloc + parsed.path
+            inner = _MEMORY.setdefault(name, MemoryStore())
+            return Store(inner, url)
+        client: ClientConfig = {"connect_timeout": "10s", "timeout": "300s"}
+        retry: RetryConfig = {
+            "max_retries": 4,
+            "retry_timeout": timedelta(seconds=120),
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=5),
+                "base": 2,
+            },
+        }
+        if scheme in ("s3", "s3a"):
+            endpoint = (
+                options.get("endpoint")
+                or env.get("AWS_ENDPOINT_URL_S3")
+                or env.get("AWS_ENDPOINT_URL")
+            )
+            if endpoint:
+                options.setdefault("endpoint", endpoint)
+                if endpoint.startswith("http://"):
+                    client["allow_http"] = True
+                # Most local S3 servers do not route virtual-hosted bucket names.
+                options.setdefault("virtual_hosted_style_request", "false")
+            if not (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")):
+                options.setdefault("region", "us-east-1")
+            inner = S3Store.from_url(
+                url,
+                client_options=client,
+                retry_config=retry,
+                **options,  # type: ignore[arg-type]
+            )
+        elif scheme in ("gs", "gcs"):
+            inner = GCSStore.from_url(
+                url,
+                client_options=client,
+                retry_config=retry,
+                **options,  # type: ignore[arg-type]
+            )
+        elif scheme in ("az", "azure", "abfs", "abfss", "adl"):
+            inner = AzureStore.from_url(
+                url,
+                client_options=client,
+                retry_config=retry,
+                **options,  # type: ignore[arg-type]
+            )
+        else:
+            raise InvalidArgument(
+                f"unsupported store URL {url!r}: use file://DIR, s3://BUCKET/PREFIX, "
+                "gs://BUCKET/PREFIX, az://ACCOUNT/CONTAINER/PREFIX or memory://"
+            )
+    except obx.BaseError as exc:
+        raise InvalidArgument(f"store {url!r} cannot be configured: {_first_line(exc)}") from None
+    return Store(inner, url)
+
+
+def not_found(uri: str, what: str) -> NotFound:
+    return NotFound(f"{what} {uri} not found", uri=uri)

@@ -1,0 +1,81 @@
+"""Bounded concurrency for many requests, and the one bridge from sync to async.
+
+:class:`BoundedTasks` keeps at most ``limit`` coroutines in flight; spawning waits
+for a free slot, which gives natural back-pressure to whatever produces the work.
+The first failure cancels the rest and is raised as itself (not as an
+``ExceptionGroup``), so callers see one of our one-line errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class BoundedTasks:
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._slots = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._error: BaseException | None = None
+
+    async def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Start ``coro`` once a slot is free; raise at once if an earlier task failed."""
+        self._check(coro)
+        await self._slots.acquire()
+        try:
+            self._check(coro)
+        except BaseException:
+            self._slots.release()
+            raise
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _check(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._error is not None:
+            coro.close()
+            raise self._error
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and self._error is None:
+            self._error = error
+            for other in self._tasks:
+                other.cancel()
+
+    async def join(self) -> None:
+        """Wait for every task; raise the first failure."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        if self._error is not None:
+            raise self._error
+
+    async def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code, even where an event loop is running.
+
+    Notebooks run an event loop in the main thread; there the coroutine runs on a
+    fresh loop in a helper thread instead.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -1,0 +1,343 @@
+"""Reads ``.vhpkgzip`` packages, trusting nothing (pure: bytes or a ``read_range`` in, no store).
+
+Three readers share one set of checks:
+
+- :class:`LocalEntryParser` walks local headers in one forward pass over a byte stream
+  that starts at any local header (a whole package, or a ranged GET from the middle),
+  yielding each entry's data as it arrives;
+- :func:`read_entry` reads one entry given its local header offset;
+- :func:`read_central_directory` reads and validates the central directory.
+
+Anything outside the subset dspkg writes (compression, encryption, data descriptors,
+non-UTF-8 names, unsafe paths, overlapping or unsorted entries) raises
+:class:`~dspkg.errors.UnsafePackage` naming the package and entry.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from dspkg import zipformat as zf
+from dspkg.errors import UnsafePackage
+from dspkg.paths import path_problem, tree_problem
+
+ReadRange = Callable[[int, int], bytes]
+"""``read_range(start, end)`` returns bytes ``[start, end)`` of the package."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalHeader:
+    name: str
+    size: int
+    crc32: int
+    header_offset: int
+    data_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class CentralEntry:
+    name: str
+    size: int
+    crc32: int
+    header_offset: int
+    mode: int
+
+
+def _zip64_values(extra: bytes | bytearray | memoryview, count: int, *, obj: str, name: str) -> list[int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        if pos + 4 + length > len(extra):
+            break
+        if tag == zf.ZIP64_EXTRA_ID:
+            if length < 8 * count:
+                raise UnsafePackage(
+                    f"package {obj}: entry {name!r} has a truncated ZIP64 extra field",
+                    obj=obj,
+                    entry=name,
+                )
+            return list(struct.unpack_from(f"<{count}Q", extra, pos + 4))
+        pos += 4 + length
+    raise UnsafePackage(
+        f"package {obj}: entry {name!r} declares ZIP64 sizes without a ZIP64 extra field",
+        obj=obj,
+        entry=name,
+    )
+
+
+def _decode_name(raw: bytes | bytearray | memoryview, flags: int, *, obj: str) -> str:
+    data = bytes(raw)
+    try:
+        name = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnsafePackage(
+            f"package {obj}: entry name {data!r} is not valid UTF-8", obj=obj, entry=repr(data)
+        ) from None
+    if not flags & zf.FLAG_UTF8 and not name.isascii():
+        raise UnsafePackage(
+            f"package {obj}: entry {name!r} has a non-ASCII name without the UTF-8 flag",
+            obj=obj,
+            entry=name,
+        )
+    problem = path_problem(name)
+    if problem:
+        raise UnsafePackage(
+            f"package {obj}: refusing entry {name!r}: {problem}", obj=obj, entry=name
+        )
+    return name
+
+
+def _check_method(flags: int, method: int, *, obj: str, name: str) -> None:
+    if flags & zf.FLAG_ENCRYPTED:
+        raise UnsafePackage(f"package {obj}: entry {name!r} is encrypted", obj=obj, entry=name)
+    if flags & zf.FLAG_DATA_DESCRIPTOR:
+        raise UnsafePackage(
+            f"package {obj}: entry {name!r} uses a data descriptor", obj=obj, entry=name
+        )
+    if method != zf.METHOD_STORED:
+        raise UnsafePackage(
+            f"package {obj}: entry {name!r} is compressed (method {method}); "
+            "only STORED is allowed",
+            obj=obj,
+            entry=name,
+        )
+
+
+def parse_local_header(
+    buf: bytes | bytearray | memoryview, offset: int, *, obj: str
+) -> tuple[LocalHeader, int] | None:
+    """Parse a local header at the start of ``buf`` (at package offset ``offset``).
+
+    Returns the header and its length, or None when ``buf`` is too short to hold it.
+    """
+    if len(buf) < zf.LOCAL.size:
+        return None
+    (sig, _ver, flags, method, _t, _d, crc, csize, usize, nlen, xlen) = zf.LOCAL.unpack_from(buf)
+    if sig != zf.LOCAL_SIG:
+        raise UnsafePackage(
+            f"package {obj}: no local file header at offset {offset} "
+            "(corrupt or truncated package)",
+            obj=obj,
+        )
+    total = zf.LOCAL.size + nlen + xlen
+    if len(buf) < total:
+        return None
+    name = _decode_name(buf[zf.LOCAL.size : zf.LOCAL.size + nlen], flags, obj=obj)
+    _check_method(flags, method, obj=obj, name=name)
+    if usize == zf.MAX32 or csize == zf.MAX32:
+        extra = buf[zf.LOCAL.size + nlen : total]
+        usize, csize = _zip64_values(extra, 2, obj=obj, name=name)
+    if csize != usize:
+        raise UnsafePackage(
+            f"package {obj}: entry {name!r} is STORED but its sizes differ ({csize} != {usize})",
+            obj=obj,
+            entry=name,
+        )
+    return LocalHeader(name, usize, crc, offset, offset + total), total
+
+
+class LocalEntryParser:
+    """Forward-pass parser over a byte stream that starts at a local header.
+
+    ``feed(chunk)`` yields ``(header, piece, last)`` for each piece of entry data in
+    the chunk; ``last`` is true on an entry's final piece. A small entry inside one
+    chunk comes as a single piece, without copying. At the central directory the
+    parser stops (``at_directory`` becomes true) and ignores the rest; ``close()``
+    raises if the stream ended inside a header or an entry's data.
+    """
+
+    def __init__(self, offset: int = 0, *, obj: str = "package") -> None:
+        self.obj = obj
+        self.offset = offset
+        self.at_directory = False
+        self._pending = bytearray()
+        self._header: LocalHeader | None = None
+        self._remaining = 0
+
+    def feed(self, chunk: bytes | memoryview) -> Iterator[tuple[LocalHeader, memoryview, bool]]:
+        view = memoryview(chunk)
+        pos = 0
+        end = len(view)
+        while pos < end and not self.at_directory:
+            header = self._header
+            if header is not None:
+                take = min(self._remaining, end - pos)
+                self._remaining -= take
+                self.offset += take
+                last = self._remaining == 0
+                if last:
+                    self._header = None
+                yield header, view[pos : pos + take], last
+                pos += take
+                continue
+            if self._pending:
+                self._pending += view[pos:end]
+                buf: bytes | bytearray | memoryview = self._pending
+                base = 0
+            else:
+                buf = view[pos:end]
+                base = pos
+            if len(buf) >= 4 and struct.unpack_from("<I", buf)[0] == zf.CENTRAL_SIG:
+                self.at_directory = True
+                self._pending.clear()
+                return
+            parsed = parse_local_header(buf, self.offset, obj=self.obj)
+            if parsed is None:
+                if not self._pending:
+                    self._pending += buf
+                return
+            header, used = parsed
+            self.offset += used
+            self._remaining = header.size
+            if self._pending:
+                # The header straddled chunks: the bytes after it in _pending are data.
+                rest = bytes(self._pending[used:])
+                self._pending.clear()
+                yield from self._start(header)
+                yield from self.feed(rest)
+                return
+            pos = base + used
+            if header.size == 0:
+                yield header, view[pos:pos], True
+            else:
+                self._header = header
+
+    def _start(self, header: LocalHeader) -> Iterator[tuple[LocalHeader, memoryview, bool]]:
+        if header.size == 0:
+            yield header, memoryview(b""), True
+        else:
+            self._header = header
+
+    def close(self) -> None:
+        """Raise unless the stream ended exactly at an entry boundary."""
+        if self._header is not None:
+            raise UnsafePackage(
+                f"package {self.obj}: truncated inside entry {self._header.name!r}",
+                obj=self.obj,
+                entry=self._header.name,
+            )
+        if self._pending and not self.at_directory:
+            raise UnsafePackage(
+                f"package {self.obj}: truncated inside a local header at offset {self.offset}",
+                obj=self.obj,
+            )
+
+
+def read_entry(
+    read_range: ReadRange, header_offset: int, *, obj: str = "package"
+) -> tuple[LocalHeader, bytes]:
+    """Read one entry's header and data from its local header offset."""
+    head = read_range(header_offset, header_offset + zf.LOCAL.size)
+    if len(head) < zf.LOCAL.size:
+        raise UnsafePackage(f"package {obj}: truncated at offset {header_offset}", obj=obj)
+    nlen, xlen = struct.unpack_from("<HH", head, 26)
+    full = head + read_range(
+        header_offset + zf.LOCAL.size, header_offset + zf.LOCAL.size + nlen + xlen
+    )
+    parsed = parse_local_header(full, header_offset, obj=obj)
+    if parsed is None:
+        raise UnsafePackage(f"package {obj}: truncated at offset {header_offset}", obj=obj)
+    header, _ = parsed
+    data = read_range(header.data_offset, header.data_offset + header.size)
+    if len(data) != header.size:
+        raise UnsafePackage(
+            f"package {obj}: truncated inside entry {header.name!r}", obj=obj, entry=header.name
+        )
+    return header, data
+
+
+def read_central_directory(
+    read_range: ReadRange, package_size: int, *, obj: str = "package", max_entries: int = 10**7
+) -> list[CentralEntry]:
+    """Read and validate a package's central directory; entries come in offset order.
+
+    Checks: one EOCD at the very end (no comment, no trailing data), a consistent
+    ZIP64 locator and record, the directory directly after the last entry, entry
+    count, STORED regular files with safe, sorted, unique names and no overlap.
+    """
+
+    def bad(message: str, entry: str | None = None) -> UnsafePackage:
+        return UnsafePackage(f"package {obj}: {message}", obj=obj, entry=entry)
+
+    if package_size < zf.EOCD.size:
+        raise bad("too small to be a package (truncated?)")
+    eocd_at = package_size - zf.EOCD.size
+    eocd = read_range(eocd_at, package_size)
+    sig, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, comment = zf.EOCD.unpack(eocd)
+    if sig != zf.EOCD_SIG or comment != 0:
+        raise bad("no end of central directory record at the end (truncated or trailing data?)")
+    if disk != 0 or cd_disk != 0 or n_disk != n_total:
+        raise bad("multi-disk archives are not supported")
+    directory_end = eocd_at
+    if n_total == zf.MAX16 or cd_size == zf.MAX32 or cd_offset == zf.MAX32:
+        loc_at = eocd_at - zf.ZIP64_LOCATOR.size
+        if loc_at < 0:
+            raise bad("missing ZIP64 end of central directory locator")
+        lsig, ldisk, rec_at, ldisks = zf.ZIP64_LOCATOR.unpack(read_range(loc_at, eocd_at))
+        expected_rec_at = loc_at - zf.ZIP64_EOCD.size
+        if lsig != zf.ZIP64_LOCATOR_SIG or ldisk != 0 or ldisks != 1 or rec_at != expected_rec_at:
+            raise bad("inconsistent ZIP64 end of central directory locator")
+        rec = zf.ZIP64_EOCD.unpack(read_range(rec_at, loc_at))
+        rsig, rsize, _made, _need, rdisk, rcd_disk, rn_disk, rn_total, cd_size, cd_offset = rec
+        if rsig != zf.ZIP64_EOCD_SIG or rsize != zf.ZIP64_EOCD.size - 12:
+            raise bad("inconsistent ZIP64 end of central directory record")
+        if rdisk != 0 or rcd_disk != 0 or rn_disk != rn_total:
+            raise bad("multi-disk archives are not supported")
+        n_total = rn_total
+        directory_end = rec_at
+    if n_total > max_entries:
+        raise bad(f"declares {n_total} entries, more than the limit of {max_entries}")
+    if cd_offset + cd_size != directory_end:
+        raise bad(
+            "central directory is not where the end record says (prepended or trailing data?)"
+        )
+    data = read_range(cd_offset, cd_offset + cd_size)
+    if len(data) != cd_size:
+        raise bad("truncated central directory")
+    entries: list[CentralEntry] = []
+    pos = 0
+    previous_end = 0
+    view = memoryview(data)
+    for _ in range(n_total):
+        if pos + zf.CENTRAL.size > len(view):
+            raise bad("central directory holds fewer entries than declared")
+        fields = zf.CENTRAL.unpack_from(view, pos)
+        (csig, made_by, _need, flags, method, _t, _d, crc, csize, usize) = fields[:10]
+        nlen, xlen, clen, _disk_start, _internal, external, offset = fields[10:]
+        if csig != zf.CENTRAL_SIG:
+            raise bad("corrupt central directory")
+        start = pos + zf.CENTRAL.size
+        name = _decode_name(view[start : start + nlen], flags, obj=obj)
+        _check_method(flags, method, obj=obj, name=name)
+        extra = view[start + nlen : start + nlen + xlen]
+        wanted = [usize == zf.MAX32, csize == zf.MAX32, offset == zf.MAX32]
+        if any(wanted):
+            values = iter(_zip64_values(extra, sum(wanted), obj=obj, name=name))
+            usize = next(values) if wanted[0] else usize
+            csize = next(values) if wanted[1] else csize
+            offset = next(values) if wanted[2] else offset
+        if csize != usize:
+            raise bad(f"entry {name!r} is STORED but its sizes differ", name)
+        mode = (external >> 16) & 0xFFFF
+        if made_by >> 8 == 3 and mode and (mode & zf.S_IFMT) != zf.S_IFREG:
+            raise bad(f"entry {name!r} is not a regular file (mode {oct(mode)})", name)
+        if mode & 0o7000:
+            raise bad(f"entry {name!r} has setuid, setgid or sticky bits", name)
+        if offset < previous_end:
+            raise bad(f"entry {name!r} overlaps the entry before it", name)
+        data_start = offset + zf.LOCAL.size + nlen
+        previous_end = data_start + usize
+        if previous_end > cd_offset:
+            raise bad(f"entry {name!r} runs into the central directory", name)
+        if entries and name <= entries[-1].name:
+            raise bad(f"entry {name!r} is out of order or duplicated", name)
+        entries.append(CentralEntry(name, usize, crc, offset, mode))
+        pos = start + nlen + xlen + clen
+    if pos != len(view):
+        raise bad("central directory holds more data than its entries")
+    collision = tree_problem(e.name for e in entries)
+    if collision:
+        raise bad(f"entry {collision[0]!r} {collision[1]}", collision[0])
+    return entries
