@@ -23,6 +23,7 @@ from dspkg import zipformat as zf
 from dspkg.errors import UnsafePackage
 from dspkg.paths import path_problem, tree_problem
 
+Buffer = bytes | bytearray | memoryview
 ReadRange = Callable[[int, int], bytes]
 """``read_range(start, end)`` returns bytes ``[start, end)`` of the package."""
 
@@ -45,7 +46,7 @@ class CentralEntry:
     mode: int
 
 
-def _zip64_values(extra: bytes | bytearray | memoryview, count: int, *, obj: str, name: str) -> list[int]:
+def _zip64_values(extra: Buffer, count: int, *, obj: str, name: str) -> list[int]:
     pos = 0
     while pos + 4 <= len(extra):
         tag, length = struct.unpack_from("<HH", extra, pos)
@@ -67,7 +68,7 @@ def _zip64_values(extra: bytes | bytearray | memoryview, count: int, *, obj: str
     )
 
 
-def _decode_name(raw: bytes | bytearray | memoryview, flags: int, *, obj: str) -> str:
+def _decode_name(raw: Buffer, flags: int, *, obj: str) -> str:
     data = bytes(raw)
     try:
         name = data.decode("utf-8")
@@ -105,9 +106,7 @@ def _check_method(flags: int, method: int, *, obj: str, name: str) -> None:
         )
 
 
-def parse_local_header(
-    buf: bytes | bytearray | memoryview, offset: int, *, obj: str
-) -> tuple[LocalHeader, int] | None:
+def parse_local_header(buf: Buffer, offset: int, *, obj: str) -> tuple[LocalHeader, int] | None:
     """Parse a local header at the start of ``buf`` (at package offset ``offset``).
 
     Returns the header and its length, or None when ``buf`` is too short to hold it.
@@ -136,6 +135,11 @@ def parse_local_header(
             entry=name,
         )
     return LocalHeader(name, usize, crc, offset, offset + total), total
+
+
+# What may follow the last entry: the central directory, or the end records of an
+# empty package.
+_END_SIGNATURES = frozenset({zf.CENTRAL_SIG, zf.EOCD_SIG, zf.ZIP64_EOCD_SIG})
 
 
 class LocalEntryParser:
@@ -174,12 +178,12 @@ class LocalEntryParser:
                 continue
             if self._pending:
                 self._pending += view[pos:end]
-                buf: bytes | bytearray | memoryview = self._pending
+                buf: Buffer = self._pending
                 base = 0
             else:
                 buf = view[pos:end]
                 base = pos
-            if len(buf) >= 4 and struct.unpack_from("<I", buf)[0] == zf.CENTRAL_SIG:
+            if len(buf) >= 4 and struct.unpack_from("<I", buf)[0] in _END_SIGNATURES:
                 self.at_directory = True
                 self._pending.clear()
                 return

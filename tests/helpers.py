@@ -1,0 +1,161 @@
+"""Helpers the tests share: a moto S3 server process, store cases, outputs trees."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dspkg.store import Store, open_store
+
+BUCKET = "dspkg-test"
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    port: int
+
+    def env(self) -> dict[str, str]:
+        return {**S3_ENV, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def create_bucket(self, name: str) -> None:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint, **_boto_credentials())
+        client.create_bucket(Bucket=name)
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": S3_ENV["AWS_REGION"],
+    }
+
+
+def start_moto(port: int, log: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=log,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("moto server exited at start") from None
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto server did not start")
+
+
+STORE_KINDS = ["memory", "file", "s3"]
+
+
+def make_store_url(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[str, dict[str, str]]:
+    """A fresh, empty store URL of ``kind`` and the environment it needs."""
+    if kind == "memory":
+        return f"memory://{uuid.uuid4().hex}", {}
+    if kind == "file":
+        return f"file://{tmp_path / 'store'}", {}
+    server: S3Server = request.getfixturevalue("s3_server")
+    return f"s3://{BUCKET}/{uuid.uuid4().hex}", server.env()
+
+
+@dataclass(frozen=True)
+class StoreCase:
+    kind: str
+    url: str
+    env: dict[str, str]
+
+    def open(self) -> Store:
+        return open_store(self.url, env=self.env)
+
+
+def write_outputs(
+    root: Path,
+    files: dict[str, bytes],
+    versions: list[Any] | None = None,
+    *,
+    per_file: dict[str, list[Any]] | None = None,
+) -> Path:
+    """Write ``files`` under ``root`` and one metadata line per file naming ``versions``."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        entries = (per_file or {}).get(rel, versions)
+        if entries is not None:
+            lines.append(
+                json.dumps({"file": rel, "metadata": {"valohai.dataset-versions": entries}})
+            )
+    (root / "valohai.metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    """Every regular file under ``root`` (following links) by relative path."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], *, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``dspkg`` as a user would: a separate process, only ``env`` in its environment."""
+    import os
+
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "dspkg.cli", *args],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit status 1, one ``dspkg: error:`` line on stderr, no traceback; return the line."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("dspkg: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]

@@ -1,0 +1,133 @@
+"""The store suite: the same behaviour on every store kind (memory, local directory, S3)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from dspkg.errors import DspkgError, InvalidArgument, StoreError
+from dspkg.store import open_store
+from tests.helpers import StoreCase
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_put_get_head_roundtrip(store_case: StoreCase) -> None:
+    store = store_case.open()
+
+    async def go() -> None:
+        assert await store.put("a/b.bin", b"hello world")
+        assert await store.get("a/b.bin") == b"hello world"
+        info = await store.head("a/b.bin")
+        assert info is not None and info.size == 11
+        assert await store.head("a/missing") is None
+
+    run(go())
+    assert store.stats.bytes_up == 11
+    assert store.stats.bytes_down == 11
+
+
+def test_conditional_create_never_overwrites(store_case: StoreCase) -> None:
+    store = store_case.open()
+
+    async def go() -> None:
+        assert await store.put("m.json", b"first", create=True) is True
+        assert await store.put("m.json", b"second", create=True) is False
+        assert await store.get("m.json") == b"first"
+
+    run(go())
+
+
+def test_ranged_reads(store_case: StoreCase) -> None:
+    store = store_case.open()
+    data = bytes(range(256)) * 100
+
+    async def go() -> None:
+        await store.put("r.bin", data)
+        assert await store.get_range("r.bin", 10, 20) == data[10:20]
+        got = b"".join(
+            [bytes(c) async for c in store.stream_range("r.bin", 100, 20_000, chunk_size=1000)]
+        )
+        assert got == data[100:20_000]
+
+    run(go())
+
+
+def test_range_past_the_end_is_an_error(store_case: StoreCase) -> None:
+    store = store_case.open()
+
+    async def go() -> None:
+        await store.put("short.bin", b"0123456789")
+        with pytest.raises(DspkgError):
+            await store.get_range("short.bin", 5, 50)
+
+    run(go())
+
+
+def test_streamed_multipart_upload(store_case: StoreCase) -> None:
+    store = store_case.open()
+    parts = [bytes([i]) * (3 << 20) for i in range(4)]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    async def go() -> None:
+        await store.put_stream("big.bin", chunks(), part_size=5 << 20)
+        assert await store.get("big.bin") == b"".join(parts)
+
+    run(go())
+
+
+def test_failed_stream_leaves_nothing(store_case: StoreCase) -> None:
+    store = store_case.open()
+
+    class Boom(DspkgError):
+        pass
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"x" * (6 << 20)
+        raise Boom("source went away")
+
+    async def go() -> None:
+        with pytest.raises(Boom):
+            await store.put_stream("partial.bin", chunks(), part_size=5 << 20)
+        assert await store.head("partial.bin") is None
+
+    run(go())
+
+
+def test_list_and_dirs_and_delete(store_case: StoreCase) -> None:
+    store = store_case.open()
+
+    async def go() -> None:
+        for key in ("datasets/a/versions/v1.json", "datasets/b/versions/v1.json", "x/y"):
+            await store.put(key, b"{}")
+        assert await store.list_dirs("datasets/") == ["a", "b"]
+        keys = sorted(i.key for i in await store.list("datasets/"))
+        assert keys == ["datasets/a/versions/v1.json", "datasets/b/versions/v1.json"]
+        await store.delete("x/y")
+        await store.delete("x/y")  # deleting what is gone is fine
+        assert await store.head("x/y") is None
+
+    run(go())
+
+
+def test_missing_object_is_a_store_error(store_case: StoreCase) -> None:
+    store = store_case.open()
+    with pytest.raises(StoreError, match="not found"):
+        run(store.get("nope"))
+
+
+def test_unknown_scheme_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="unsupported store URL"):
+        open_store("ftp://host/x")
+
+
+def test_bad_store_option_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="cannot be configured"):
+        open_store("s3://bucket/prefix", {"no_such_option": "1"})
