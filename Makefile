@@ -17,10 +17,10 @@ $(DEV): $(BASE)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(DEV)
 
-# unzip and zip are used by the interop tests and the benchmark baselines.
+# unzip and zip: interop tests and benchmark baselines; xfsprogs: the reflink test.
 sysdeps:
-	@command -v unzip >/dev/null && command -v zip >/dev/null || \
-		(apt-get update -q && apt-get install -y -q unzip zip)
+	@command -v unzip >/dev/null && command -v zip >/dev/null && command -v mkfs.xfs >/dev/null || \
+		(apt-get update -q && apt-get install -y -q unzip zip xfsprogs)
 
 demo: $(BASE)
 	$(VENV)/bin/dspkg demo

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
 
 
@@ -159,3 +162,36 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
+
+
+@contextlib.contextmanager
+def loop_mount(tmp_path: Path, fstype: str, *, size_mb: int) -> Iterator[Path]:
+    """A small file system of ``fstype`` (xfs or tmpfs) mounted under ``tmp_path``.
+
+    Needs root and loop devices, as on the CI machine; elsewhere the test is skipped.
+    """
+    import shutil
+
+    mount = tmp_path / f"mnt-{fstype}"
+    mount.mkdir()
+    if fstype == "tmpfs":
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mount)]
+    else:
+        if shutil.which(f"mkfs.{fstype}") is None:
+            pytest.skip(f"mkfs.{fstype} is not installed (make test installs it)")
+        image = tmp_path / f"{fstype}.img"
+        with image.open("wb") as f:
+            f.truncate(size_mb << 20)
+        made = subprocess.run(
+            [f"mkfs.{fstype}", "-q", "-f", str(image)], capture_output=True, check=False
+        )
+        if made.returncode != 0:
+            pytest.skip(f"mkfs.{fstype} failed: {made.stderr.decode().strip()}")
+        command = ["mount", "-o", "loop", str(image), str(mount)]
+    mounted = subprocess.run(command, capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a {fstype} file system here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)

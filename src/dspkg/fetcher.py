@@ -11,10 +11,12 @@ pull fails naming the package and entry.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +26,16 @@ from dspkg.catalog import blob_key
 from dspkg.errors import Integrity, UnsafePackage
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.progress import Progress
-from dspkg.pull_plan import FetchPlan, RangeFetch
+from dspkg.pull_plan import FetchPlan, RangeFetch, header_start
 from dspkg.store import Store
 from dspkg.transfer import BoundedTasks
-from dspkg.zipreader import LocalEntryParser, LocalHeader
+from dspkg.zipreader import (
+    END_RECORDS_MAX,
+    LocalEntryParser,
+    LocalHeader,
+    locate_central_directory,
+    read_central_directory,
+)
 
 # Entries at least this big are written to a temp file as they arrive, not held in memory.
 BIG_ENTRY = 8 << 20
@@ -85,23 +93,69 @@ class Fetcher:
         return self.result
 
     async def _check_packages(self, plan: FetchPlan) -> dict[int, Exception]:
-        """A package shorter or longer than its manifest record is not read at all."""
-        bad: dict[int, Exception] = {}
-        for index in plan.packages:
+        """Packages not to read at all: missing, of the wrong size, or, when most of a
+        package is about to be downloaded anyway, with a central directory that
+        disagrees with the manifest or declares links, devices or overlaps."""
+        planned: Counter[int] = Counter()
+        for r in plan.ranges:
+            planned[r.package] += r.size
+
+        async def check(index: int) -> Exception | None:
             info = self.manifest.packages[index]
+            name = self.store.describe(info.key)
             head = await self.store.head(info.key)
             if head is None:
-                bad[index] = Integrity(
-                    f"package {self.store.describe(info.key)} is missing from the store",
+                return Integrity(f"package {name} is missing from the store", obj=info.key)
+            if head.size != info.size:
+                return Integrity(
+                    f"package {name} is {head.size} bytes but its manifest says {info.size} "
+                    "(truncated or replaced)",
                     obj=info.key,
                 )
-            elif head.size != info.size:
-                bad[index] = Integrity(
-                    f"package {self.store.describe(info.key)} is {head.size} bytes but its "
-                    f"manifest says {info.size} (truncated or replaced)",
-                    obj=info.key,
+            if planned[index] * 2 < info.size:
+                return None
+            try:
+                await self._check_directory(index)
+            except (Integrity, UnsafePackage) as exc:
+                return exc
+            return None
+
+        found = await asyncio.gather(*(check(i) for i in plan.packages))
+        return {i: exc for i, exc in zip(plan.packages, found, strict=True) if exc is not None}
+
+    async def _check_directory(self, index: int) -> None:
+        info = self.manifest.packages[index]
+        name = self.store.describe(info.key)
+        spans: dict[int, bytes] = {}
+
+        def read(start: int, end: int) -> bytes:
+            for base, data in spans.items():
+                if base <= start and end <= base + len(data):
+                    return data[start - base : end - base]
+            raise UnsafePackage(f"package {name}: end records point outside the package", obj=name)
+
+        tail_start = max(0, info.size - END_RECORDS_MAX)
+        spans[tail_start] = await self.store.get_range(info.key, tail_start, info.size)
+        where = locate_central_directory(read, info.size, obj=name)
+        spans[where.offset] = await self.store.get_range(info.key, where.offset, info.size)
+        entries = read_central_directory(read, info.size, obj=name)
+        if len(entries) != info.entries:
+            raise UnsafePackage(
+                f"package {name} holds {len(entries)} entries, its manifest says {info.entries}",
+                obj=name,
+            )
+        by_offset = {e.header_offset: e for e in entries}
+        for f in self.manifest.files:
+            if f.package != index:
+                continue
+            entry = by_offset.get(header_start(f))
+            if entry is None or entry.name != f.path or entry.size != f.size:
+                raise UnsafePackage(
+                    f"package {name}: its central directory does not list {f.path!r} "
+                    "where the manifest says",
+                    obj=name,
+                    entry=f.path,
                 )
-        return bad
 
     async def _fetch_range(self, r: RangeFetch) -> None:
         name = self.store.describe(r.key)
@@ -132,29 +186,14 @@ class Fetcher:
 
     async def _fetch_blob(self, f: FileEntry) -> None:
         key = blob_key(f.sha256)
-        head = await self.store.head(key)
-        if head is None:
-            raise Integrity(
-                f"{self.store.describe(key)}: blob of {f.path!r} is missing from the store",
-                obj=key,
-            )
+        header = LocalHeader(f.path, f.size, 0, 0, 0)
+        sink = _EntrySink(header, f, self.store.describe(key), self.cache, check_crc=False)
         if f.size >= BIG_ENTRY:
-            header = LocalHeader(f.path, f.size, 0, 0, 0)
-            sink = _EntrySink(header, f, self.store.describe(key), self.cache, check_crc=False)
             async for chunk in self.store.stream_range(key, 0, f.size):
                 sink.add(chunk)
-            sink.commit()
-        else:
-            data = await self.store.get(key) if f.size else b""
-            sink = _EntrySink(
-                LocalHeader(f.path, f.size, 0, 0, 0),
-                f,
-                self.store.describe(key),
-                self.cache,
-                check_crc=False,
-            )
-            sink.add(memoryview(data))
-            sink.commit()
+        elif f.size:
+            sink.add(memoryview(await self.store.get(key)))
+        sink.commit()
         self.result.files += 1
         self.result.bytes += f.size
         self.progress.advance(1, f.size)

@@ -53,18 +53,24 @@ class VersionPlan:
 
 
 def entry_cost(rel: str, size: int) -> int:
+    """Upper bound of the bytes one entry adds to a package (data, headers, directory)."""
     name = len(rel.encode())
-    return (
-        zf.local_header_size(rel.encode(), size)
-        + size
-        + _CENTRAL_FIXED
-        + name
-        + (28 if size >= zf.MAX32 else 0)
-    )
+    return zf.LOCAL.size + name + 20 + size + _CENTRAL_FIXED + name + 28
 
 
 def package_bytes(files: Sequence[LocalFile]) -> int:
-    return sum(entry_cost(f.rel, f.size) for f in files) + _END_RECORDS
+    """The exact size of the package :class:`~dspkg.zipwriter.PackageWriter` makes of ``files``."""
+    position = directory = 0
+    for f in files:
+        name = f.rel.encode()
+        big_size = f.size >= zf.MAX32
+        big_offset = position >= zf.MAX32
+        directory += _CENTRAL_FIXED + len(name)
+        if big_size or big_offset:
+            directory += 4 + 8 * (2 * big_size + big_offset)
+        position += zf.local_header_size(name, f.size) + f.size
+    zip64 = len(files) >= zf.MAX16 or directory >= zf.MAX32 or position >= zf.MAX32
+    return position + directory + (_END_RECORDS if zip64 else zf.EOCD.size)
 
 
 def split_packages(files: Sequence[LocalFile], package_size: int) -> list[list[LocalFile]]:
@@ -85,6 +91,15 @@ def split_packages(files: Sequence[LocalFile], package_size: int) -> list[list[L
     if current:
         groups.append(current)
     return groups
+
+
+def version_paths(request: VersionRequest, parent_paths: Sequence[str]) -> list[str]:
+    """Every path of the version ``request`` asks for, given its parent's paths."""
+    own = set(request.files)
+    if request.start_fresh:
+        return sorted(own)
+    excluded = set(request.exclude)
+    return sorted(own | {p for p in parent_paths if p not in excluded})
 
 
 def plan_version(

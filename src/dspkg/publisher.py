@@ -22,8 +22,15 @@ from dspkg.manifest import Manifest
 from dspkg.metadata import VersionRequest, read_outputs
 from dspkg.names import VersionUri
 from dspkg.packager import upload_package
+from dspkg.paths import tree_problem
 from dspkg.progress import Progress
-from dspkg.publish_plan import BuiltPackage, VersionPlan, assemble_manifest, plan_version
+from dspkg.publish_plan import (
+    BuiltPackage,
+    VersionPlan,
+    assemble_manifest,
+    plan_version,
+    version_paths,
+)
 from dspkg.sizes import format_size
 from dspkg.sources import FileReader, ReadFile, stat_files
 from dspkg.store import Store
@@ -199,6 +206,7 @@ async def _validate(
     in_run = {r.uri for r in requests}
     parents: dict[VersionUri, Manifest] = {}
     existing: dict[VersionUri, Manifest] = {}
+    paths: dict[VersionUri, list[str]] = {}
     for req in requests:
         if req.parent is not None and req.parent not in in_run and req.parent not in parents:
             try:
@@ -209,6 +217,18 @@ async def _validate(
                     f"{run.store.url}; publish it first or fix 'from'",
                     path=req.source,
                 ) from None
+        parent_paths: list[str] = []
+        if req.parent in paths:
+            parent_paths = paths[req.parent]
+        elif req.parent in parents:
+            parent_paths = [f.path for f in parents[req.parent].files]
+        paths[req.uri] = version_paths(req, parent_paths)
+        collision = tree_problem(paths[req.uri])
+        if collision:
+            raise InvalidMetadata(
+                f"{req.uri}: file {collision[0]!r} {collision[1]}; rename one of them",
+                path=req.source,
+            )
         found = await run.catalog.find_manifest(req.uri)
         if found is not None:
             existing[req.uri] = found

@@ -252,18 +252,28 @@ def read_entry(
     return header, data
 
 
-def read_central_directory(
+@dataclass(frozen=True, slots=True)
+class DirectoryLocation:
+    entries: int
+    offset: int
+    size: int
+
+
+# The end records dspkg writes take at most this many bytes at the end of a package.
+END_RECORDS_MAX = zf.EOCD.size + zf.ZIP64_LOCATOR.size + zf.ZIP64_EOCD.size
+
+
+def locate_central_directory(
     read_range: ReadRange, package_size: int, *, obj: str = "package", max_entries: int = 10**7
-) -> list[CentralEntry]:
-    """Read and validate a package's central directory; entries come in offset order.
+) -> DirectoryLocation:
+    """Find the central directory from the end records (only the last 98 bytes are read).
 
     Checks: one EOCD at the very end (no comment, no trailing data), a consistent
-    ZIP64 locator and record, the directory directly after the last entry, entry
-    count, STORED regular files with safe, sorted, unique names and no overlap.
+    ZIP64 locator and record, and the directory directly before the end records.
     """
 
-    def bad(message: str, entry: str | None = None) -> UnsafePackage:
-        return UnsafePackage(f"package {obj}: {message}", obj=obj, entry=entry)
+    def bad(message: str) -> UnsafePackage:
+        return UnsafePackage(f"package {obj}: {message}", obj=obj)
 
     if package_size < zf.EOCD.size:
         raise bad("too small to be a package (truncated?)")
@@ -297,6 +307,24 @@ def read_central_directory(
         raise bad(
             "central directory is not where the end record says (prepended or trailing data?)"
         )
+    return DirectoryLocation(n_total, cd_offset, cd_size)
+
+
+def read_central_directory(
+    read_range: ReadRange, package_size: int, *, obj: str = "package", max_entries: int = 10**7
+) -> list[CentralEntry]:
+    """Read and validate a package's central directory; entries come in offset order.
+
+    Besides :func:`locate_central_directory`'s checks: the entry count, STORED
+    regular files (no links, devices, setuid) with safe, sorted, unique names, and
+    no entry overlapping another or the directory.
+    """
+
+    def bad(message: str, entry: str | None = None) -> UnsafePackage:
+        return UnsafePackage(f"package {obj}: {message}", obj=obj, entry=entry)
+
+    where = locate_central_directory(read_range, package_size, obj=obj, max_entries=max_entries)
+    n_total, cd_offset, cd_size = where.entries, where.offset, where.size
     data = read_range(cd_offset, cd_offset + cd_size)
     if len(data) != cd_size:
         raise bad("truncated central directory")

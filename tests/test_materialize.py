@@ -1,0 +1,129 @@
+"""Link modes, the staging directory, and the cache's tamper check."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from dspkg.cache import Cache
+from dspkg.errors import DestinationError, InvalidArgument
+from dspkg.manifest import FileEntry
+from dspkg.materialize import (
+    LinkMode,
+    _reflink,
+    materialize,
+    plan_tree,
+    prepare_destination,
+)
+from tests.helpers import loop_mount
+
+
+def cached_files(cache: Cache, files: dict[str, bytes]) -> list[FileEntry]:
+    entries = []
+    for path, data in sorted(files.items()):
+        sha = hashlib.sha256(data).hexdigest()
+        cache.write_object(sha, [data])
+        entries.append(FileEntry(path, len(data), sha))
+    return entries
+
+
+FILES = {"a/b/c.txt": b"one", "a/d.txt": b"two", "e.txt": b"", "f/same.txt": b"one"}
+
+
+def supports_reflink(root: Path) -> bool:
+    (root / "probe-a").write_bytes(b"x")
+    try:
+        _reflink(str(root / "probe-a"), str(root / "probe-b"))
+    except OSError:
+        return False
+    finally:
+        for name in ("probe-a", "probe-b"):
+            (root / name).unlink(missing_ok=True)
+    return True
+
+
+@pytest.mark.parametrize("mode", list(LinkMode))
+def test_every_link_mode_gives_the_tree(tmp_path: Path, mode: LinkMode) -> None:
+    with Cache(tmp_path / "cache") as cache:
+        entries = cached_files(cache, FILES)
+        dest = tmp_path / "dest"
+        prepare_destination(dest)
+        if mode is LinkMode.REFLINK and not supports_reflink(tmp_path):
+            with pytest.raises(InvalidArgument, match="--link reflink does not work"):
+                materialize(plan_tree(entries), cache, dest, mode)
+            assert os.listdir(dest) == []
+            return
+        used = materialize(plan_tree(entries), cache, dest, mode)
+    assert {
+        p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()
+    } == FILES
+    assert sorted(os.listdir(dest)) == ["a", "e.txt", "f"]  # no staging left behind
+    if mode is LinkMode.SYMLINK:
+        assert (dest / "a/d.txt").is_symlink()
+    if mode is LinkMode.HARDLINK:
+        assert (dest / "a/d.txt").stat().st_nlink >= 2
+    if mode is LinkMode.AUTO:
+        assert used in (LinkMode.REFLINK, LinkMode.HARDLINK, LinkMode.COPY)
+
+
+def test_cached_objects_are_read_only_and_change_is_detected(tmp_path: Path) -> None:
+    with Cache(tmp_path / "cache") as cache:
+        (entry,) = cached_files(cache, {"x": b"original"})
+        path = cache.object_path(entry.sha256)
+        assert not path.stat().st_mode & 0o222
+        assert cache.lookup(entry.sha256, entry.size)
+        dest = tmp_path / "dest"
+        prepare_destination(dest)
+        materialize(plan_tree([entry]), cache, dest, LinkMode.HARDLINK)
+        # User code writes through the hardlink (root ignores the read-only mode).
+        os.chmod(dest / "x", 0o644)
+        (dest / "x").write_bytes(b"tampered")
+        assert not cache.lookup(entry.sha256, entry.size)
+        assert not path.exists()
+
+
+def test_destination_must_be_empty(tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(DestinationError, match="not empty"):
+        prepare_destination(tmp_path / "full")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DestinationError, match="not a directory"):
+        prepare_destination(tmp_path / "file")
+    leftover = tmp_path / "interrupted" / ".dspkg-staging-1234"
+    leftover.mkdir(parents=True)
+    prepare_destination(tmp_path / "interrupted")
+    assert not leftover.exists()
+
+
+def test_temp_dirs_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    with Cache(root):
+        pass
+    (root / "tmp" / "somehost-999999-abcd.lock").touch()
+    import socket
+
+    dead = root / "tmp" / f"{socket.gethostname()}-999999999-dead"
+    dead.mkdir()
+    (dead / "1").write_bytes(b"partial")
+    (root / "tmp" / f"{dead.name}.lock").touch()
+    with Cache(root) as cache:
+        assert not dead.exists()
+        assert cache.tmp.exists()
+
+
+def test_reflink_on_a_file_system_that_clones(tmp_path: Path) -> None:
+    with loop_mount(tmp_path, "xfs", size_mb=300) as root, Cache(root / "cache") as cache:
+        entries = cached_files(cache, FILES)
+        for mode in (LinkMode.REFLINK, LinkMode.AUTO):
+            dest = root / f"dest-{mode.value}"
+            prepare_destination(dest)
+            assert materialize(plan_tree(entries), cache, dest, mode) is LinkMode.REFLINK
+            assert (dest / "a/d.txt").read_bytes() == b"two"
+            assert (dest / "a/d.txt").stat().st_nlink == 1  # a clone, not a link
+            (dest / "a/d.txt").write_bytes(b"changed")  # copy-on-write: the cache keeps its bytes
+            assert cache.lookup(entries[1].sha256, 3)
+            assert cache.object_path(entries[1].sha256).read_bytes() == b"two"

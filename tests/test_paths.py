@@ -1,0 +1,81 @@
+"""Path, name and size rules (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dspkg.errors import InvalidArgument, InvalidName
+from dspkg.names import VersionUri, check_name, parse_dataset_uri
+from dspkg.paths import path_problem, tree_problem
+from dspkg.sizes import format_size, parse_size
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["a", "a/b/c.jpg", "class_1/img 001.jpg", "ä/日本.txt", "a..b", ".hidden", "x/12:00.csv"],
+)
+def test_good_paths(path: str) -> None:
+    assert path_problem(path) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("", "empty"),
+        ("/abs", "absolute"),
+        ("../x", ".."),
+        ("a/../../x", ".."),
+        ("a/./b", "'.'"),
+        ("a\\b", "backslash"),
+        ("C:/x", "drive letter"),
+        ("a/D:x", "drive letter"),
+        ("a//b", "empty path component"),
+        ("a/", "empty path component"),
+        ("a\x00b", "control character"),
+        ("a\nb", "control character"),
+        ("CON", "reserved"),
+        ("dir/lpt1", "reserved"),
+        ("name.", "ends with"),
+        ("name ", "ends with"),
+        ("x" * 256, "longer than 255"),
+        ("/".join(["abc"] * 1100), "longer than 4096"),
+        ("\ud800", "UTF-8"),
+    ],
+)
+def test_bad_paths(path: str, reason: str) -> None:
+    problem = path_problem(path)
+    assert problem is not None and reason in problem
+
+
+@given(st.lists(st.sampled_from(["a", "A", "b", "a/b", "a/c", "é", "e\u0301"]), max_size=6))
+def test_tree_problem_finds_every_collision(paths: list[str]) -> None:
+    import unicodedata
+
+    folded = [unicodedata.normalize("NFC", p).casefold() for p in paths]
+    dirs = {f.rpartition("/")[0] for f in folded if "/" in f}
+    expect_problem = len(set(folded)) != len(folded) or bool(dirs & set(folded))
+    assert (tree_problem(paths) is not None) == expect_problem
+
+
+def test_names_and_uris() -> None:
+    assert VersionUri.parse("dataset://images/train-v1") == VersionUri("images", "train-v1")
+    assert str(VersionUri("images", "v.1_2")) == "dataset://images/v.1_2"
+    assert parse_dataset_uri("dataset://images") == "images"
+    for bad in ("dataset://a", "dataset://a/b/c", "s3://a/b", "dataset://.a/b", "dataset://a/b c"):
+        with pytest.raises(InvalidName):
+            VersionUri.parse(bad)
+    with pytest.raises(InvalidName, match="1-100 characters"):
+        check_name("x" * 101)
+
+
+def test_sizes() -> None:
+    assert parse_size("1GiB") == 1 << 30
+    assert parse_size("10MB") == 10_000_000
+    assert parse_size("512") == 512
+    assert parse_size("1.5kb") == 1500
+    assert format_size(1_234_567) == "1.2 MB"
+    assert format_size(999) == "999 B"
+    with pytest.raises(InvalidArgument):
+        parse_size("ten")

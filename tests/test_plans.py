@@ -1,0 +1,149 @@
+"""Plans as data: package splits, manifests from plans, and which byte ranges a pull fetches."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dspkg.manifest import FileEntry, Manifest, PackageInfo
+from dspkg.metadata import VersionRequest
+from dspkg.names import VersionUri
+from dspkg.publish_plan import (
+    BuiltPackage,
+    assemble_manifest,
+    package_bytes,
+    plan_version,
+    split_packages,
+)
+from dspkg.pull_plan import Tuning, estimate, header_start, plan_fetch
+from dspkg.sources import LocalFile
+from dspkg.zipwriter import build_package
+
+_sizes = st.lists(st.integers(0, 50_000), min_size=1, max_size=60)
+
+
+def local_files(sizes: list[int]) -> list[LocalFile]:
+    return [LocalFile(f"d/{i:04d}", Path(f"/x/{i}"), s) for i, s in enumerate(sizes)]
+
+
+@given(sizes=_sizes, limit=st.integers(1_000, 200_000))
+def test_split_keeps_order_and_limit(sizes: list[int], limit: int) -> None:
+    files = local_files(sizes)
+    groups = split_packages(files, limit)
+    assert [f for g in groups for f in g] == files
+    for group in groups:
+        assert package_bytes(group) <= limit or len(group) == 1
+
+
+@given(sizes=_sizes)
+def test_split_estimate_is_the_real_package_size(sizes: list[int]) -> None:
+    files = local_files(sizes)
+    package, _ = build_package((f.rel, b"\0" * f.size) for f in files)
+    assert package_bytes(files) == len(package)
+
+
+def packaged_manifest(sizes: list[int]) -> tuple[Manifest, bytes]:
+    contents = {f"d/{i:04d}": bytes([i % 251]) * s for i, s in enumerate(sizes)}
+    package, entries = build_package(contents.items())
+    info = PackageInfo(
+        "p.vhpkgzip", "packages/d/v/p.vhpkgzip", len(package), "0" * 64, len(entries)
+    )
+    files = tuple(
+        FileEntry(e.name, e.size, hashlib.sha256(contents[e.name]).hexdigest(), 0, e.data_offset)
+        for e in entries
+    )
+    return Manifest("d", "v", files, (info,)), package
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=_sizes,
+    cached=st.sets(st.integers(0, 59)),
+    gap=st.sampled_from([0.0, 0.001, 0.03]),
+    max_range=st.integers(1_000, 1 << 20),
+)
+def test_ranges_cover_exactly_the_missing_files(
+    sizes: list[int], cached: set[int], gap: float, max_range: int
+) -> None:
+    manifest, package = packaged_manifest(sizes)
+    tuning = Tuning(rtt=gap, max_range=max_range)
+    have = {manifest.files[i].sha256 for i in cached if i < len(manifest.files)}
+    plan = plan_fetch(manifest, lambda f: f.sha256 in have, tuning)
+    wanted = {f.sha256 for f in manifest.files} - have
+    planned = [f for r in plan.ranges for f in r.files]
+    assert {f.sha256 for f in planned} == wanted
+    assert len(planned) == len({f.sha256 for f in planned})  # each content once
+    for r in plan.ranges:
+        # A range starts at a local header and ends at the end of its last file's data.
+        assert package[r.start : r.start + 4] == b"PK\x03\x04"
+        assert r.start == header_start(r.files[0])
+        last = r.files[-1]
+        assert last.offset is not None and r.end == last.offset + last.size
+        assert r.size <= max(max_range, *(f.size + 100 for f in r.files))
+    spans = sorted((r.start, r.end) for r in plan.ranges)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_coalescing_downloads_small_gaps_and_skips_big_ones() -> None:
+    manifest, _ = packaged_manifest([100_000] * 20)
+    missing = {manifest.files[i].sha256 for i in (2, 4, 15)}
+    near = plan_fetch(manifest, lambda f: f.sha256 not in missing, Tuning(rtt=0.05))
+    assert len(near.ranges) == 1  # gaps of 100 KB at 1 Gbit/s are cheaper than a request
+    far = plan_fetch(manifest, lambda f: f.sha256 not in missing, Tuning(rtt=0.0, bandwidth=1))
+    assert len(far.ranges) == 3
+    est = estimate(near, manifest)
+    assert est["ranged"]["requests"] == 1 and est["per_file"]["requests"] == 3
+
+
+def test_unpackaged_files_are_fetched_as_blobs() -> None:
+    files = (FileEntry("a", 1, "a" * 64), FileEntry("b", 1, "b" * 64), FileEntry("c", 1, "a" * 64))
+    plan = plan_fetch(Manifest("d", "v", files), lambda f: False)
+    assert [f.path for f in plan.blobs] == ["a", "b"]
+
+
+def request(files: tuple[str, ...], **kw: object) -> VersionRequest:
+    return VersionRequest(uri=VersionUri("d", "v2"), files=files, **kw)  # type: ignore[arg-type]
+
+
+def test_child_plan_inherits_excludes_and_overrides() -> None:
+    parent, _ = packaged_manifest([10, 20, 30])
+    local = {"d/0001": LocalFile("d/0001", Path("/x"), 5), "new": LocalFile("new", Path("/y"), 7)}
+    plan = plan_version(
+        request(("d/0001", "new"), exclude=("d/0000",), parent=parent.uri),
+        parent,
+        local,
+        packaging=True,
+        package_size=1 << 30,
+    )
+    assert [f.path for f in plan.inherited] == ["d/0002"]
+    assert [f.rel for f in plan.local] == ["d/0001", "new"]
+    assert [p.name for p in plan.packages] == ["d.v2.vhpkgzip"]
+    built = BuiltPackage(
+        PackageInfo("d.v2.vhpkgzip", "packages/d/v2/d.v2.vhpkgzip", 500, "1" * 64, 2),
+        {"d/0001": 100, "new": 200},
+    )
+    hashes = {"d/0001": (5, "c" * 64), "new": (7, "e" * 64)}
+    manifest = assemble_manifest(plan, hashes, [built], created_at="t", blobs=True)
+    assert [f.path for f in manifest.files] == ["d/0001", "d/0002", "new"]
+    assert [p.key for p in manifest.packages] == [parent.packages[0].key, built.info.key]
+    by_path = {f.path: f for f in manifest.files}
+    assert by_path["d/0002"].package == 0 and by_path["new"].package == 1
+    assert manifest.parent == "dataset://d/v"
+    # The manifest survives its own validation.
+    assert Manifest.from_json(manifest.to_json(), obj="m") == manifest
+
+
+def test_start_fresh_inherits_nothing() -> None:
+    parent, _ = packaged_manifest([10, 20])
+    plan = plan_version(
+        request((), start_fresh=True, parent=parent.uri),
+        parent,
+        {},
+        packaging=False,
+        package_size=1,
+    )
+    assert plan.inherited == () and plan.files == 0
