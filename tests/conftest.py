@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.helpers import (
     BUCKET,
@@ -18,6 +19,12 @@ from tests.helpers import (
     make_store_url,
     start_moto,
 )
+
+# CI runs the same examples every time, so a landing is never blocked by a new random draw;
+# locally each run explores new ones.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from dspkg import zipformat as zf
 from dspkg.errors import UnsafePackage
+from dspkg.paths import path_problem
 from dspkg.zipreader import (
     LocalEntryParser,
     parse_local_header,
@@ -28,13 +29,15 @@ from dspkg.zipwriter import PackageWriter, build_package
 
 # Names as a dataset would have them: safe relative paths, some non-ASCII.
 _component = st.text(
-    alphabet=st.characters(
-        codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="/\\:"
-    ),
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")),
     min_size=1,
     max_size=12,
-).filter(lambda c: not c.endswith((".", " ")) and c.lower() not in {"con", "nul", "aux", "prn"})
-_path = st.lists(_component, min_size=1, max_size=3).map("/".join)
+)
+_path = (
+    st.lists(_component, min_size=1, max_size=3)
+    .map("/".join)
+    .filter(lambda p: path_problem(p) is None)
+)
 _files = st.dictionaries(_path, st.binary(max_size=300), max_size=12).filter(
     lambda d: (
         len({k.lower() for k in d}) == len(d)
