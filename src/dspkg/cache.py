@@ -22,6 +22,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -113,7 +114,9 @@ class Cache:
         self.locks = root / "locks"
         self._own: Path | None = None
         self._lock_fd: int | None = None
-        self._counter = 0
+        self._names = itertools.count(1)  # next() is atomic: safe from worker threads
+        self._own_str = ""
+        self._objects_str = str(self.objects)
 
     def __enter__(self) -> Cache:
         self.open()
@@ -141,6 +144,7 @@ class Cache:
             raise cache_error(exc, self.root) from None
         self._lock_fd = fd
         self._own = own
+        self._own_str = str(own)
 
     def close(self) -> None:
         if self._own is not None:
@@ -148,6 +152,7 @@ class Cache:
             with contextlib.suppress(OSError):
                 (self.tmp / f"{self._own.name}.lock").unlink()
             self._own = None
+            self._own_str = ""
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -207,7 +212,7 @@ class Cache:
 
     def lookup(self, sha256: str, size: int) -> bool:
         """True if the object is cached and untouched; a changed object is dropped."""
-        path = self.objects / sha256[:2] / sha256[2:]
+        path = f"{self._objects_str}/{sha256[:2]}/{sha256[2:]}"
         try:
             info = os.stat(path)
         except FileNotFoundError:
@@ -224,14 +229,17 @@ class Cache:
             os.unlink(self.object_path(sha256))
 
     def temp_path(self) -> Path:
-        if self._own is None:
+        return Path(self.temp_name())
+
+    def temp_name(self) -> str:
+        """A fresh path in this process's private temp directory."""
+        if not self._own_str:
             raise RuntimeError("cache is not open")
-        self._counter += 1
-        return self._own / str(self._counter)
+        return f"{self._own_str}/{next(self._names)}"
 
     def write_object(self, sha256: str, pieces: Sequence[bytes | memoryview]) -> None:
-        """Insert verified bytes under their sha256, atomically."""
-        tmp = self.temp_path()
+        """Insert verified bytes under their sha256, atomically (safe from any thread)."""
+        tmp = self.temp_name()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
             try:
@@ -240,13 +248,13 @@ class Cache:
                 os.utime(fd, ns=(SENTINEL_NS, SENTINEL_NS))
             finally:
                 os.close(fd)
-            os.rename(tmp, self.objects / sha256[:2] / sha256[2:])
+            os.rename(tmp, f"{self._objects_str}/{sha256[:2]}/{sha256[2:]}")
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise cache_error(exc, self.root) from None
 
-    def commit_temp(self, tmp: Path, sha256: str) -> None:
+    def commit_temp(self, tmp: str | Path, sha256: str) -> None:
         """Move a verified temp file (written by the caller) into place as an object."""
         try:
             os.chmod(tmp, 0o444)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dspkg.errors import NotFound, UnsafePackage
-from dspkg.manifest import PACKAGE_SUFFIX, Manifest
+from dspkg.manifest import PACKAGE_SUFFIX, Manifest, PackageInfo
 from dspkg.names import VersionUri, check_name
 from dspkg.store import Store
 
@@ -43,6 +43,11 @@ def package_name(dataset: str, version: str, index: int, count: int) -> str:
 
 def package_key(dataset: str, version: str, name: str) -> str:
     return f"packages/{dataset}/{version}/{name}"
+
+
+def package_index_key(shape: str) -> str:
+    # Dataset names cannot start with ".", so this never meets a dataset's packages.
+    return f"packages/.index/{shape}.json"
 
 
 def now_iso() -> str:
@@ -121,6 +126,38 @@ class Catalog:
         doc = {"updated_at": now_iso(), "version": version}
         data = json.dumps(doc, sort_keys=True).encode()
         await self.store.put(alias_key(dataset, alias), data)
+
+    async def package_candidates(self, shape: str) -> list[tuple[str, PackageInfo]]:
+        """Packages already in the store with this layout: ``(content digest, info)``."""
+        key = package_index_key(shape)
+        if await self.store.head(key) is None:
+            return []
+        try:
+            doc = json.loads(await self.store.get(key))
+            found = []
+            for record in doc["packages"]:
+                info = PackageInfo(
+                    name=record["name"],
+                    key=record["key"],
+                    size=int(record["size"]),
+                    sha256=record["sha256"],
+                    entries=int(record["entries"]),
+                )
+                if info.key.startswith("packages/") and info.key.endswith(info.name):
+                    found.append((str(record["digest"]), info))
+        except (ValueError, KeyError, TypeError):
+            return []  # a damaged index only costs a re-upload
+        return found
+
+    async def remember_package(self, shape: str, digest: str, info: PackageInfo) -> None:
+        """Record an uploaded package so an identical one is never uploaded again."""
+        known = await self.package_candidates(shape)
+        if any(d == digest for d, _ in known):
+            return
+        records = [{"digest": d, **i.to_json()} for d, i in known]
+        records.append({"digest": digest, **info.to_json()})
+        doc = {"packages": records, "schema_version": 1}
+        await self.store.put(package_index_key(shape), json.dumps(doc, sort_keys=True).encode())
 
     async def aliases(self, dataset: str) -> dict[str, str]:
         """Every alias of ``dataset`` and the version it names."""

@@ -7,6 +7,10 @@ enter the cache. Entries the plan did not ask for (cached files inside a
 coalesced range) are parsed and dropped. If a package turns out corrupt or hostile,
 its files come from their blobs instead when the version has them; otherwise the
 pull fails naming the package and entry.
+
+The event loop only parses; hashing and writing happen in the disk threads, in
+batches of the entries that one network chunk completed, so that file creation runs
+alongside the download instead of after it.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ import contextlib
 import hashlib
 import os
 import zlib
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from dspkg.cache import Cache, cache_error
 from dspkg.catalog import blob_key
@@ -39,8 +43,24 @@ from dspkg.zipreader import (
 
 # Entries at least this big are written to a temp file as they arrive, not held in memory.
 BIG_ENTRY = 8 << 20
+# Bytes handed to the disk threads and not yet written, per range.
+PENDING_BYTES = 16 << 20
 
-Warn = Callable[[str], None]
+OnInsert = Callable[[FileEntry], None]
+
+
+def _nothing(_: FileEntry) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A complete small entry waiting to be verified and written."""
+
+    entry: FileEntry
+    crc32: int | None  # from the local header; None for blobs
+    pieces: Sequence[bytes | memoryview]
+    obj: str
 
 
 @dataclass
@@ -52,16 +72,23 @@ class FetchResult:
 
 @dataclass
 class Fetcher:
+    """Fetches what a plan lists into the cache; ``on_insert`` runs in a disk thread for
+    every object as soon as it is in the cache (the puller links it into DEST there)."""
+
     store: Store
     cache: Cache
     manifest: Manifest
-    jobs: int = 16
+    disk: Executor
+    jobs: int = 64
+    range_jobs: int = 16
     progress: Progress = field(default_factory=Progress)
+    on_insert: OnInsert = _nothing
     result: FetchResult = field(default_factory=FetchResult)
 
     async def run(self, plan: FetchPlan) -> FetchResult:
         bad_packages = await self._check_packages(plan)
-        tasks = BoundedTasks(max(1, self.jobs))
+        ranges = BoundedTasks(max(1, min(self.jobs, self.range_jobs)))
+        blobs = BoundedTasks(max(1, self.jobs))
         failed: list[tuple[RangeFetch, Exception]] = []
 
         async def fetch_range(r: RangeFetch) -> None:
@@ -70,15 +97,16 @@ class Fetcher:
             except (Integrity, UnsafePackage) as exc:
                 failed.append((r, exc))
 
-        fallback: list[FileEntry] = []
         for r in plan.ranges:
             if r.package in bad_packages:
                 failed.append((r, bad_packages[r.package]))
             else:
-                await tasks.spawn(fetch_range(r))
+                await ranges.spawn(fetch_range(r))
         for f in plan.blobs:
-            await tasks.spawn(self._fetch_blob(f))
-        await tasks.join()
+            await blobs.spawn(self._fetch_blob(f))
+        await ranges.join()
+        await blobs.join()
+        fallback: list[FileEntry] = []
         for r, exc in failed:
             if not self.manifest.blobs:
                 raise exc
@@ -88,9 +116,11 @@ class Fetcher:
                 self.progress.warn(note)
             fallback.extend(f for f in r.files if not self.cache.lookup(f.sha256, f.size))
         for f in fallback:
-            await tasks.spawn(self._fetch_blob(f))
-        await tasks.join()
+            await blobs.spawn(self._fetch_blob(f))
+        await blobs.join()
         return self.result
+
+    # --- package checks ----------------------------------------------------------------
 
     async def _check_packages(self, plan: FetchPlan) -> dict[int, Exception]:
         """Packages not to read at all: missing, of the wrong size, or, when most of a
@@ -157,25 +187,62 @@ class Fetcher:
                     entry=f.path,
                 )
 
+    # --- ranges -----------------------------------------------------------------------
+
     async def _fetch_range(self, r: RangeFetch) -> None:
+        loop = asyncio.get_running_loop()
         name = self.store.describe(r.key)
         wanted = {f.offset: f for f in r.files}
         parser = LocalEntryParser(r.start, obj=name)
-        sink: _EntrySink | None = None
-        async for chunk in self.store.stream_range(r.key, r.start, r.end):
-            for header, piece, last in parser.feed(chunk):
-                if sink is None or sink.header is not header:
-                    entry = wanted.pop(header.data_offset, None)
-                    sink = _EntrySink(header, entry, name, self.cache)
-                sink.add(piece)
-                if last:
-                    if sink.entry is not None:
-                        sink.commit()
-                        self.result.files += 1
-                        self.result.bytes += header.size
-                        self.progress.advance(1, header.size)
-                    sink = None
-        parser.close()
+        current: LocalHeader | None = None
+        entry: FileEntry | None = None
+        pieces: list[memoryview] = []
+        big: _BigEntry | None = None
+        pending: deque[tuple[asyncio.Future[tuple[int, int]], int]] = deque()
+        pending_bytes = 0
+        try:
+            async for chunk in self.store.stream_range(r.key, r.start, r.end):
+                batch: list[_Item] = []
+                for header, piece, last in parser.feed(chunk):
+                    if header is not current:
+                        current = header
+                        entry = wanted.pop(header.data_offset, None)
+                        pieces = []
+                        big = None
+                        if entry is not None:
+                            _check_header(header, entry, name)
+                            if entry.size >= BIG_ENTRY:
+                                big = _BigEntry(header, entry, name, self.cache)
+                    if entry is not None:
+                        if big is not None:
+                            big.add(piece)
+                            if last:
+                                big.commit()
+                                self._inserted(entry)
+                        else:
+                            pieces.append(piece)
+                            if last:
+                                batch.append(_Item(entry, header.crc32, pieces, name))
+                    if last:
+                        current = None
+                if batch:
+                    size = sum(item.entry.size for item in batch)
+                    future = loop.run_in_executor(self.disk, self._insert_batch, batch)
+                    pending.append((future, size))
+                    pending_bytes += size
+                    while pending_bytes > PENDING_BYTES:
+                        pending_bytes -= await self._settle(pending)
+            parser.close()
+            while pending:
+                await self._settle(pending)
+        finally:
+            if big is not None:
+                big.abort()
+            for future, _ in pending:
+                future.cancel()
+            # Let cancelled or failing writes finish before this range reports back.
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*(f for f, _ in pending), return_exceptions=True)
         if wanted:
             missing = next(iter(wanted.values()))
             raise UnsafePackage(
@@ -184,56 +251,107 @@ class Fetcher:
                 entry=missing.path,
             )
 
+    async def _settle(self, pending: deque[tuple[asyncio.Future[tuple[int, int]], int]]) -> int:
+        future, size = pending.popleft()
+        files, nbytes = await future
+        self.result.files += files
+        self.result.bytes += nbytes
+        self.progress.advance(files, nbytes)
+        return size
+
+    def _insert_batch(self, batch: Sequence[_Item]) -> tuple[int, int]:
+        """In a disk thread: verify each entry, insert it into the cache, hand it on."""
+        nbytes = 0
+        for item in batch:
+            entry = item.entry
+            sha = hashlib.sha256()
+            crc = 0
+            size = 0
+            for piece in item.pieces:
+                sha.update(piece)
+                if item.crc32 is not None:
+                    crc = zlib.crc32(piece, crc)
+                size += len(piece)
+            problem = _problem(entry, size, item.crc32, crc, sha.hexdigest())
+            if problem:
+                raise Integrity(f"{item.obj}: entry {entry.path!r} {problem}", obj=item.obj)
+            self.cache.write_object(entry.sha256, item.pieces)
+            self.on_insert(entry)
+            nbytes += size
+        return len(batch), nbytes
+
+    def _inserted(self, entry: FileEntry) -> None:
+        self.on_insert(entry)
+        self.result.files += 1
+        self.result.bytes += entry.size
+        self.progress.advance(1, entry.size)
+
+    # --- blobs ------------------------------------------------------------------------
+
     async def _fetch_blob(self, f: FileEntry) -> None:
         key = blob_key(f.sha256)
-        header = LocalHeader(f.path, f.size, 0, 0, 0)
-        sink = _EntrySink(header, f, self.store.describe(key), self.cache, check_crc=False)
+        name = self.store.describe(key)
         if f.size >= BIG_ENTRY:
-            async for chunk in self.store.stream_range(key, 0, f.size):
-                sink.add(chunk)
-        elif f.size:
-            sink.add(memoryview(await self.store.get(key)))
-        sink.commit()
-        self.result.files += 1
-        self.result.bytes += f.size
-        self.progress.advance(1, f.size)
+            big = _BigEntry(LocalHeader(f.path, f.size, 0, 0, 0), f, name, self.cache, crc=False)
+            try:
+                async for chunk in self.store.stream_range(key, 0, f.size):
+                    big.add(chunk)
+                big.commit()
+            finally:
+                big.abort()
+            self._inserted(f)
+            return
+        data = await self.store.get(key) if f.size else b""
+        loop = asyncio.get_running_loop()
+        item = _Item(f, None, [data], name)
+        await self._settle(
+            deque([(loop.run_in_executor(self.disk, self._insert_batch, [item]), 0)])
+        )
 
 
-class _EntrySink:
-    """Collects one entry's bytes, verifies them and inserts them into the cache."""
+def _check_header(header: LocalHeader, entry: FileEntry, obj: str) -> None:
+    if header.name != entry.path or header.size != entry.size:
+        raise UnsafePackage(
+            f"package {obj}: entry {header.name!r} ({header.size} bytes) at offset "
+            f"{header.data_offset} is not {entry.path!r} ({entry.size} bytes) as the "
+            "manifest says",
+            obj=obj,
+            entry=header.name,
+        )
+
+
+def _problem(entry: FileEntry, size: int, want_crc: int | None, crc: int, sha: str) -> str | None:
+    if size != entry.size:
+        return f"has {size} bytes, expected {entry.size}"
+    if want_crc is not None and crc != want_crc:
+        return "fails its CRC-32 check"
+    if sha != entry.sha256:
+        return "does not match its sha256 in the manifest"
+    return None
+
+
+class _BigEntry:
+    """A big entry streamed into a temp file as it arrives, verified, then renamed in."""
 
     def __init__(
-        self,
-        header: LocalHeader,
-        entry: FileEntry | None,
-        obj: str,
-        cache: Cache,
-        *,
-        check_crc: bool = True,
+        self, header: LocalHeader, entry: FileEntry, obj: str, cache: Cache, *, crc: bool = True
     ) -> None:
         self.header = header
         self.entry = entry
         self.obj = obj
         self.cache = cache
-        self.check_crc = check_crc
+        self.check_crc = crc
         self.sha = hashlib.sha256()
         self.crc = 0
         self.size = 0
-        self.pieces: list[memoryview] = []
-        self.fd: int | None = None
-        self.tmp: Path | None = None
-        if entry is not None and (header.name != entry.path or header.size != entry.size):
-            raise UnsafePackage(
-                f"package {obj}: entry {header.name!r} ({header.size} bytes) at offset "
-                f"{header.data_offset} is not {entry.path!r} ({entry.size} bytes) as the "
-                "manifest says",
-                obj=obj,
-                entry=header.name,
-            )
+        self.tmp = cache.temp_name()
+        try:
+            self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise cache_error(exc, cache.root) from None
 
-    def add(self, piece: memoryview) -> None:
-        if self.entry is None:
-            return
+    def add(self, piece: bytes | memoryview) -> None:
+        assert self.fd is not None
         self.size += len(piece)
         if self.size > self.entry.size:
             raise Integrity(
@@ -242,47 +360,29 @@ class _EntrySink:
         self.sha.update(piece)
         if self.check_crc:
             self.crc = zlib.crc32(piece, self.crc)
-        if self.entry.size < BIG_ENTRY:
-            self.pieces.append(piece)
-            return
+        view = memoryview(piece)
         try:
-            if self.fd is None:
-                self.tmp = self.cache.temp_path()
-                self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            view = piece
             while view:
                 view = view[os.write(self.fd, view) :]
         except OSError as exc:
-            self.abort()
             raise cache_error(exc, self.cache.root) from None
 
     def commit(self) -> None:
-        entry = self.entry
-        assert entry is not None
-        problem = None
-        if self.size != entry.size:
-            problem = f"has {self.size} bytes, expected {entry.size}"
-        elif self.check_crc and self.crc != self.header.crc32:
-            problem = "fails its CRC-32 check"
-        elif self.sha.hexdigest() != entry.sha256:
-            problem = "does not match its sha256 in the manifest"
-        if problem:
-            self.abort()
-            raise Integrity(f"{self.obj}: entry {entry.path!r} {problem}", obj=self.obj)
-        if self.fd is None:
-            self.cache.write_object(entry.sha256, self.pieces)
-            self.pieces = []
-            return
+        assert self.fd is not None
         os.close(self.fd)
         self.fd = None
-        assert self.tmp is not None
-        self.cache.commit_temp(self.tmp, entry.sha256)
+        want_crc = self.header.crc32 if self.check_crc else None
+        problem = _problem(self.entry, self.size, want_crc, self.crc, self.sha.hexdigest())
+        if problem:
+            raise Integrity(f"{self.obj}: entry {self.entry.path!r} {problem}", obj=self.obj)
+        self.cache.commit_temp(self.tmp, self.entry.sha256)
+        self.tmp = ""
 
     def abort(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        if self.tmp is not None:
+        if self.tmp:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp)
-            self.tmp = None
+            self.tmp = ""

@@ -107,72 +107,128 @@ def prepare_destination(dest: Path) -> None:
         ) from None
 
 
-def materialize(plan: TreePlan, cache: Cache, dest: Path, mode: LinkMode) -> LinkMode:
-    """Build the tree in DEST; return the link mode actually used (for ``auto``, what worked)."""
-    staging = dest / f"{STAGING_PREFIX}{secrets.token_hex(4)}"
-    try:
-        staging.mkdir()
-        for d in plan.dirs:
-            os.mkdir(staging / d)
-        used = _link_all(plan.files, cache, staging, mode)
-        for entry in sorted(os.listdir(staging)):
-            os.rename(staging / entry, dest / entry)
-        staging.rmdir()
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
-            raise DestinationError(
-                f"no space left on the device of {dest}; free space and pull again", path=str(dest)
-            ) from None
-        raise DestinationError(
-            f"cannot write to destination {dest} ({exc.strerror})", path=str(dest)
-        ) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return used
+class TreeBuilder:
+    """Builds a version's tree in a staging directory inside DEST, then moves it into place.
 
+    ``begin`` creates every directory and settles the link mode with a probe (for
+    ``auto``: reflink, then hardlink, then copy); ``link`` may then be called from
+    several threads as objects reach the cache; ``commit`` renames the staged
+    top-level entries into DEST, ``abort`` removes the staging directory.
+    """
 
-def _link_all(files: Sequence[FileEntry], cache: Cache, staging: Path, mode: LinkMode) -> LinkMode:
-    objects = str(cache.objects)
-    base = str(staging)
-    order = {
-        LinkMode.AUTO: [LinkMode.REFLINK, LinkMode.HARDLINK, LinkMode.COPY],
-        LinkMode.REFLINK: [LinkMode.REFLINK],
-        LinkMode.HARDLINK: [LinkMode.HARDLINK],
-        LinkMode.SYMLINK: [LinkMode.SYMLINK],
-        LinkMode.COPY: [LinkMode.COPY],
-    }[mode]
-    current = order[0]
-    for f in files:
-        src = f"{objects}/{f.sha256[:2]}/{f.sha256[2:]}"
-        dst = f"{base}/{f.path}"
-        while True:
-            try:
-                _LINKERS[current](src, dst)
-                break
-            except FileNotFoundError:
-                if not os.path.exists(src):
-                    raise MissingObject(f) from None
-                raise
-            except OSError as exc:
-                if (
-                    exc.errno == errno.EMLINK
-                    and current is LinkMode.HARDLINK
-                    and mode is not LinkMode.HARDLINK
-                ):
-                    _copy(src, dst)  # this object has too many links; copy just this one
-                    break
-                if exc.errno not in _UNSUPPORTED or current is order[-1]:
-                    if mode is not LinkMode.AUTO and exc.errno in _UNSUPPORTED:
+    def __init__(self, cache: Cache, dest: Path, mode: LinkMode) -> None:
+        self.cache = cache
+        self.dest = dest
+        self.requested = mode
+        self.mode = mode
+        self.staging = dest / f"{STAGING_PREFIX}{secrets.token_hex(4)}"
+        self._objects = str(cache.objects)
+        self._base = str(self.staging)
+
+    def begin(self, plan: TreePlan) -> None:
+        try:
+            self.staging.mkdir()
+            for d in plan.dirs:
+                os.mkdir(f"{self._base}/{d}")
+            self.mode = self._probe()
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def _probe(self) -> LinkMode:
+        """The first link mode that works between the cache and DEST."""
+        if self.requested in (LinkMode.SYMLINK, LinkMode.COPY):
+            return self.requested
+        order = (
+            [LinkMode.REFLINK, LinkMode.HARDLINK, LinkMode.COPY]
+            if self.requested is LinkMode.AUTO
+            else [self.requested]
+        )
+        probe = self.cache.temp_path()
+        probe.write_bytes(b"probe")
+        target = f"{self._base}/.probe"
+        try:
+            for mode in order:
+                try:
+                    _LINKERS[mode](str(probe), target)
+                except OSError as exc:
+                    if exc.errno not in _UNSUPPORTED:
+                        raise
+                    if self.requested is not LinkMode.AUTO:
                         raise InvalidArgument(
                             f"--link {mode.value} does not work between the cache "
-                            f"{cache.root} and {staging.parent} ({exc.strerror}); "
+                            f"{self.cache.root} and {self.dest} ({exc.strerror}); "
                             "use --link auto or copy"
                         ) from None
+                    continue
+                os.unlink(target)
+                return mode
+        finally:
+            probe.unlink(missing_ok=True)
+        raise AssertionError("copy always works")
+
+    def link(self, files: Sequence[FileEntry]) -> list[FileEntry]:
+        """Make ``files`` appear in the staging tree; return those whose object is gone."""
+        linker = _LINKERS[self.mode]
+        objects, base = self._objects, self._base
+        missing: list[FileEntry] = []
+        for f in files:
+            src = f"{objects}/{f.sha256[:2]}/{f.sha256[2:]}"
+            dst = f"{base}/{f.path}"
+            try:
+                linker(src, dst)
+            except FileNotFoundError:
+                if os.path.exists(src):
                     raise
-                current = order[order.index(current) + 1]
-    return current if mode is LinkMode.AUTO else mode
+                missing.append(f)
+            except FileExistsError:
+                continue  # linked already, in an earlier round
+            except OSError as exc:
+                if exc.errno == errno.EMLINK and self.mode is LinkMode.HARDLINK:
+                    _copy(src, dst)  # this object has too many links; copy just this one
+                    continue
+                raise self._error(exc) from None
+        return missing
+
+    def commit(self) -> None:
+        try:
+            for entry in sorted(os.listdir(self.staging)):
+                os.rename(self.staging / entry, self.dest / entry)
+            self.staging.rmdir()
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from None
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _error(self, exc: OSError) -> DestinationError:
+        if exc.errno == errno.ENOSPC:
+            return DestinationError(
+                f"no space left on the device of {self.dest}; free space and pull again",
+                path=str(self.dest),
+            )
+        return DestinationError(
+            f"cannot write to destination {self.dest} ({exc.strerror})", path=str(self.dest)
+        )
+
+
+def materialize(plan: TreePlan, cache: Cache, dest: Path, mode: LinkMode) -> LinkMode:
+    """Build the whole tree in DEST from cached objects; return the link mode used."""
+    builder = TreeBuilder(cache, dest, mode)
+    builder.begin(plan)
+    try:
+        missing = builder.link(plan.files)
+        if missing:
+            raise MissingObject(missing[0])
+    except BaseException:
+        builder.abort()
+        raise
+    builder.commit()
+    return builder.mode
 
 
 def _reflink(src: str, dst: str) -> None:

@@ -9,6 +9,7 @@ packages of at most ``package_size`` bytes, on entry boundaries, in path order.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from dspkg.catalog import package_key, package_name
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
 from dspkg.metadata import VersionRequest
 from dspkg.sources import LocalFile
+from dspkg.zipwriter import PackageWriter
 
 # Bytes a package spends per entry besides data: local header plus central record.
 _CENTRAL_FIXED = 46
@@ -136,6 +138,32 @@ def plan_version(
         packages=tuple(packages),
         unmatched_excludes=unmatched,
     )
+
+
+def shape_digest(files: Sequence[LocalFile]) -> str:
+    """Identifies a package's layout (paths and sizes) before any file is read."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.rel}\0{f.size}\n".encode())
+    return h.hexdigest()
+
+
+def content_digest(entries: Sequence[tuple[str, int, str]]) -> str:
+    """Identifies a package's bytes: the same (path, size, sha256) list gives the same package."""
+    h = hashlib.sha256()
+    for path, size, sha in entries:
+        h.update(f"{path}\0{size}\0{sha}\n".encode())
+    return h.hexdigest()
+
+
+def layout_offsets(files: Sequence[tuple[str, int, int]]) -> dict[str, int]:
+    """Where each file's data starts in the package of ``(path, size, crc32)``, in order."""
+    writer = PackageWriter()
+    offsets = {}
+    for path, size, crc in files:
+        writer.add(path, size, crc)
+        offsets[path] = writer.entries[-1].data_offset
+    return offsets
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +26,13 @@ from dspkg.paths import tree_problem
 from dspkg.progress import Progress
 from dspkg.publish_plan import (
     BuiltPackage,
+    PackagePlan,
     VersionPlan,
     assemble_manifest,
+    content_digest,
+    layout_offsets,
     plan_version,
+    shape_digest,
     version_paths,
 )
 from dspkg.sizes import format_size
@@ -297,24 +301,34 @@ async def _build(run: _Run, plan: VersionPlan) -> tuple[Manifest, VersionResult]
         run.progress.advance(1, read.file.size)
 
     built: list[BuiltPackage] = []
+    digests: dict[str, tuple[str, str]] = {}  # package key -> (shape, content digest)
     try:
         count = len(plan.packages)
         packaged = {f.rel for p in plan.packages for f in p.files}
         for index, package in enumerate(plan.packages, start=1):
             prefix = f"(dataset version package {index}/{count})"
+            shape = shape_digest(package.files)
+            reused = await _reusable(run, package, shape, on_file)
+            if reused is not None:
+                run.progress.log(
+                    f"{prefix} {package.name} is identical to {reused.info.key}; not uploading it"
+                )
+                built.append(reused)
+                continue
             run.progress.log(
                 f"{prefix} uploading {package.name} ({format_size(package.estimated_size)})"
             )
             run.uploaded_packages.append(package.key)
-            built.append(
-                await upload_package(
-                    run.store,
-                    package,
-                    run.reader,
-                    on_file=on_file,
-                    concurrency=max(2, min(options.jobs, 16)),
-                )
+            done = await upload_package(
+                run.store,
+                package,
+                run.reader,
+                on_file=on_file,
+                concurrency=max(2, min(options.jobs, 16)),
             )
+            built.append(done)
+            entries = [(f.rel, *hashes[f.rel]) for f in package.files]
+            digests[package.key] = (shape, content_digest(entries))
             run.progress.log(f"{prefix} upload complete")
         rest = [f for f in plan.local if f.rel not in packaged]
         async for read in run.reader.read_all(rest):
@@ -339,11 +353,38 @@ async def _build(run: _Run, plan: VersionPlan) -> tuple[Manifest, VersionResult]
             )
         return other, _result(other, created=False, uploaded=set(), aliases=())
     run.uploaded_packages.clear()  # referenced by a manifest now: never discard them
+    for done in built:
+        if done.info.key in digests:
+            await run.catalog.remember_package(*digests[done.info.key], done.info)
     aliases = (LATEST, *req.aliases)
     for alias in aliases:
         await run.catalog.set_alias(req.uri.dataset, alias, req.uri.version)
-    uploaded = {b.info.key for b in built}
+    uploaded = set(digests)  # packages uploaded by this run, not reused ones
     return manifest, _result(manifest, created=True, uploaded=uploaded, aliases=aliases)
+
+
+async def _reusable(
+    run: _Run, package: PackagePlan, shape: str, on_file: Callable[[ReadFile], Awaitable[None]]
+) -> BuiltPackage | None:
+    """An identical package already in the store, found by layout, then confirmed by
+    hashing this package's files; None (without reading anything) when there is none."""
+    candidates = await run.catalog.package_candidates(shape)
+    if not candidates:
+        return None
+    reads = [r async for r in run.reader.read_all(package.files, keep_data=False)]
+    digest = content_digest([(r.file.rel, r.file.size, r.sha256) for r in reads])
+    for known, info in candidates:
+        head = await run.store.head(info.key) if known == digest else None
+        if head is not None and head.size == info.size:
+            if run.options.packages_only:
+                for read in reads:
+                    await on_file(read)
+            else:
+                async for read in run.reader.read_all(package.files):
+                    await on_file(read)  # blobs still need the bytes
+            offsets = layout_offsets([(r.file.rel, r.file.size, r.crc32) for r in reads])
+            return BuiltPackage(info=info, offsets=offsets)
+    return None
 
 
 async def _put_blob(run: _Run, read: ReadFile) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -12,8 +15,8 @@ from dspkg.cache import Cache
 from dspkg.catalog import Catalog, manifest_key
 from dspkg.errors import DspkgError, Integrity
 from dspkg.fetcher import Fetcher
-from dspkg.manifest import Manifest
-from dspkg.materialize import LinkMode, MissingObject, materialize, plan_tree, prepare_destination
+from dspkg.manifest import FileEntry, Manifest
+from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, plan_tree, prepare_destination
 from dspkg.names import VersionUri
 from dspkg.progress import Progress
 from dspkg.pull_plan import FetchPlan, Tuning, estimate, plan_fetch
@@ -21,12 +24,15 @@ from dspkg.store import Store
 
 # Objects can vanish between planning and linking (a concurrent prune); plan again.
 MAX_ROUNDS = 3
+# Files per hand-off to a disk thread when checking or linking cached files.
+LINK_BATCH = 2000
 
 
 @dataclass(frozen=True)
 class PullOptions:
     link: LinkMode = LinkMode.AUTO
-    jobs: int = 16
+    jobs: int = 64
+    disk_threads: int = 3
     dry_run: bool = False
     refetch: bool = False  # ignore what the cache holds (VH_NO_DATA_CACHE)
     tuning: Tuning = field(default_factory=Tuning)
@@ -103,46 +109,24 @@ async def pull_version(
     started = time.monotonic()
     before = (store.stats.bytes_down, store.stats.requests)
     manifest = await load_manifest(store, cache, uri)
-
-    def cached(f: Any) -> bool:
-        return not options.refetch and cache.lookup(f.sha256, f.size)
-
-    plan = plan_fetch(manifest, cached, options.tuning)
-    if options.dry_run:
-        return _result(
-            manifest,
-            dest,
-            store,
-            before,
-            started,
-            plan,
-            "none",
-            (),
-            dry=True,
-            tuning=options.tuning,
-        )
-    prepare_destination(dest)
-    fetched = 0
-    fallbacks: list[str] = []
-    tree = plan_tree(manifest.files)
-    for round_ in range(MAX_ROUNDS):
-        if round_:
-            plan = plan_fetch(manifest, lambda f: cache.lookup(f.sha256, f.size), options.tuning)
-        if plan.requests:
-            progress.start(f"pulling {manifest.uri}", plan.files_to_fetch, plan.bytes_to_fetch)
-            try:
-                fetcher = Fetcher(store, cache, manifest, jobs=options.jobs, progress=progress)
-                outcome = await fetcher.run(plan)
-            finally:
-                progress.done()
-            fetched += outcome.files
-            fallbacks.extend(outcome.fallbacks)
+    with ThreadPoolExecutor(max_workers=options.disk_threads) as disk:
+        present = set() if options.refetch else await _cached(manifest, cache, disk)
+        plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
+        if options.dry_run:
+            return _result(
+                manifest, dest, store, before, started, plan, "none", (), tuning=options.tuning
+            )
+        prepare_destination(dest)
+        builder = TreeBuilder(cache, dest, options.link)
+        builder.begin(plan_tree(manifest.files))
         try:
-            used = materialize(tree, cache, dest, options.link)
-            break
-        except MissingObject:
-            if round_ == MAX_ROUNDS - 1:
-                raise
+            fetched, fallbacks = await _fill(
+                manifest, plan, store, cache, disk, builder, options, progress
+            )
+            builder.commit()
+        except BaseException:
+            builder.abort()
+            raise
     cache.record_version(
         store.url,
         manifest.uri,
@@ -150,8 +134,88 @@ async def pull_version(
         nbytes=manifest.total_bytes,
         objects=(f.sha256 for f in manifest.files),
     )
-    result = _result(manifest, dest, store, before, started, plan, used.value, tuple(fallbacks))
+    result = _result(manifest, dest, store, before, started, plan, builder.mode.value, fallbacks)
     return replace(result, files_fetched=fetched, files_from_cache=len(manifest.files) - fetched)
+
+
+async def _cached(manifest: Manifest, cache: Cache, disk: Executor) -> set[str]:
+    """The objects of ``manifest`` the cache holds intact, checked in the disk threads."""
+    unique = list({f.sha256: f.size for f in manifest.files}.items())
+
+    def check(part: list[tuple[str, int]]) -> list[str]:
+        return [sha for sha, size in part if cache.lookup(sha, size)]
+
+    loop = asyncio.get_running_loop()
+    parts = [unique[i : i + LINK_BATCH] for i in range(0, len(unique), LINK_BATCH)]
+    found = await asyncio.gather(*(loop.run_in_executor(disk, check, part) for part in parts))
+    return {sha for part in found for sha in part}
+
+
+async def _fill(
+    manifest: Manifest,
+    plan: FetchPlan,
+    store: Store,
+    cache: Cache,
+    disk: Executor,
+    builder: TreeBuilder,
+    options: PullOptions,
+    progress: Progress,
+) -> tuple[int, tuple[str, ...]]:
+    """Fetch what is missing and link every file into the staging tree, both at once.
+
+    Cached files are linked in the disk threads while the download runs; fetched
+    files are linked the moment they enter the cache. An object that vanishes
+    before it is linked (a concurrent prune) is fetched again in another round.
+    """
+    loop = asyncio.get_running_loop()
+    paths: dict[str, list[FileEntry]] = {}
+    for f in manifest.files:
+        paths.setdefault(f.sha256, []).append(f)
+
+    def link_fetched(entry: FileEntry) -> None:
+        missing = builder.link(paths[entry.sha256])
+        if missing:
+            raise MissingObject(missing[0])
+
+    fetched = 0
+    fallbacks: list[str] = []
+    todo = list(manifest.files)
+    for round_ in range(MAX_ROUNDS):
+        planned = {f.sha256 for r in plan.ranges for f in r.files} | {f.sha256 for f in plan.blobs}
+        ready = [f for f in todo if f.sha256 not in planned]
+        links = [
+            loop.run_in_executor(disk, builder.link, ready[i : i + LINK_BATCH])
+            for i in range(0, len(ready), LINK_BATCH)
+        ]
+        try:
+            if plan.requests:
+                progress.start(f"pulling {manifest.uri}", plan.files_to_fetch, plan.bytes_to_fetch)
+                fetcher = Fetcher(
+                    store,
+                    cache,
+                    manifest,
+                    disk,
+                    jobs=options.jobs,
+                    progress=progress,
+                    on_insert=link_fetched,
+                )
+                outcome = await fetcher.run(plan)
+                fetched += outcome.files
+                fallbacks.extend(outcome.fallbacks)
+        finally:
+            progress.done()
+            missing = [f for part in await asyncio.gather(*links) for f in part]
+        if not missing:
+            return fetched, tuple(fallbacks)
+        if round_ == MAX_ROUNDS - 1:
+            raise MissingObject(missing[0])
+        todo = missing
+        plan = plan_fetch(manifest, _absent({f.sha256 for f in missing}), options.tuning)
+    raise AssertionError("unreachable")
+
+
+def _absent(gone: set[str]) -> Callable[[FileEntry], bool]:
+    return lambda f: f.sha256 not in gone
 
 
 def _result(
@@ -164,11 +228,12 @@ def _result(
     link: str,
     fallbacks: tuple[str, ...],
     *,
-    dry: bool = False,
     tuning: Tuning | None = None,
 ) -> PullResult:
+    """The result of a pull; with ``tuning`` (a dry run), the plan and its estimates."""
     plan_doc = None
-    if dry:
+    dry = tuning is not None
+    if tuning is not None:
         plan_doc = {
             "files_to_fetch": plan.files_to_fetch,
             "bytes_to_fetch": plan.bytes_to_fetch,
@@ -176,7 +241,7 @@ def _result(
             "ranges": len(plan.ranges),
             "blobs": len(plan.blobs),
             "files_cached": plan.files_cached,
-            "estimates": estimate(plan, manifest, tuning or Tuning()),
+            "estimates": estimate(plan, manifest, tuning),
         }
     return PullResult(
         uri=str(manifest.uri),

@@ -17,7 +17,7 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dspkg.errors import SourceChanged
@@ -122,8 +122,13 @@ class FileReader:
     batch_files: int = 64
     chunk: int = 8 << 20
 
-    async def read_all(self, files: Sequence[LocalFile]) -> AsyncIterator[ReadFile]:
-        """Yield every file, in order, hashed; reads run ahead up to ``window_bytes``."""
+    async def read_all(
+        self, files: Sequence[LocalFile], *, keep_data: bool = True
+    ) -> AsyncIterator[ReadFile]:
+        """Yield every file, in order, hashed; reads run ahead up to ``window_bytes``.
+
+        With ``keep_data`` false the bytes are dropped once hashed (a hash-only pass).
+        """
         loop = asyncio.get_running_loop()
         batches = _batches(files, self.batch_bytes, self.batch_files, self.big_file)
         pending: deque[tuple[asyncio.Future[list[ReadFile]], int]] = deque()
@@ -144,7 +149,7 @@ class FileReader:
                 results = await future
                 in_flight -= weight
                 for result in results:
-                    yield result
+                    yield result if keep_data or result.data is None else replace(result, data=None)
         finally:
             for future, _ in pending:
                 future.cancel()

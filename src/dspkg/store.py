@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import errno
 import random
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -86,6 +88,8 @@ class Store:
             try:
                 return await op()
             except TRANSIENT as exc:
+                if not transient(exc):
+                    raise translate(exc, self.describe(key)) from exc
                 last = exc
                 self.stats.retries += 1
                 await asyncio.sleep(self.retry.delay(attempt))
@@ -164,6 +168,8 @@ class Store:
                 if position < end:
                     raise ConnectionError(f"body ended at byte {position} of {end}")
             except TRANSIENT as exc:
+                if not transient(exc):
+                    raise translate(exc, self.describe(key)) from exc
                 failures += 1
                 self.stats.retries += 1
                 if failures >= self.retry.attempts:
@@ -275,16 +281,34 @@ def translate(exc: BaseException, where: str) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     detail = _first_line(exc)
+    code = exc.errno if isinstance(exc, OSError) else _os_error(str(exc))
     if isinstance(exc, FileNotFoundError | obx.NotFoundError):
         return StoreError(f"{where}: not found in the store", key=where)
-    if isinstance(exc, obx.PermissionDeniedError | obx.UnauthenticatedError | PermissionError):
+    if code == errno.ENOSPC:
+        return StoreError(
+            f"{where}: no space left on the store's disk; free space and run again", key=where
+        )
+    if code == errno.EROFS:
+        return StoreError(f"{where}: the store is read-only; choose a writable store", key=where)
+    if isinstance(exc, obx.PermissionDeniedError | obx.UnauthenticatedError | PermissionError) or (
+        code in (errno.EACCES, errno.EPERM)
+    ):
         return StoreError(
             f"{where}: the store refused access ({detail}); check credentials and permissions",
             key=where,
         )
-    if isinstance(exc, OSError) and exc.errno == 28:
-        return StoreError(f"{where}: no space left on the store's disk", key=where)
     return StoreError(f"{where}: store request failed: {detail}", key=where)
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth another try: network and server trouble, not a local disk error."""
+    return isinstance(exc, TRANSIENT) and _os_error(str(exc)) is None
+
+
+def _os_error(text: str) -> int | None:
+    """The errno that obstore's local-file errors quote as "(os error N)"."""
+    match = re.search(r"\(os error (\d+)\)", text)
+    return int(match.group(1)) if match else None
 
 
 def _first_line(exc: BaseException) -> str:
