@@ -6,7 +6,28 @@ shared local cache. See :mod:`dspkg.api` for the functions below.
 """
 
 from dspkg import errors
-from dspkg.api import datasets, publish, pull, show, versions
+from dspkg.api import (
+    cache_clear,
+    cache_info,
+    cache_prune,
+    cache_verify,
+    datasets,
+    publish,
+    pull,
+    show,
+    versions,
+)
 
-__all__ = ["datasets", "errors", "publish", "pull", "show", "versions"]
+__all__ = [
+    "cache_clear",
+    "cache_info",
+    "cache_prune",
+    "cache_verify",
+    "datasets",
+    "errors",
+    "publish",
+    "pull",
+    "show",
+    "versions",
+]
 __version__ = "0.1.0"

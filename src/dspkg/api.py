@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from dspkg import upkeep
 from dspkg.browse import (
     DatasetSummary,
     VersionDetails,
@@ -25,6 +26,7 @@ from dspkg.browse import (
 from dspkg.cache import Cache
 from dspkg.catalog import Catalog
 from dspkg.config import Settings
+from dspkg.errors import InvalidArgument
 from dspkg.materialize import LinkMode
 from dspkg.names import VersionUri, check_name
 from dspkg.progress import Progress
@@ -33,6 +35,7 @@ from dspkg.puller import PullOptions, PullResult, pull_version
 from dspkg.sizes import parse_size
 from dspkg.store import Store, open_store
 from dspkg.transfer import run_sync
+from dspkg.upkeep import CacheInfo, PruneResult, VerifyResult
 
 StoreLike = Store | str | None
 
@@ -100,6 +103,7 @@ def pull(
         jobs=max(jobs, 1),
         dry_run=dry_run,
         refetch=settings.no_data_cache if refetch is None else refetch,
+        max_cache_size=settings.cache_max_size,
     )
     source = resolve_store(store, settings, store_options)
     with Cache(Path(cache_dir) if cache_dir else settings.cache_dir) as cache:
@@ -142,3 +146,50 @@ def show(
     version = VersionUri.parse(uri)
     source = resolve_store(store, Settings.from_env(env), store_options)
     return run_sync(describe_version(Catalog(source), version))
+
+
+def _cache(cache_dir: str | Path | None, settings: Settings) -> Cache:
+    return Cache(Path(cache_dir) if cache_dir else settings.cache_dir)
+
+
+def cache_info(
+    *, cache_dir: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> CacheInfo:
+    """Size, objects, and the versions the cache holds with their last use."""
+    settings = Settings.from_env(env)
+    with _cache(cache_dir, settings) as cache:
+        return upkeep.info(cache, settings.cache_max_size)
+
+
+def cache_verify(
+    *, cache_dir: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> VerifyResult:
+    """Re-hash every cached object; bad ones are dropped and reported."""
+    with _cache(cache_dir, Settings.from_env(env)) as cache:
+        return upkeep.verify(cache)
+
+
+def cache_prune(
+    max_size: int | str | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> PruneResult:
+    """Evict least recently used versions until the cache fits in ``max_size``
+    (default: ``DSPKG_CACHE_MAX_SIZE`` or ``max_size`` in ``<cache>/config.toml``)."""
+    settings = Settings.from_env(env)
+    limit = parse_size(max_size) if max_size is not None else settings.cache_max_size
+    if limit is None:
+        raise InvalidArgument(
+            "no size to prune to: pass --max-size SIZE or set DSPKG_CACHE_MAX_SIZE"
+        )
+    with _cache(cache_dir, settings) as cache:
+        return upkeep.prune(cache, limit)
+
+
+def cache_clear(
+    *, cache_dir: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """Remove everything the cache holds."""
+    with _cache(cache_dir, Settings.from_env(env)) as cache:
+        return upkeep.clear(cache)

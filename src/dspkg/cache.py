@@ -7,6 +7,8 @@ Layout under the cache root (``$DSPKG_CACHE`` or the user cache directory)::
     tmp/<host>-<pid>-<rand>.lock     held (flock) while that process lives
     manifests/<store-id>/<dataset>/<version>.json    copies of immutable manifests
     versions/<store-id>/<dataset>/<version>.json     what a pulled version uses, last use
+    pins/<host>-<pid>-<rand>.json    a version a running pull or job uses (flock held)
+    locks/<name>.lock                advisory locks: one download of a package at a time
 
 Correctness never depends on a lock: every file is written under a private temp
 name and renamed into place, so a reader sees a whole object or none, and a
@@ -30,12 +32,13 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dspkg.errors import CacheError
+from dspkg.errors import CacheError, DspkgError
+from dspkg.locks import FileLock, holder_alive
 from dspkg.names import VersionUri
 
 # 2000-01-01T00:00:00Z: every cached object carries this mtime (see module docstring).
@@ -112,6 +115,7 @@ class Cache:
         self.manifests = root / "manifests"
         self.versions = root / "versions"
         self.locks = root / "locks"
+        self.pins = root / "pins"
         self._own: Path | None = None
         self._lock_fd: int | None = None
         self._names = itertools.count(1)  # next() is atomic: safe from worker threads
@@ -127,8 +131,10 @@ class Cache:
 
     def open(self) -> None:
         try:
-            for path in (self.objects, self.tmp, self.manifests, self.versions, self.locks):
+            for path in (self.objects, self.tmp, self.manifests, self.versions, self.pins):
                 path.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # locks only save work: go on without them
+                self.locks.mkdir(exist_ok=True)
             if not (self.objects / "ff").is_dir():
                 for i in range(256):
                     (self.objects / f"{i:02x}").mkdir(exist_ok=True)
@@ -219,7 +225,7 @@ class Cache:
             return False
         except OSError as exc:
             raise cache_error(exc, path) from None
-        if _fingerprint_ok(info, size):
+        if fingerprint_ok(info, size):
             return True
         self.drop(sha256)
         return False
@@ -272,6 +278,47 @@ class Cache:
             for entry in os.scandir(sub):
                 yield sub.name + entry.name, Path(entry.path)
 
+    # --- locks and pins ---------------------------------------------------------------
+
+    def lock(self, *parts: str) -> FileLock:
+        """The advisory lock named by ``parts`` (e.g. a store URL and a package key)."""
+        name = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+        return FileLock(self.locks / f"{name}.lock")
+
+    @contextlib.contextmanager
+    def pin(self, store: str, uri: VersionUri) -> Iterator[None]:
+        """Keep ``uri``'s objects from eviction while the block runs."""
+        name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.json"
+        path = self.pins / name
+        doc = {"schema_version": 1, "store": store, "uri": str(uri)}
+        try:
+            path.write_text(json.dumps(doc, sort_keys=True))
+        except OSError as exc:
+            raise cache_error(exc, self.pins) from None
+        lock = FileLock(path)
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def pinned(self) -> list[tuple[str, VersionUri]]:
+        """Versions pinned by live processes; pins of dead ones are removed."""
+        found = []
+        for path in sorted(self.pins.glob("*.json")):
+            if not holder_alive(path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            try:
+                doc = json.loads(path.read_text())
+                found.append((str(doc["store"]), VersionUri.parse(doc["uri"])))
+            except (OSError, ValueError, KeyError, DspkgError):
+                continue
+        return found
+
     # --- manifests and version records ----------------------------------------------
 
     def _record_path(self, base: Path, store: str, uri: VersionUri) -> Path:
@@ -291,6 +338,15 @@ class Cache:
     def record_version(
         self, store: str, uri: VersionUri, *, files: int, nbytes: int, objects: Iterable[str]
     ) -> None:
+        """Note that ``uri`` was used now; its object list is written the first time only."""
+        path = self._record_path(self.versions, store, uri)
+        try:
+            os.utime(path)
+            return
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise cache_error(exc, self.versions) from None
         record = VersionRecord(
             store=store,
             uri=str(uri),
@@ -301,11 +357,23 @@ class Cache:
         )
         self._write_atomic(self._record_path(self.versions, store, uri), record.to_json())
 
+    def forget_version(self, path: Path, record: VersionRecord) -> None:
+        """Remove a version's record and cached manifest (its objects stay)."""
+        uri = VersionUri.parse(record.uri)
+        for base in (self.versions, self.manifests):
+            with contextlib.suppress(OSError):
+                self._record_path(base, record.store, uri).unlink()
+        with contextlib.suppress(OSError):
+            path.unlink()
+
     def version_records(self) -> list[tuple[Path, VersionRecord]]:
         found: list[tuple[Path, VersionRecord]] = []
         for path in sorted(self.versions.glob("*/*/*.json")):
             try:
-                found.append((path, VersionRecord.from_json(path.read_bytes())))
+                record = VersionRecord.from_json(path.read_bytes())
+                # Each use touches the file: its mtime is the last use.
+                last = max(record.last_used, path.stat().st_mtime)
+                found.append((path, replace(record, last_used=last)))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return found
@@ -331,7 +399,7 @@ class Cache:
         return {"objects": files, "bytes": nbytes}
 
 
-def _fingerprint_ok(info: os.stat_result, size: int) -> bool:
+def fingerprint_ok(info: os.stat_result, size: int) -> bool:
     return (
         info.st_size == size
         and info.st_mtime_ns == SENTINEL_NS

@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import os
 import zlib
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -30,7 +30,7 @@ from dspkg.catalog import blob_key
 from dspkg.errors import Integrity, UnsafePackage
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.progress import Progress
-from dspkg.pull_plan import FetchPlan, RangeFetch, header_start
+from dspkg.pull_plan import FetchPlan, RangeFetch, Tuning, coalesce, header_start
 from dspkg.store import Store
 from dspkg.transfer import BoundedTasks
 from dspkg.zipreader import (
@@ -83,29 +83,68 @@ class Fetcher:
     range_jobs: int = 16
     progress: Progress = field(default_factory=Progress)
     on_insert: OnInsert = _nothing
+    tuning: Tuning = field(default_factory=Tuning)
     result: FetchResult = field(default_factory=FetchResult)
 
     async def run(self, plan: FetchPlan) -> FetchResult:
         bad_packages = await self._check_packages(plan)
-        ranges = BoundedTasks(max(1, min(self.jobs, self.range_jobs)))
-        blobs = BoundedTasks(max(1, self.jobs))
+        slots = asyncio.Semaphore(max(1, min(self.jobs, self.range_jobs)))
         failed: list[tuple[RangeFetch, Exception]] = []
+        by_package: dict[int, list[RangeFetch]] = {}
+        for r in plan.ranges:
+            by_package.setdefault(r.package, []).append(r)
 
         async def fetch_range(r: RangeFetch) -> None:
-            try:
-                await self._fetch_range(r)
-            except (Integrity, UnsafePackage) as exc:
-                failed.append((r, exc))
+            async with slots:
+                try:
+                    await self._fetch_range(r)
+                except (Integrity, UnsafePackage) as exc:
+                    failed.append((r, exc))
 
-        for r in plan.ranges:
-            if r.package in bad_packages:
-                failed.append((r, bad_packages[r.package]))
-            else:
-                await ranges.spawn(fetch_range(r))
-        for f in plan.blobs:
-            await blobs.spawn(self._fetch_blob(f))
-        await ranges.join()
-        await blobs.join()
+        async def fetch_package(index: int, ranges: list[RangeFetch]) -> None:
+            if index in bad_packages:
+                failed.extend((r, bad_packages[index]) for r in ranges)
+                return
+            # One process downloads a package at a time; the others wait, then fetch
+            # only what is still missing (usually nothing).
+            info = self.manifest.packages[index]
+            lock = self.cache.lock(self.store.url, info.key)
+            if not lock.try_acquire():
+                await lock.acquire_async()
+                ranges = self._still_missing(index, ranges)
+            try:
+                if sum(r.size for r in ranges) * 2 >= info.size:
+                    try:
+                        await self._check_directory(index)
+                    except (Integrity, UnsafePackage) as exc:
+                        failed.extend((r, exc) for r in ranges)
+                        return
+                parts = BoundedTasks(max(1, len(ranges)))
+                for r in ranges:
+                    await parts.spawn(fetch_range(r))
+                await parts.join()
+            finally:
+                lock.release()
+
+        async def fetch_blobs(files: list[FileEntry]) -> None:
+            lock = self.cache.lock(self.store.url, "blobs", str(self.manifest.uri))
+            if not lock.try_acquire():
+                await lock.acquire_async()
+                files = [f for f in files if not self.cache.lookup(f.sha256, f.size)]
+            try:
+                tasks = BoundedTasks(max(1, self.jobs))
+                for f in files:
+                    await tasks.spawn(self._fetch_blob(f))
+                await tasks.join()
+            finally:
+                lock.release()
+
+        groups = BoundedTasks(len(by_package) + 1)
+        for index, ranges in by_package.items():
+            await groups.spawn(fetch_package(index, ranges))
+        if plan.blobs:
+            await groups.spawn(fetch_blobs(list(plan.blobs)))
+        await groups.join()
         fallback: list[FileEntry] = []
         for r, exc in failed:
             if not self.manifest.blobs:
@@ -115,20 +154,19 @@ class Fetcher:
                 self.result.fallbacks.append(note)
                 self.progress.warn(note)
             fallback.extend(f for f in r.files if not self.cache.lookup(f.sha256, f.size))
-        for f in fallback:
-            await blobs.spawn(self._fetch_blob(f))
-        await blobs.join()
+        if fallback:
+            await fetch_blobs(fallback)
         return self.result
+
+    def _still_missing(self, index: int, ranges: list[RangeFetch]) -> list[RangeFetch]:
+        """Ranges for the files of ``ranges`` that the cache still lacks."""
+        files = [f for r in ranges for f in r.files if not self.cache.lookup(f.sha256, f.size)]
+        return coalesce(self.manifest, index, files, self.tuning)
 
     # --- package checks ----------------------------------------------------------------
 
     async def _check_packages(self, plan: FetchPlan) -> dict[int, Exception]:
-        """Packages not to read at all: missing, of the wrong size, or, when most of a
-        package is about to be downloaded anyway, with a central directory that
-        disagrees with the manifest or declares links, devices or overlaps."""
-        planned: Counter[int] = Counter()
-        for r in plan.ranges:
-            planned[r.package] += r.size
+        """Packages not to read at all: missing from the store, or of the wrong size."""
 
         async def check(index: int) -> Exception | None:
             info = self.manifest.packages[index]
@@ -142,18 +180,14 @@ class Fetcher:
                     "(truncated or replaced)",
                     obj=info.key,
                 )
-            if planned[index] * 2 < info.size:
-                return None
-            try:
-                await self._check_directory(index)
-            except (Integrity, UnsafePackage) as exc:
-                return exc
             return None
 
         found = await asyncio.gather(*(check(i) for i in plan.packages))
         return {i: exc for i, exc in zip(plan.packages, found, strict=True) if exc is not None}
 
     async def _check_directory(self, index: int) -> None:
+        """When most of a package is about to be downloaded anyway, its central directory
+        too: it must agree with the manifest and declare no links, devices or overlaps."""
         info = self.manifest.packages[index]
         name = self.store.describe(info.key)
         spans: dict[int, bytes] = {}

@@ -108,7 +108,7 @@ def plan_fetch(
             )
     ranges: list[RangeFetch] = []
     for index in sorted(by_package):
-        ranges.extend(_coalesce(manifest, index, by_package[index], tuning))
+        ranges.extend(coalesce(manifest, index, by_package[index], tuning))
     return FetchPlan(
         uri=str(manifest.uri),
         files_total=len(manifest.files),
@@ -120,11 +120,12 @@ def plan_fetch(
     )
 
 
-def _coalesce(
+def coalesce(
     manifest: Manifest, index: int, files: list[FileEntry], tuning: Tuning
 ) -> list[RangeFetch]:
+    """The ranged GETs that fetch ``files`` of package ``index``."""
     key = manifest.packages[index].key
-    files.sort(key=lambda f: f.offset or 0)
+    files = sorted(files, key=lambda f: f.offset or 0)
     ranges: list[RangeFetch] = []
     group: list[FileEntry] = []
     start = end = 0

@@ -21,6 +21,7 @@ from dspkg.names import VersionUri
 from dspkg.progress import Progress
 from dspkg.pull_plan import FetchPlan, Tuning, estimate, plan_fetch
 from dspkg.store import Store
+from dspkg.upkeep import prune
 
 # Objects can vanish between planning and linking (a concurrent prune); plan again.
 MAX_ROUNDS = 3
@@ -35,6 +36,7 @@ class PullOptions:
     disk_threads: int = 3
     dry_run: bool = False
     refetch: bool = False  # ignore what the cache holds (VH_NO_DATA_CACHE)
+    max_cache_size: int | None = None  # evict down to this after pulling
     tuning: Tuning = field(default_factory=Tuning)
 
 
@@ -76,25 +78,37 @@ class PullResult:
         return doc
 
 
+def _cached_manifest(cache: Cache, store: str, uri: VersionUri) -> Manifest | None:
+    data = cache.load_manifest(store, uri)
+    if data is not None:
+        with contextlib.suppress(DspkgError):  # a damaged copy is just a cache miss
+            return Manifest.from_json(data, obj=f"cached manifest of {uri}")
+    return None
+
+
 async def load_manifest(store: Store, cache: Cache, uri: VersionUri) -> Manifest:
     """The manifest of ``uri``: from the cache when this exact version was pulled before
     (versions are immutable), else from the store, then kept in the cache."""
-    cached = cache.load_manifest(store.url, uri)
-    if cached is not None:
-        with contextlib.suppress(DspkgError):  # a damaged copy is just a cache miss
-            return Manifest.from_json(cached, obj=f"cached manifest of {uri}")
-    catalog = Catalog(store)
-    resolved = await catalog.resolve(uri)
-    cached = cache.load_manifest(store.url, resolved) if resolved != uri else None
-    if cached is not None:
-        return Manifest.from_json(cached, obj=f"cached manifest of {resolved}")
+    manifest = _cached_manifest(cache, store.url, uri)
+    if manifest is not None:
+        return manifest
+    resolved = await Catalog(store).resolve(uri)
     key = manifest_key(resolved.dataset, resolved.version)
-    data = await store.get(key)
-    manifest = Manifest.from_json(data, obj=store.describe(key))
-    if manifest.uri != resolved:
-        raise Integrity(f"manifest of {resolved} describes {manifest.uri}", obj=str(resolved))
-    cache.save_manifest(store.url, resolved, data)
-    return manifest
+    # Processes pulling the same version at once download its manifest once.
+    lock = cache.lock(store.url, key)
+    await lock.acquire_async()
+    try:
+        manifest = _cached_manifest(cache, store.url, resolved)
+        if manifest is not None:
+            return manifest
+        data = await store.get(key)
+        manifest = Manifest.from_json(data, obj=store.describe(key))
+        if manifest.uri != resolved:
+            raise Integrity(f"manifest of {resolved} describes {manifest.uri}", obj=str(resolved))
+        cache.save_manifest(store.url, resolved, data)
+        return manifest
+    finally:
+        lock.release()
 
 
 async def pull_version(
@@ -109,7 +123,10 @@ async def pull_version(
     started = time.monotonic()
     before = (store.stats.bytes_down, store.stats.requests)
     manifest = await load_manifest(store, cache, uri)
-    with ThreadPoolExecutor(max_workers=options.disk_threads) as disk:
+    with (
+        cache.pin(store.url, manifest.uri),
+        ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
+    ):
         present = set() if options.refetch else await _cached(manifest, cache, disk)
         plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
         if options.dry_run:
@@ -127,13 +144,15 @@ async def pull_version(
         except BaseException:
             builder.abort()
             raise
-    cache.record_version(
-        store.url,
-        manifest.uri,
-        files=len(manifest.files),
-        nbytes=manifest.total_bytes,
-        objects=(f.sha256 for f in manifest.files),
-    )
+        cache.record_version(
+            store.url,
+            manifest.uri,
+            files=len(manifest.files),
+            nbytes=manifest.total_bytes,
+            objects=(f.sha256 for f in manifest.files),
+        )
+        if options.max_cache_size is not None:
+            prune(cache, options.max_cache_size)  # this version stays: it is pinned
     result = _result(manifest, dest, store, before, started, plan, builder.mode.value, fallbacks)
     return replace(result, files_fetched=fetched, files_from_cache=len(manifest.files) - fetched)
 
@@ -172,10 +191,13 @@ async def _fill(
     for f in manifest.files:
         paths.setdefault(f.sha256, []).append(f)
 
+    inserted: set[str] = set()
+
     def link_fetched(entry: FileEntry) -> None:
         missing = builder.link(paths[entry.sha256])
         if missing:
             raise MissingObject(missing[0])
+        inserted.add(entry.sha256)
 
     fetched = 0
     fallbacks: list[str] = []
@@ -198,10 +220,17 @@ async def _fill(
                     jobs=options.jobs,
                     progress=progress,
                     on_insert=link_fetched,
+                    tuning=options.tuning,
                 )
                 outcome = await fetcher.run(plan)
                 fetched += outcome.files
                 fallbacks.extend(outcome.fallbacks)
+            # Files another process fetched while this one waited for it.
+            others = [f for f in todo if f.sha256 in planned and f.sha256 not in inserted]
+            links += [
+                loop.run_in_executor(disk, builder.link, others[i : i + LINK_BATCH])
+                for i in range(0, len(others), LINK_BATCH)
+            ]
         finally:
             progress.done()
             missing = [f for part in await asyncio.gather(*links) for f in part]
