@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dspkg import api
+from dspkg.bench.command import register as register_bench
 from dspkg.errors import DspkgError, InvalidArgument
 from dspkg.progress import LinePrinter, Progress, TerminalProgress
+from dspkg.runner.command import register as register_run
 from dspkg.sizes import format_size
 
 Handler = Callable[[argparse.Namespace], int]
@@ -196,6 +198,64 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    action: str = args.action
+    if action == "info":
+        info = api.cache_info()
+        if args.json:
+            _print_json(info.to_json())
+            return 0
+        limit = format_size(info.max_size) if info.max_size else "none"
+        print(
+            f"cache {info.root}: {info.objects:,} objects, {format_size(info.disk_bytes)} on disk"
+        )
+        print(f"  size limit: {limit}")
+        for v in info.versions:
+            pinned = "  (in use)" if v.pinned else ""
+            print(
+                f"  {v.uri}  {v.files:,} files, {format_size(v.bytes)}, "
+                f"last used {v.to_json()['last_used']}{pinned}  [{v.store}]"
+            )
+        return 0
+    if action == "verify":
+        checked = api.cache_verify()
+        if args.json:
+            _print_json(checked.to_json())
+        else:
+            print(f"checked {checked.objects:,} objects ({format_size(checked.bytes)})")
+            for obj, problem in checked.bad:
+                print(f"  dropped {obj}: {problem}")
+        if checked.bad:
+            _error(
+                f"{len(checked.bad)} cached object(s) were bad and have been dropped; "
+                "the next pull fetches them again"
+            )
+            return 1
+        return 0
+    if action == "prune":
+        pruned = api.cache_prune(args.max_size)
+        if args.json:
+            _print_json(pruned.to_json())
+            return 0
+        print(
+            f"pruned to {format_size(pruned.after)} (limit {format_size(pruned.max_size)}, "
+            f"was {format_size(pruned.before)}): {len(pruned.evicted)} version(s) evicted, "
+            f"{pruned.objects_removed:,} objects removed"
+        )
+        for uri in pruned.evicted:
+            print(f"  evicted {uri}")
+        return 0
+    cleared = api.cache_clear()
+    if args.json:
+        _print_json(cleared)
+    else:
+        print(
+            f"cleared {cleared['objects_removed']:,} objects "
+            f"({format_size(cleared['bytes_removed'])})"
+        )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dspkg.demo import run_demo
 
@@ -278,6 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_show)
+
+    register_bench(sub)
+
+    register_run(sub)
+
+    p = sub.add_parser("cache", help="the local cache: info, verify, prune, clear")
+    p.add_argument("action", choices=["info", "verify", "prune", "clear"])
+    p.add_argument("--max-size", help="prune: evict down to SIZE (default $DSPKG_CACHE_MAX_SIZE)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_cmd_cache)
 
     p = sub.add_parser("demo", help="publish and pull a generated dataset, with timings")
     p.add_argument("--files", type=_positive_int, default=20_000, help="files to generate")

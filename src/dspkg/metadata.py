@@ -15,6 +15,7 @@ and line.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -67,6 +68,7 @@ class Outputs:
     root: Path
     versions: tuple[VersionRequest, ...]
     metadata: dict[str, dict[str, Any]]
+    sizes: dict[str, int] = field(default_factory=dict)  # of every file metadata names
 
     def files(self) -> list[str]:
         """Every data file under the root (metadata files aside), sorted, as relative paths."""
@@ -79,19 +81,25 @@ def read_outputs(root: Path) -> Outputs:
         raise InvalidMetadata("not a directory; give the directory of outputs", path=str(root))
     root = root.resolve()
     per_file: dict[str, dict[str, Any]] = {}
+    sizes: dict[str, int] = {}
     drafts: dict[VersionUri, _Draft] = {}
+    last: tuple[Any, _Draft] = (None, _Draft(VersionUri("_", "_"), ""))
     for rel, meta, where in _read_sources(root):
-        _check_file(root, rel, where)
+        if rel not in sizes:
+            sizes[rel] = _check_file(root, rel, where)
         entries = meta.get(VERSIONS_KEY, [])
         if not isinstance(entries, list):
             raise _invalid(where, f"{VERSIONS_KEY} must be a list")
         for entry in entries:
-            _merge_entry(drafts, rel, entry, where)
+            if entry == last[0]:  # the same entry as the line before: just one more file
+                last[1].files.add(rel)
+                continue
+            last = (entry, _merge_entry(drafts, rel, entry, where))
         merged = per_file.setdefault(rel, {})
         for key, value in meta.items():
             merged[key] = merged.get(key, []) + value if key == VERSIONS_KEY else value
     versions = tuple(_finish(d) for d in sorted(drafts.values(), key=lambda d: d.uri))
-    return Outputs(root=root, versions=versions, metadata=per_file)
+    return Outputs(root=root, versions=versions, metadata=per_file, sizes=sizes)
 
 
 def _read_sources(root: Path) -> Iterator[tuple[str, dict[str, Any], str]]:
@@ -133,15 +141,16 @@ def _invalid(where: str, message: str) -> InvalidMetadata:
     return InvalidMetadata(message, path=path, line=int(line) if line else None)
 
 
-def _check_file(root: Path, rel: str, where: str) -> None:
+def _check_file(root: Path, rel: str, where: str) -> int:
+    """Validate one named file; return its size."""
     problem = path_problem(rel)
     if problem:
         raise _invalid(where, f"file {rel!r} cannot be published: {problem}")
-    path = root / rel
+    path = f"{root}/{rel}"
     try:
-        info = path.lstat()
+        info = os.lstat(path)
         if stat.S_ISLNK(info.st_mode):
-            target = path.resolve()
+            target = Path(path).resolve()
             if not target.is_relative_to(root):
                 raise _invalid(where, f"file {rel!r} is a link that points outside {root}")
             info = target.stat()
@@ -153,15 +162,37 @@ def _check_file(root: Path, rel: str, where: str) -> None:
         raise _invalid(where, f"file {rel!r} is not a regular file")
     if not os.access(path, os.R_OK):
         raise _invalid(where, f"file {rel!r} is not readable")
+    return info.st_size
 
 
-def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: str) -> None:
+# The same entry repeats on every line of a version: parse and check each text once.
+@functools.lru_cache(maxsize=4096)
+def _parse_uri(text: str) -> VersionUri:
+    return VersionUri.parse(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_excludes(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        problem = path_problem(value)
+        if problem:
+            return f"excluded path {value!r} is invalid: {problem}"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_aliases(values: tuple[str, ...]) -> None:
+    for value in values:
+        check_name(value, what="alias")
+
+
+def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: str) -> _Draft:
     try:
         if isinstance(entry, str):
             entry = {"uri": entry}
         if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
             raise _invalid(where, f"each {VERSIONS_KEY} item must be a URI or an object with 'uri'")
-        uri = VersionUri.parse(entry["uri"])
+        uri = _parse_uri(entry["uri"])
         if uri.version == "latest":
             raise _invalid(where, f"{uri}: 'latest' is kept by dspkg and cannot name a version")
         draft = drafts.setdefault(uri, _Draft(uri=uri, source=where))
@@ -172,7 +203,7 @@ def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: 
             draft.start_fresh = True
         parent = entry.get("from")
         if parent is not None:
-            parent_uri = VersionUri.parse(parent) if isinstance(parent, str) else None
+            parent_uri = _parse_uri(parent) if isinstance(parent, str) else None
             if parent_uri is None or parent_uri.dataset != uri.dataset:
                 raise _invalid(where, f"'from' of {uri} must be a version of dataset {uri.dataset}")
             if draft.parent is not None and draft.parent != parent_uri:
@@ -185,17 +216,18 @@ def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: 
             values = entry.get(key) or []
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 raise _invalid(where, f"'{key}' of {uri} must be a list of strings")
+            if not values:
+                continue
             if key == "exclude":
-                for value in values:
-                    problem = path_problem(value)
-                    if problem:
-                        raise _invalid(where, f"excluded path {value!r} is invalid: {problem}")
+                problem = _check_excludes(tuple(values))
+                if problem:
+                    raise _invalid(where, problem)
             else:
-                for value in values:
-                    check_name(value, what="alias")
+                _check_aliases(tuple(values))
             target.update(values)
     except InvalidName as exc:
         raise _invalid(where, str(exc)) from None
+    return draft
 
 
 def _finish(draft: _Draft) -> VersionRequest:

@@ -37,27 +37,37 @@ async def upload_package(
     offsets: dict[str, int] = {}
 
     async def chunks() -> AsyncIterator[bytes]:
-        buffer = bytearray()
+        # Pieces are joined once per part: one copy of every byte, not one per append.
+        pieces: list[bytes] = []
+        size = 0
+
+        def part() -> bytes:
+            nonlocal size
+            joined = b"".join(pieces)
+            pieces.clear()
+            size = 0
+            digest.update(joined)
+            return joined
+
         async for read in reader.read_all(plan.files):
-            buffer += writer.add(read.file.rel, read.file.size, read.crc32)
-            offsets[read.file.rel] = writer.entries[-1].data_offset
+            header = writer.add(read.file.rel, read.file.size, read.crc32)
+            offsets[read.file.rel] = writer.last.data_offset
+            pieces.append(header)
+            size += len(header)
             if read.data is not None:
-                buffer += read.data
+                pieces.append(read.data)
+                size += len(read.data)
             else:
                 async for block in reader.stream(read):
-                    buffer += block
-                    if len(buffer) >= part_size:
-                        digest.update(buffer)
-                        yield bytes(buffer)
-                        buffer.clear()
+                    pieces.append(block)
+                    size += len(block)
+                    if size >= part_size:
+                        yield part()
             await on_file(read)
-            if len(buffer) >= part_size:
-                digest.update(buffer)
-                yield bytes(buffer)
-                buffer.clear()
-        buffer += writer.finish()
-        digest.update(buffer)
-        yield bytes(buffer)
+            if size >= part_size:
+                yield part()
+        pieces.append(writer.finish())
+        yield part()
 
     await store.put_stream(plan.key, chunks(), part_size=part_size, concurrency=concurrency)
     info = PackageInfo(

@@ -162,7 +162,7 @@ def layout_offsets(files: Sequence[tuple[str, int, int]]) -> dict[str, int]:
     offsets = {}
     for path, size, crc in files:
         writer.add(path, size, crc)
-        offsets[path] = writer.entries[-1].data_offset
+        offsets[path] = writer.last.data_offset
     return offsets
 
 

@@ -36,7 +36,7 @@ from dspkg.publish_plan import (
     version_paths,
 )
 from dspkg.sizes import format_size
-from dspkg.sources import FileReader, ReadFile, stat_files
+from dspkg.sources import FileReader, LocalFile, ReadFile
 from dspkg.store import Store
 from dspkg.transfer import BoundedTasks
 
@@ -140,7 +140,8 @@ async def publish_outputs(
         progress.warn(f"no file in {outputs.root} names a dataset version; nothing to publish")
     requests = _in_dependency_order(outputs.versions)
     all_rels = sorted({rel for req in requests for rel in req.files})
-    local = stat_files(outputs.root, all_rels)
+    base = str(outputs.root)
+    local = {rel: LocalFile(rel, f"{base}/{rel}", outputs.sizes[rel]) for rel in all_rels}
     catalog = Catalog(store)
     with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
         run = _Run(store, catalog, options, progress, FileReader(executor))
@@ -324,7 +325,7 @@ async def _build(run: _Run, plan: VersionPlan) -> tuple[Manifest, VersionResult]
                 package,
                 run.reader,
                 on_file=on_file,
-                concurrency=max(2, min(options.jobs, 16)),
+                concurrency=max(2, min(options.jobs, 8)),
             )
             built.append(done)
             entries = [(f.rel, *hashes[f.rel]) for f in package.files]

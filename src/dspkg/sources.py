@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from dspkg.errors import SourceChanged
 
@@ -26,7 +25,7 @@ from dspkg.errors import SourceChanged
 @dataclass(frozen=True, slots=True)
 class LocalFile:
     rel: str
-    path: Path
+    path: str  # a plain string: a million Path objects cost seconds
     size: int
 
 
@@ -38,20 +37,7 @@ class ReadFile:
     data: bytes | None  # None when the file is big: stream it with FileReader.stream
 
 
-def stat_files(root: Path, rels: Sequence[str]) -> dict[str, LocalFile]:
-    """LocalFile records (size from ``stat``) for paths already validated by the metadata reader."""
-    found: dict[str, LocalFile] = {}
-    for rel in rels:
-        path = root / rel
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise _source_error(path, exc) from None
-        found[rel] = LocalFile(rel, path, size)
-    return found
-
-
-def _source_error(path: Path, exc: OSError) -> SourceChanged:
+def _source_error(path: str, exc: OSError) -> SourceChanged:
     if exc.errno == errno.ENOENT:
         return SourceChanged(
             f"{path} disappeared while publishing; nothing was published, run again", path=str(path)
@@ -61,7 +47,7 @@ def _source_error(path: Path, exc: OSError) -> SourceChanged:
     )
 
 
-def _changed(path: Path, expected: int, got: int) -> SourceChanged:
+def _changed(path: str, expected: int, got: int) -> SourceChanged:
     return SourceChanged(
         f"{path} changed size while being published ({expected} -> {got} bytes); "
         "nothing was published, run again once it is stable",
@@ -97,7 +83,7 @@ def _hash_big(file: LocalFile, chunk: int) -> ReadFile:
     crc = 0
     total = 0
     try:
-        with file.path.open("rb", buffering=0) as handle:
+        with open(file.path, "rb", buffering=0) as handle:
             while block := handle.read(chunk):
                 sha.update(block)
                 crc = zlib.crc32(block, crc)
@@ -159,7 +145,7 @@ class FileReader:
         loop = asyncio.get_running_loop()
         path = read.file.path
         try:
-            handle = await loop.run_in_executor(self.executor, path.open, "rb")
+            handle = await loop.run_in_executor(self.executor, open, path, "rb")
         except OSError as exc:
             raise _source_error(path, exc) from None
         sha = hashlib.sha256()

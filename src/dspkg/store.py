@@ -148,11 +148,9 @@ class Store:
                 )
                 got = result.range
                 if got[0] != position or got[1] != end:
-                    # A full 200 or a different range: never splice it, ask again.
-                    raise StoreError(
-                        f"{self.describe(key)}: asked for bytes {position}-{end}, "
-                        f"got {got[0]}-{got[1]}",
-                        key=key,
+                    # A full 200 or a different range: never splice it, start over.
+                    raise ConnectionError(
+                        f"asked for bytes {position}-{end}, the store sent {got[0]}-{got[1]}"
                     )
                 async for chunk in result.stream(min_chunk_size=chunk_size):
                     view = memoryview(chunk)

@@ -52,6 +52,11 @@ class PackageWriter:
     def entries(self) -> list[WrittenEntry]:
         return list(self._entries)
 
+    @property
+    def last(self) -> WrittenEntry:
+        """The entry added most recently (without copying the list)."""
+        return self._entries[-1]
+
     def add(self, name: str, size: int, crc32: int) -> bytes:
         """Record an entry and return its local header; ``size`` data bytes must follow it."""
         if self._finished:

@@ -1,0 +1,156 @@
+"""``dspkg bench``: the command line of the benchmark, and the run around a scenario.
+
+Only this module and the scenarios it calls know the benchmark exists; the rest of the
+harness is imported when the command runs, so ``dspkg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from dspkg.bench.settings import FILE_SIZE, MBIT, PUBLISH_FILES, PULL_FILES, RTT_MS
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``bench`` to the ``dspkg`` command line."""
+    p = subparsers.add_parser(
+        "bench",
+        help="measure pulls (or publishes) against s5cmd, zip and unzip on an emulated WAN",
+        description="Run moto's S3 server on 127.0.0.1 behind a WAN emulator and time dspkg "
+        "against what users would use instead. Every figure is measured in this run.",
+    )
+    p.add_argument("--publish", action="store_true", help="measure publishing instead of pulling")
+    p.add_argument(
+        "--files",
+        type=_positive_int,
+        help=f"files to generate (default {PULL_FILES:,}; {PUBLISH_FILES:,} with --publish)",
+    )
+    p.add_argument(
+        "--size", type=_non_negative_int, default=FILE_SIZE, help="bytes per file (default 10000)"
+    )
+    p.add_argument(
+        "--rtt-ms", type=_non_negative_float, default=RTT_MS, help="added round trip (default 30)"
+    )
+    p.add_argument(
+        "--mbit",
+        type=_non_negative_float,
+        default=MBIT,
+        help="bandwidth cap in Mbit/s, 0 for unlimited (default 1000)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        help="measure every row N times and report the median (default 1)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object with every figure")
+    p.add_argument(
+        "--markdown", action="store_true", help="also print a Markdown block for the docs"
+    )
+    p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir)")
+    p.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from dspkg.bench.machine import describe
+    from dspkg.bench.publish_bench import run_publish
+    from dspkg.bench.pull_bench import run_pull
+    from dspkg.bench.report import markdown, text
+    from dspkg.bench.results import Report
+    from dspkg.bench.settings import BenchSettings
+
+    mode: Literal["pull", "publish"] = "publish" if args.publish else "pull"
+    files = args.files or (PUBLISH_FILES if args.publish else PULL_FILES)
+    settings = BenchSettings(
+        files=files, size=args.size, rtt_ms=args.rtt_ms, mbit=args.mbit, repeat=args.repeat
+    )
+    work = _work_dir(args.keep)
+    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = time.monotonic()
+    say = _say(started)
+    try:
+        say(f"{mode} benchmark in {work}")
+        scenario = run_publish if args.publish else run_pull
+        # Other work on the machine skews every row; the load before the run tells.
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        outcome = scenario(settings, work, say)
+        report = Report(
+            mode=mode,
+            config=settings.to_json(),
+            machine=describe(work),
+            rows=outcome.rows,
+            targets=outcome.targets,
+            started_at=started_at,
+            seconds=time.monotonic() - started,
+            facts={**outcome.facts, "load_average_at_start": load},
+        )
+    finally:
+        if args.keep is None:
+            say("removing the work directory")
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        doc = report.to_json()
+        doc["markdown"] = markdown(report)
+        print(json.dumps(doc, indent=2))
+    else:
+        print(text(report))
+        if args.markdown:
+            print()
+            print(markdown(report))
+    return 0
+
+
+def _work_dir(keep: str | None) -> Path:
+    if keep is None:
+        return Path(tempfile.mkdtemp(prefix="dspkg-bench-"))
+    path = Path(keep).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    if any(path.iterdir()):
+        from dspkg.errors import InvalidArgument
+
+        raise InvalidArgument(f"--keep {keep}: the directory must be absent or empty")
+    return path
+
+
+def _say(started: float) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(f"[bench {time.monotonic() - started:6.1f} s] {line}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number >= 0")
+    return value

@@ -1,0 +1,112 @@
+"""A description of the machine a run measured, so recorded numbers can be compared."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from dspkg.bench.tools import find_s5cmd, version_of
+
+
+def describe(work: Path) -> dict[str, Any]:
+    s5cmd = find_s5cmd()
+    fs_type, fs_device, fs_mount = _file_system(work)
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gb": _memory_gb(),
+        "work_dir": str(work),
+        "file_system": fs_type,
+        "file_system_device": fs_device,
+        "file_system_mount": fs_mount,
+        "kernel": platform.release(),
+        "os": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "versions": {
+            "dspkg": _dist_version("dspkg"),
+            "obstore": _dist_version("obstore"),
+            "moto": _dist_version("moto"),
+            "s5cmd": version_of([str(s5cmd), "version"]) if s5cmd else None,
+            "unzip": _first_sentence(version_of(["unzip", "-v"])),
+            "zip": _zip_version(),
+        },
+    }
+
+
+def summary(machine: dict[str, Any]) -> list[str]:
+    """The description as a few human-readable lines."""
+    v = machine["versions"]
+    return [
+        f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), "
+        f"{machine['memory_gb']} GB RAM, kernel {machine['kernel']}",
+        f"work dir: {machine['work_dir']} on {machine['file_system']} "
+        f"({machine['file_system_device']} at {machine['file_system_mount']})",
+        f"versions: Python {machine['python']}, dspkg {v['dspkg']}, obstore {v['obstore']}, "
+        f"moto {v['moto']}, s5cmd {v['s5cmd'] or 'missing'}",
+    ]
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _memory_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) * 1024 / 1e9, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _file_system(path: Path) -> tuple[str | None, str | None, str | None]:
+    """(type, device, mount point) of the mount holding ``path``, from /proc/mounts."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None, None, None
+    target = str(path.resolve())
+    best: tuple[str, str, str] | None = None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        device, mount, fs_type = parts[0], parts[1].replace("\\040", " "), parts[2]
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        # The longest matching mount point is the one that holds the path.
+        if inside and (best is None or len(mount) >= len(best[1])):
+            best = (device, mount, fs_type)
+    if best is None:
+        return None, None, None
+    return best[2], best[0], best[1]
+
+
+def _zip_version() -> str | None:
+    # `zip -v` starts with a copyright line; `zip -h` starts with "Zip 3.0 (...). Usage:".
+    line = version_of(["zip", "-h"])
+    if line is None:
+        return None
+    return line.partition(". Usage")[0]
+
+
+def _first_sentence(line: str | None) -> str | None:
+    return None if line is None else line.partition(", by")[0]

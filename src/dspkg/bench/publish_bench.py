@@ -1,0 +1,179 @@
+"""Publish mode: packaging a tree against zipping it, and uploading it against s5cmd.
+
+Each dspkg publish gets a version name and a store (or prefix) of its own, so none is a
+no-op republish. The tree is read once before every timed run, so each starts from a warm
+page cache and compares the work, not the disk's read speed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from dspkg.bench import data
+from dspkg.bench.harness import S3Lab, Say
+from dspkg.bench.processes import dspkg_argv
+from dspkg.bench.results import Outcome, Row, Target, combine_rounds, ratio
+from dspkg.bench.scenario import dspkg_figures, s3_url, s5cmd_argv, store_row, testbed_facts
+from dspkg.bench.settings import DATASET, BenchSettings
+from dspkg.bench.tools import S5CMD_MISSING, find_s5cmd, require
+
+RSS_LIMIT_MB = 300.0
+
+
+class PublishBench:
+    def __init__(self, settings: BenchSettings, work: Path, lab: S3Lab, say: Say) -> None:
+        self.s = settings
+        self.work = work
+        self.lab = lab
+        self.say = say
+        self.s5cmd = find_s5cmd()
+        self.outputs = work / "outputs"
+        self.paths: list[str] = []
+        self.rows: dict[str, Row] = {}
+        self.runs = work / "runs"
+        self.round = 1
+
+    def run(self) -> tuple[list[Row], list[Target]]:
+        require("zip", "install it (apt-get install zip) for the zip -0 baseline")
+        s = self.s
+        self.say(f"generating {s.files:,} files of {s.size:,} bytes")
+        self.paths = data.generate(self.outputs, range(s.files), s.size)
+        rounds = []
+        for r in range(1, s.repeat + 1):
+            # Each round publishes new version names into new stores and prefixes.
+            self.rows, self.runs, self.round = {}, self.work / "runs" / f"round-{r}", r
+            if s.repeat > 1:
+                self.say(f"round {r} of {s.repeat}")
+            self._publish_local()
+            self._zip()
+            self._publish_s3()
+            self._s5cmd_upload()
+            rounds.append(self.rows)
+            if r < s.repeat:
+                shutil.rmtree(self.runs, ignore_errors=True)
+        self.rows = {row.key: row for row in combine_rounds(rounds)}
+        return list(self.rows.values()), self._targets()
+
+    def _name(self, version: str) -> None:
+        """Point the tree's metadata at a fresh version, then warm the page cache."""
+        uri = f"dataset://{DATASET}/{version}"
+        data.write_metadata(self.outputs, self.paths, [{"uri": uri, "packaging": True}])
+        data.warm(self.outputs)
+
+    def _publish_local(self) -> None:
+        key, method = "publish_local", "dspkg publish --packages-only, file:// store"
+        self.say(f"measuring: {method}")
+        self._name(f"local-{self.round}")
+        store = self.runs / key / "store"
+        env = self.lab.env(cache=self.runs / key / "cache")
+        argv = dspkg_argv(
+            "publish", str(self.outputs), "--packages-only", "--store", f"file://{store}", "--json"
+        )
+        sample = self.lab.run(argv, env=env)
+        self.rows[key] = Row(
+            key=key,
+            method=method,
+            files=self.s.files,
+            seconds=sample.seconds,
+            peak_rss_kib=sample.peak_rss_kib,
+            cpu_seconds=sample.cpu_seconds,
+            extra={"dspkg": dspkg_figures(sample)},
+        )
+
+    def _zip(self) -> None:
+        key, method = "zip_local", "zip -0 -r -q of the same tree"
+        self.say(f"measuring: {method}")
+        data.warm(self.outputs)
+        out = self.runs / key / "tree.zip"
+        out.parent.mkdir(parents=True)
+        sample = self.lab.run(
+            ["zip", "-0", "-r", "-q", str(out), ".", "-x", data.METADATA], cwd=self.outputs
+        )
+        self.rows[key] = Row(
+            key=key,
+            method=method,
+            files=self.s.files,
+            seconds=sample.seconds,
+            peak_rss_kib=sample.peak_rss_kib,
+            cpu_seconds=sample.cpu_seconds,
+            extra={"zip_bytes": out.stat().st_size},
+        )
+
+    def _publish_s3(self) -> None:
+        key, method = "publish_s3", "dspkg publish --packaging --packages-only, S3"
+        self.say(f"measuring: {method}")
+        self._name(f"s3-{self.round}")
+        env = self.lab.env(store=s3_url(f"publish-{self.round}"), cache=self.runs / key / "cache")
+        argv = dspkg_argv("publish", str(self.outputs), "--packaging", "--packages-only", "--json")
+        measured = self.lab.measure(argv, env)
+        figures = dspkg_figures(measured.sample)
+        self.rows[key] = store_row(key, method, self.s.files, measured, "up", {"dspkg": figures})
+
+    def _s5cmd_upload(self) -> None:
+        key, method = "s5cmd_upload", "s5cmd cp, per-file upload (256 workers)"
+        if self.s5cmd is None:
+            self.rows[key] = Row(key, method, self.s.files, skipped=S5CMD_MISSING)
+            return
+        self.say(f"measuring: {method}")
+        data.warm(self.outputs)
+        argv = s5cmd_argv(
+            self.s5cmd,
+            self.lab,
+            "cp",
+            "--exclude",
+            data.METADATA,
+            f"{self.outputs}/*",
+            s3_url(f"plain-upload-{self.round}") + "/",
+        )
+        measured = self.lab.measure(argv, self.lab.env())
+        self.rows[key] = store_row(key, method, self.s.files, measured, "up")
+
+    def _targets(self) -> list[Target]:
+        r = self.rows
+        no_s5 = S5CMD_MISSING if self.s5cmd is None else None
+        return [
+            Target(
+                "publish_local_vs_zip",
+                "local publish / zip -0 -r",
+                ratio(r["publish_local"], r["zip_local"]),
+                "<=",
+                1.5,
+                "x",
+            ),
+            Target(
+                "publish_s3_vs_s5cmd",
+                "S3 publish vs s5cmd per-file upload (s5cmd time / dspkg time)",
+                ratio(r["s5cmd_upload"], r["publish_s3"]),
+                ">=",
+                10.0,
+                "x",
+                no_s5,
+            ),
+            Target(
+                "publish_local_rss",
+                "peak RSS of the local publish",
+                r["publish_local"].peak_rss_mb,
+                "<",
+                RSS_LIMIT_MB,
+                "MB",
+            ),
+            Target(
+                "publish_s3_rss",
+                "peak RSS of the S3 publish",
+                r["publish_s3"].peak_rss_mb,
+                "<",
+                RSS_LIMIT_MB,
+                "MB",
+            ),
+        ]
+
+
+def run_publish(settings: BenchSettings, work: Path, say: Say) -> Outcome:
+    started = time.monotonic()
+    with S3Lab(work, settings.link, say) as lab:
+        rows, targets = PublishBench(settings, work, lab, say).run()
+        facts = testbed_facts(rows, lab)
+    say(f"publish benchmark done in {time.monotonic() - started:.0f} s")
+    return Outcome(tuple(rows), tuple(targets), facts)

@@ -1,0 +1,123 @@
+"""What the pull and publish scenarios share: turning samples into rows, command lines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from dspkg.bench.data import count_files
+from dspkg.bench.harness import BUCKET, S3Lab, StoreSample
+from dspkg.bench.processes import BenchError, Sample
+from dspkg.bench.results import Row
+
+Direction = Literal["down", "up"]
+# moto's CPU seconds per wall second above which a row measured moto rather than the method.
+SERVER_BOUND = 0.6
+
+
+def store_row(
+    key: str,
+    method: str,
+    files: int,
+    measured: StoreSample,
+    direction: Direction,
+    extra: dict[str, Any] | None = None,
+) -> Row:
+    s = measured.sample
+    return Row(
+        key=key,
+        method=method,
+        files=files,
+        seconds=s.seconds,
+        requests=measured.request_count,
+        wire_bytes=measured.bytes_down if direction == "down" else measured.bytes_up,
+        peak_rss_kib=s.peak_rss_kib,
+        cpu_seconds=s.cpu_seconds,
+        extra={
+            "requests_by_method": dict(sorted(measured.requests.items())),
+            "connections": measured.connections,
+            "server_cpu_seconds": _round3(measured.server_cpu_seconds),
+            "emulator_cpu_seconds": _round3(measured.emulator_cpu_seconds),
+            **(extra or {}),
+        },
+    )
+
+
+def testbed_facts(rows: Sequence[Row], lab: S3Lab) -> dict[str, Any]:
+    """Figures about the test bed itself, and notes where it, not the method, set the pace.
+
+    moto is one Python process whose request handling holds the GIL, so about one CPU
+    second per second is all it can give; a row that kept it that busy measured moto.
+    """
+    notes: list[str] = []
+    for row in rows:
+        server = row.extra.get("server_cpu_seconds")
+        if server is None or not row.seconds:
+            continue
+        busy = server / row.seconds
+        if busy >= SERVER_BOUND:
+            notes.append(
+                f"{row.method}: moto was busy {busy:.0%} of the time ({row.requests:,} "
+                f"requests, {server:.1f} CPU s); the row is bound by the test server, not by "
+                "the link or the method, and real S3 would serve it faster"
+            )
+    per_request = [
+        r
+        for r in rows
+        if r.requests and r.requests >= 100 and r.extra.get("connections", 0) >= 0.9 * r.requests
+    ]
+    if per_request:
+        notes.append(
+            "moto (werkzeug) closes the connection after every response, so each request "
+            "also pays a TCP handshake round trip, which real S3 with keep-alive would not"
+        )
+    return {"rss_floor_mb": round(lab.rss_floor_kib * 1024 / 1e6, 1), "notes": notes}
+
+
+def local_row(key: str, method: str, files: int, *samples: Sample) -> Row:
+    """A row for local work (no store): times and CPU add up, peak RSS is the largest."""
+    return Row(
+        key=key,
+        method=method,
+        files=files,
+        seconds=sum(s.seconds for s in samples),
+        requests=0,
+        wire_bytes=0,
+        peak_rss_kib=max(s.peak_rss_kib for s in samples),
+        cpu_seconds=sum(s.cpu_seconds for s in samples),
+    )
+
+
+def dspkg_figures(sample: Sample) -> dict[str, Any]:
+    """The ``--json`` object a dspkg command printed."""
+    try:
+        doc: dict[str, Any] = json.loads(sample.stdout)
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"dspkg printed no JSON object ({exc}): {sample.stdout[:200]!r}") from None
+    return doc
+
+
+def check_tree(dest: Path, files: int, nbytes: int, what: str) -> None:
+    """Fail the run when a method did not produce the whole tree: its time would be a lie."""
+    found, found_bytes = count_files(dest)
+    if (found, found_bytes) != (files, nbytes):
+        raise BenchError(
+            f"{what} left {found:,} files ({found_bytes:,} bytes) in {dest}, "
+            f"expected {files:,} ({nbytes:,} bytes)"
+        )
+
+
+def s5cmd_argv(s5cmd: Path, lab: S3Lab, *args: str) -> list[str]:
+    # --log error: s5cmd otherwise prints one line per object, which is not the work
+    # being compared.
+    return [str(s5cmd), "--endpoint-url", lab.url, "--log", "error", *args]
+
+
+def s3_url(*parts: str) -> str:
+    return "s3://" + "/".join((BUCKET, *parts))
+
+
+def _round3(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
