@@ -84,7 +84,7 @@ def pull(
     *,
     store: StoreLike = None,
     link: str | LinkMode = LinkMode.AUTO,
-    jobs: int = 16,
+    jobs: int = 128,
     dry_run: bool = False,
     cache_dir: str | Path | None = None,
     refetch: bool | None = None,

@@ -3,8 +3,7 @@
 Layout under the cache root (``$DSPKG_CACHE`` or the user cache directory)::
 
     objects/<hex[0:2]>/<hex[2:]>     file contents by sha256: read-only, fixed mtime
-    tmp/<host>-<pid>-<rand>/         one private directory per running process
-    tmp/<host>-<pid>-<rand>.lock     held (flock) while that process lives
+    tmp/<host>-<pid>-<rand>/         one private directory per running process (.lock inside)
     manifests/<store-id>/<dataset>/<version>.json    copies of immutable manifests
     versions/<store-id>/<dataset>/<version>.json     what a pulled version uses, last use
     pins/<host>-<pid>-<rand>.json    a version a running pull or job uses (flock held)
@@ -140,12 +139,11 @@ class Cache:
                     (self.objects / f"{i:02x}").mkdir(exist_ok=True)
             self.sweep()
             name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-            lock_path = self.tmp / f"{name}.lock"
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             own = self.tmp / name
             own.mkdir()
+            fd = os.open(own / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             raise cache_error(exc, self.root) from None
         self._lock_fd = fd
@@ -155,8 +153,6 @@ class Cache:
     def close(self) -> None:
         if self._own is not None:
             shutil.rmtree(self._own, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (self.tmp / f"{self._own.name}.lock").unlink()
             self._own = None
             self._own_str = ""
         if self._lock_fd is not None:
@@ -164,52 +160,19 @@ class Cache:
             self._lock_fd = None
 
     def sweep(self) -> int:
-        """Remove temp directories of processes that are gone; return how many."""
+        """Remove the temp directories of processes that are gone; return how many."""
         removed = 0
         host = socket.gethostname()
-        for lock in self.tmp.glob("*.lock"):
-            name = lock.name[: -len(".lock")]
-            if self._owner_alive(lock, name, host):
+        for entry in self.tmp.iterdir():
+            if _temp_owner_alive(entry, host):
                 continue
-            shutil.rmtree(self.tmp / name, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                lock.unlink()
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
             removed += 1
-        for orphan in self.tmp.iterdir():
-            # A directory whose lock file is gone: its owner died between the two removals.
-            if orphan.is_dir() and not (self.tmp / f"{orphan.name}.lock").exists():
-                shutil.rmtree(orphan, ignore_errors=True)
-                removed += 1
         return removed
-
-    @staticmethod
-    def _owner_alive(lock: Path, name: str, host: str) -> bool:
-        owner_host, _, pid_text = name.rpartition("-")[0].rpartition("-")
-        if owner_host != host:
-            # Another machine sharing this cache: only its lock or great age tells.
-            try:
-                return time.time() - lock.stat().st_mtime < STALE_FOREIGN_TEMP
-            except OSError:
-                return False
-        try:
-            pid = int(pid_text)
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError):
-            return False
-        except PermissionError:
-            return True
-        # The pid lives, but pids are reused: the lock says whether our process holds it.
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
-        return pid == os.getpid()
 
     # --- objects -------------------------------------------------------------------
 
@@ -397,6 +360,29 @@ class Cache:
                 nbytes += path.stat().st_size
                 files += 1
         return {"objects": files, "bytes": nbytes}
+
+
+def _temp_owner_alive(entry: Path, host: str) -> bool:
+    """Whether the process named by a temp directory ``<host>-<pid>-<rand>`` may still run.
+
+    On this machine the pid decides: a live pid keeps its directory (a reused pid only
+    delays the sweep). Another machine sharing the cache is judged by its lock and age.
+    """
+    owner_host, _, pid_text = entry.name.rpartition("-")[0].rpartition("-")
+    if owner_host == host:
+        try:
+            os.kill(int(pid_text), 0)
+        except (ValueError, ProcessLookupError):
+            return False
+        except PermissionError:
+            return True
+        return True
+    if holder_alive(entry / ".lock"):
+        return True
+    try:
+        return time.time() - entry.stat().st_mtime < STALE_FOREIGN_TEMP
+    except OSError:
+        return False
 
 
 def fingerprint_ok(info: os.stat_result, size: int) -> bool:

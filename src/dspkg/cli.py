@@ -321,7 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "reflink", "hardlink", "symlink", "copy"],
         help="how files appear in DEST (default auto: reflink, then hardlink, then copy)",
     )
-    p.add_argument("--jobs", type=_positive_int, default=16, help="requests in flight")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=128,
+        help="requests in flight (default 128; ranged GETs use at most 16)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimates only")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(handler=_cmd_pull)

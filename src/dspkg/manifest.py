@@ -40,11 +40,12 @@ from typing import Any, NamedTuple
 from dspkg import zipformat as zf
 from dspkg.errors import UnsafePackage
 from dspkg.names import VersionUri, check_name
-from dspkg.paths import path_problem, tree_problem
+from dspkg.paths import all_paths_ok, path_problem, tree_problem
 
 SCHEMA_VERSION = 1
 PACKAGE_SUFFIX = ".vhpkgzip"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA256_LINES = re.compile(r"(?:[0-9a-f]{64}\n)*[0-9a-f]{64}")
 
 
 class FileEntry(NamedTuple):
@@ -214,6 +215,51 @@ def _is_count(value: Any) -> bool:
 def _parse_files(
     raw_files: list[Any], packages: Sequence[PackageInfo], bad: Any
 ) -> tuple[FileEntry, ...]:
+    files = _well_formed(raw_files, packages)
+    if files is None:
+        files = _checked_one_by_one(raw_files, packages, bad)
+    collision = tree_problem(f.path for f in files)
+    if collision:
+        raise bad(f"path {collision[0]!r} {collision[1]}", collision[0])
+    _check_layout(files, packages, bad)
+    return tuple(files)
+
+
+def _well_formed(raw_files: list[Any], packages: Sequence[PackageInfo]) -> list[FileEntry] | None:
+    """The files, if every record is well formed; None sends the caller to the slow loop
+    that names the first bad record. Column-wise checks run in C: a million records
+    take a fraction of a second instead of seconds."""
+    try:
+        paths = [r["path"] for r in raw_files]
+        sizes = [r["size"] for r in raw_files]
+        shas = [r["sha256"] for r in raw_files]
+        indexes = [r.get("package") for r in raw_files]
+        offsets = [r.get("offset") for r in raw_files]
+    except (TypeError, KeyError, AttributeError):
+        return None
+    if not raw_files:
+        return []
+    if set(map(type, paths)) != {str} or set(map(type, sizes)) != {int} or min(sizes) < 0:
+        return None
+    if set(map(type, shas)) != {str} or not _SHA256_LINES.fullmatch("\n".join(shas)):
+        return None
+    if not all_paths_ok(paths) or paths != sorted(paths) or len(set(paths)) != len(paths):
+        return None
+    packaged = [i for i, index in enumerate(indexes) if index is not None]
+    if len(packaged) != sum(o is not None for o in offsets):
+        return None
+    for i in packaged:
+        index, offset = indexes[i], offsets[i]
+        if type(index) is not int or not 0 <= index < len(packages) or type(offset) is not int:
+            return None
+        if offset < zf.LOCAL.size or offset + sizes[i] > packages[index].size:
+            return None
+    return list(map(FileEntry, paths, sizes, shas, indexes, offsets))
+
+
+def _checked_one_by_one(
+    raw_files: list[Any], packages: Sequence[PackageInfo], bad: Any
+) -> list[FileEntry]:
     files: list[FileEntry] = []
     sha_match = _SHA256.fullmatch
     n_packages = len(packages)
@@ -245,11 +291,7 @@ def _parse_files(
             if offset + size > packages[package].size:
                 raise bad(f"file {path!r} lies beyond the end of its package", path)
         files.append(FileEntry(path, size, sha, package, offset))
-    collision = tree_problem(f.path for f in files)
-    if collision:
-        raise bad(f"path {collision[0]!r} {collision[1]}", collision[0])
-    _check_layout(files, packages, bad)
-    return tuple(files)
+    return files
 
 
 def _check_layout(files: Iterable[FileEntry], packages: Sequence[PackageInfo], bad: Any) -> None:

@@ -15,7 +15,7 @@ import fcntl
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -179,7 +179,7 @@ class TreeBuilder:
             src = f"{objects}/{f.sha256[:2]}/{f.sha256[2:]}"
             dst = f"{base}/{f.path}"
             try:
-                linker(src, dst)
+                _link_retrying(linker, src, dst)
             except FileNotFoundError:
                 if os.path.exists(src):
                     raise
@@ -229,6 +229,22 @@ def materialize(plan: TreePlan, cache: Cache, dest: Path, mode: LinkMode) -> Lin
         raise
     builder.commit()
     return builder.mode
+
+
+def _link_retrying(linker: Callable[[str, str], None], src: str, dst: str) -> None:
+    """Link, retrying when another process replaced ``src`` at that very moment.
+
+    Two processes may insert the same object; the second rename replaces the first
+    inode, and a link of the old inode then fails with ENOENT although ``src`` exists.
+    """
+    for _ in range(3):
+        try:
+            linker(src, dst)
+            return
+        except FileNotFoundError:
+            if not os.path.exists(src):
+                raise
+    linker(src, dst)
 
 
 def _reflink(src: str, dst: str) -> None:

@@ -7,13 +7,13 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dspkg.cache import Cache
 from dspkg.catalog import Catalog, manifest_key
-from dspkg.errors import DspkgError, Integrity
+from dspkg.errors import DspkgError, Integrity, NotFound
 from dspkg.fetcher import Fetcher
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, plan_tree, prepare_destination
@@ -32,7 +32,7 @@ LINK_BATCH = 2000
 @dataclass(frozen=True)
 class PullOptions:
     link: LinkMode = LinkMode.AUTO
-    jobs: int = 64
+    jobs: int = 128
     disk_threads: int = 3
     dry_run: bool = False
     refetch: bool = False  # ignore what the cache holds (VH_NO_DATA_CACHE)
@@ -90,22 +90,38 @@ async def load_manifest(store: Store, cache: Cache, uri: VersionUri) -> Manifest
     """The manifest of ``uri``: from the cache when this exact version was pulled before
     (versions are immutable), else from the store, then kept in the cache."""
     manifest = _cached_manifest(cache, store.url, uri)
-    if manifest is not None:
-        return manifest
-    resolved = await Catalog(store).resolve(uri)
-    key = manifest_key(resolved.dataset, resolved.version)
-    # Processes pulling the same version at once download its manifest once.
+    if manifest is None:
+        manifest = await _fetch_manifest(store, cache, uri)
+    if manifest is None:  # not a version: an alias, such as "latest"
+        resolved = await Catalog(store).resolve(uri)
+        manifest = _cached_manifest(cache, store.url, resolved)
+        if manifest is None:
+            manifest = await _fetch_manifest(store, cache, resolved)
+        if manifest is None:
+            raise NotFound(f"dataset version {resolved} not found in {store.url}", uri=str(uri))
+    return manifest
+
+
+async def _fetch_manifest(store: Store, cache: Cache, uri: VersionUri) -> Manifest | None:
+    """The manifest from the store, saved in the cache; None if there is no such version.
+
+    Processes pulling the same version at once download its manifest once: the others
+    wait for the lock and find it in the cache.
+    """
+    key = manifest_key(uri.dataset, uri.version)
     lock = cache.lock(store.url, key)
     await lock.acquire_async()
     try:
-        manifest = _cached_manifest(cache, store.url, resolved)
+        manifest = _cached_manifest(cache, store.url, uri)
         if manifest is not None:
             return manifest
-        data = await store.get(key)
+        data = await store.get_optional(key)
+        if data is None:
+            return None
         manifest = Manifest.from_json(data, obj=store.describe(key))
-        if manifest.uri != resolved:
-            raise Integrity(f"manifest of {resolved} describes {manifest.uri}", obj=str(resolved))
-        cache.save_manifest(store.url, resolved, data)
+        if manifest.uri != uri:
+            raise Integrity(f"manifest of {uri} describes {manifest.uri}", obj=str(uri))
+        cache.save_manifest(store.url, uri, data)
         return manifest
     finally:
         lock.release()
@@ -127,18 +143,16 @@ async def pull_version(
         cache.pin(store.url, manifest.uri),
         ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
     ):
-        present = set() if options.refetch else await _cached(manifest, cache, disk)
-        plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
         if options.dry_run:
-            return _result(
-                manifest, dest, store, before, started, plan, "none", (), tuning=options.tuning
-            )
+            present = set() if options.refetch else _cached(manifest, cache)
+            plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
+            return _result(manifest, dest, store, before, started, plan, tuning=options.tuning)
         prepare_destination(dest)
         builder = TreeBuilder(cache, dest, options.link)
         builder.begin(plan_tree(manifest.files))
         try:
             fetched, fallbacks = await _fill(
-                manifest, plan, store, cache, disk, builder, options, progress
+                manifest, store, cache, disk, builder, options, progress
             )
             builder.commit()
         except BaseException:
@@ -153,26 +167,19 @@ async def pull_version(
         )
         if options.max_cache_size is not None:
             prune(cache, options.max_cache_size)  # this version stays: it is pinned
-    result = _result(manifest, dest, store, before, started, plan, builder.mode.value, fallbacks)
-    return replace(result, files_fetched=fetched, files_from_cache=len(manifest.files) - fetched)
+    return _result(
+        manifest, dest, store, before, started, None, builder.mode.value, fallbacks, fetched
+    )
 
 
-async def _cached(manifest: Manifest, cache: Cache, disk: Executor) -> set[str]:
-    """The objects of ``manifest`` the cache holds intact, checked in the disk threads."""
-    unique = list({f.sha256: f.size for f in manifest.files}.items())
-
-    def check(part: list[tuple[str, int]]) -> list[str]:
-        return [sha for sha, size in part if cache.lookup(sha, size)]
-
-    loop = asyncio.get_running_loop()
-    parts = [unique[i : i + LINK_BATCH] for i in range(0, len(unique), LINK_BATCH)]
-    found = await asyncio.gather(*(loop.run_in_executor(disk, check, part) for part in parts))
-    return {sha for part in found for sha in part}
+def _cached(manifest: Manifest, cache: Cache) -> set[str]:
+    """The objects of ``manifest`` the cache holds intact (one ``stat`` each)."""
+    unique = {f.sha256: f.size for f in manifest.files}
+    return {sha for sha, size in unique.items() if cache.lookup(sha, size)}
 
 
 async def _fill(
     manifest: Manifest,
-    plan: FetchPlan,
     store: Store,
     cache: Cache,
     disk: Executor,
@@ -180,67 +187,66 @@ async def _fill(
     options: PullOptions,
     progress: Progress,
 ) -> tuple[int, tuple[str, ...]]:
-    """Fetch what is missing and link every file into the staging tree, both at once.
+    """Link every cached file into the staging tree, then fetch and link the rest.
 
-    Cached files are linked in the disk threads while the download runs; fetched
-    files are linked the moment they enter the cache. An object that vanishes
-    before it is linked (a concurrent prune) is fetched again in another round.
+    Checking and linking cached files is one pass in the disk threads (a warm pull is
+    just that pass); fetched files are linked the moment they enter the cache. An
+    object that vanishes before it is linked (a concurrent prune) is fetched again.
     """
     loop = asyncio.get_running_loop()
     paths: dict[str, list[FileEntry]] = {}
     for f in manifest.files:
         paths.setdefault(f.sha256, []).append(f)
 
+    def link_if_cached(shas: list[str]) -> list[str]:
+        """In a disk thread: link the files of each intact object; return the others."""
+        absent = []
+        for sha in shas:
+            group = paths[sha]
+            if not cache.lookup(sha, group[0].size) or builder.link(group):
+                absent.append(sha)
+        return absent
+
+    async def link_cached(shas: list[str]) -> set[str]:
+        parts = [shas[i : i + LINK_BATCH] for i in range(0, len(shas), LINK_BATCH)]
+        done = await asyncio.gather(*(loop.run_in_executor(disk, link_if_cached, p) for p in parts))
+        return {sha for part in done for sha in part}
+
     inserted: set[str] = set()
 
     def link_fetched(entry: FileEntry) -> None:
-        missing = builder.link(paths[entry.sha256])
-        if missing:
-            raise MissingObject(missing[0])
+        if builder.link(paths[entry.sha256]):
+            raise MissingObject(entry)
         inserted.add(entry.sha256)
 
+    missing = set(paths) if options.refetch else await link_cached(list(paths))
     fetched = 0
     fallbacks: list[str] = []
-    todo = list(manifest.files)
-    for round_ in range(MAX_ROUNDS):
-        planned = {f.sha256 for r in plan.ranges for f in r.files} | {f.sha256 for f in plan.blobs}
-        ready = [f for f in todo if f.sha256 not in planned]
-        links = [
-            loop.run_in_executor(disk, builder.link, ready[i : i + LINK_BATCH])
-            for i in range(0, len(ready), LINK_BATCH)
-        ]
-        try:
-            if plan.requests:
-                progress.start(f"pulling {manifest.uri}", plan.files_to_fetch, plan.bytes_to_fetch)
-                fetcher = Fetcher(
-                    store,
-                    cache,
-                    manifest,
-                    disk,
-                    jobs=options.jobs,
-                    progress=progress,
-                    on_insert=link_fetched,
-                    tuning=options.tuning,
-                )
-                outcome = await fetcher.run(plan)
-                fetched += outcome.files
-                fallbacks.extend(outcome.fallbacks)
-            # Files another process fetched while this one waited for it.
-            others = [f for f in todo if f.sha256 in planned and f.sha256 not in inserted]
-            links += [
-                loop.run_in_executor(disk, builder.link, others[i : i + LINK_BATCH])
-                for i in range(0, len(others), LINK_BATCH)
-            ]
-        finally:
-            progress.done()
-            missing = [f for part in await asyncio.gather(*links) for f in part]
+    for _ in range(MAX_ROUNDS):
         if not missing:
             return fetched, tuple(fallbacks)
-        if round_ == MAX_ROUNDS - 1:
-            raise MissingObject(missing[0])
-        todo = missing
-        plan = plan_fetch(manifest, _absent({f.sha256 for f in missing}), options.tuning)
-    raise AssertionError("unreachable")
+        plan = plan_fetch(manifest, _absent(missing), options.tuning)
+        progress.start(f"pulling {manifest.uri}", plan.files_to_fetch, plan.bytes_to_fetch)
+        try:
+            fetcher = Fetcher(
+                store,
+                cache,
+                manifest,
+                disk,
+                jobs=options.jobs,
+                progress=progress,
+                on_insert=link_fetched,
+                tuning=options.tuning,
+                range_jobs=options.tuning.concurrency,
+            )
+            outcome = await fetcher.run(plan)
+        finally:
+            progress.done()
+        fetched += outcome.files
+        fallbacks.extend(outcome.fallbacks)
+        # Objects another process fetched while this one waited for it, or that vanished.
+        missing = await link_cached([sha for sha in missing if sha not in inserted])
+    raise MissingObject(paths[next(iter(missing))][0])
 
 
 def _absent(gone: set[str]) -> Callable[[FileEntry], bool]:
@@ -253,16 +259,16 @@ def _result(
     store: Store,
     before: tuple[int, int],
     started: float,
-    plan: FetchPlan,
-    link: str,
-    fallbacks: tuple[str, ...],
+    plan: FetchPlan | None,
+    link: str = "none",
+    fallbacks: tuple[str, ...] = (),
+    fetched: int = 0,
     *,
     tuning: Tuning | None = None,
 ) -> PullResult:
-    """The result of a pull; with ``tuning`` (a dry run), the plan and its estimates."""
+    """The result of a pull; with a ``plan`` (a dry run), the plan and its estimates."""
     plan_doc = None
-    dry = tuning is not None
-    if tuning is not None:
+    if plan is not None:
         plan_doc = {
             "files_to_fetch": plan.files_to_fetch,
             "bytes_to_fetch": plan.bytes_to_fetch,
@@ -270,7 +276,7 @@ def _result(
             "ranges": len(plan.ranges),
             "blobs": len(plan.blobs),
             "files_cached": plan.files_cached,
-            "estimates": estimate(plan, manifest, tuning),
+            "estimates": estimate(plan, manifest, tuning or Tuning()),
         }
     return PullResult(
         uri=str(manifest.uri),
@@ -279,8 +285,8 @@ def _result(
         bytes=manifest.total_bytes,
         bytes_downloaded=store.stats.bytes_down - before[0],
         requests=store.stats.requests - before[1],
-        files_from_cache=len(manifest.files) - plan.files_to_fetch,
-        files_fetched=0 if dry else plan.files_to_fetch,
+        files_from_cache=len(manifest.files) - (plan.files_to_fetch if plan else fetched),
+        files_fetched=fetched,
         seconds=time.monotonic() - started,
         link=link,
         packaged=manifest.packaged,

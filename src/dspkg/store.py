@@ -112,6 +112,20 @@ class Store:
 
         return await self._call(key, op)
 
+    async def get_optional(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no object at ``key``."""
+
+        async def op() -> bytes | None:
+            try:
+                result = await obstore.get_async(self.inner, key)
+                data = bytes(await result.bytes_async())
+            except FileNotFoundError:
+                return None
+            self.stats.bytes_down += len(data)
+            return data
+
+        return await self._call(key, op)
+
     async def get_range(self, key: str, start: int, end: int) -> bytes:
         if end <= start:
             return b""
