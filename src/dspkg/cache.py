@@ -287,16 +287,30 @@ class Cache:
     def _record_path(self, base: Path, store: str, uri: VersionUri) -> Path:
         return base / store_id(store) / uri.dataset / f"{uri.version}.json"
 
-    def load_manifest(self, store: str, uri: VersionUri) -> bytes | None:
+    def load_manifest(self, store: str, uri: VersionUri) -> tuple[bytes, bool] | None:
+        """A cached manifest, and whether it is byte for byte the one checked when saved.
+
+        Validation is a pure function of the bytes, so an unchanged copy (its sha256
+        matches the note written beside it) need not be validated again.
+        """
+        path = self._record_path(self.manifests, store, uri)
         try:
-            return self._record_path(self.manifests, store, uri).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise cache_error(exc, self.manifests) from None
+        try:
+            note = path.with_suffix(".checked").read_text().strip()
+        except OSError:
+            note = ""
+        return data, note == hashlib.sha256(data).hexdigest()
 
     def save_manifest(self, store: str, uri: VersionUri, data: bytes) -> None:
-        self._write_atomic(self._record_path(self.manifests, store, uri), data)
+        """Keep a manifest that was just validated, and a note saying so."""
+        path = self._record_path(self.manifests, store, uri)
+        self._write_atomic(path, data)
+        self._write_atomic(path.with_suffix(".checked"), hashlib.sha256(data).hexdigest().encode())
 
     def record_version(
         self, store: str, uri: VersionUri, *, files: int, nbytes: int, objects: Iterable[str]
@@ -326,6 +340,8 @@ class Cache:
         for base in (self.versions, self.manifests):
             with contextlib.suppress(OSError):
                 self._record_path(base, record.store, uri).unlink()
+        with contextlib.suppress(OSError):
+            self._record_path(self.manifests, record.store, uri).with_suffix(".checked").unlink()
         with contextlib.suppress(OSError):
             path.unlink()
 

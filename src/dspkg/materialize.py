@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from dspkg.cache import Cache
+from dspkg.cache import Cache, fingerprint_ok
 from dspkg.errors import DestinationError, InvalidArgument
 from dspkg.manifest import FileEntry
 
@@ -192,6 +192,36 @@ class TreeBuilder:
                     continue
                 raise self._error(exc) from None
         return missing
+
+    def link_cached(self, groups: Sequence[Sequence[FileEntry]]) -> list[str]:
+        """Link each group (the files of one object) whose object is cached and intact;
+        return the sha256 of the others. The hot loop of a warm pull: one ``stat`` and
+        one link per file, nothing else."""
+        linker = _LINKERS[self.mode]
+        stat = os.stat
+        objects, base = self._objects, self._base
+        absent: list[str] = []
+        for group in groups:
+            first = group[0]
+            sha = first.sha256
+            src = f"{objects}/{sha[:2]}/{sha[2:]}"
+            try:
+                info = stat(src)
+            except FileNotFoundError:
+                absent.append(sha)
+                continue
+            if not fingerprint_ok(info, first.size):
+                self.cache.drop(sha)
+                absent.append(sha)
+                continue
+            for f in group:
+                try:
+                    linker(src, f"{base}/{f.path}")
+                except OSError:
+                    if self.link([f]):  # the careful path: retries, fallbacks, errors
+                        absent.append(sha)
+                        break
+        return absent
 
     def commit(self) -> None:
         try:

@@ -33,7 +33,7 @@ LINK_BATCH = 2000
 class PullOptions:
     link: LinkMode = LinkMode.AUTO
     jobs: int = 128
-    disk_threads: int = 3
+    disk_threads: int = 2
     dry_run: bool = False
     refetch: bool = False  # ignore what the cache holds (VH_NO_DATA_CACHE)
     max_cache_size: int | None = None  # evict down to this after pulling
@@ -79,10 +79,15 @@ class PullResult:
 
 
 def _cached_manifest(cache: Cache, store: str, uri: VersionUri) -> Manifest | None:
-    data = cache.load_manifest(store, uri)
-    if data is not None:
-        with contextlib.suppress(DspkgError):  # a damaged copy is just a cache miss
-            return Manifest.from_json(data, obj=f"cached manifest of {uri}")
+    found = cache.load_manifest(store, uri)
+    if found is not None:
+        data, checked = found
+        with contextlib.suppress(DspkgError, KeyError, TypeError):  # damaged: a cache miss
+            manifest = Manifest.from_json(data, obj=f"cached manifest of {uri}", checked=checked)
+            if manifest.uri == uri:
+                if not checked:
+                    cache.save_manifest(store, uri, data)  # note it: no checks next time
+                return manifest
     return None
 
 
@@ -198,18 +203,14 @@ async def _fill(
     for f in manifest.files:
         paths.setdefault(f.sha256, []).append(f)
 
-    def link_if_cached(shas: list[str]) -> list[str]:
-        """In a disk thread: link the files of each intact object; return the others."""
-        absent = []
-        for sha in shas:
-            group = paths[sha]
-            if not cache.lookup(sha, group[0].size) or builder.link(group):
-                absent.append(sha)
-        return absent
-
     async def link_cached(shas: list[str]) -> set[str]:
-        parts = [shas[i : i + LINK_BATCH] for i in range(0, len(shas), LINK_BATCH)]
-        done = await asyncio.gather(*(loop.run_in_executor(disk, link_if_cached, p) for p in parts))
+        """Link the files of every intact cached object, in the disk threads; return
+        the objects still to fetch."""
+        groups = [paths[sha] for sha in shas]
+        parts = [groups[i : i + LINK_BATCH] for i in range(0, len(groups), LINK_BATCH)]
+        done = await asyncio.gather(
+            *(loop.run_in_executor(disk, builder.link_cached, part) for part in parts)
+        )
         return {sha for part in done for sha in part}
 
     inserted: set[str] = set()

@@ -140,10 +140,10 @@ def _pinned_objects(
         record = by_key.get((store, uri))
         if record is not None:
             objects.update(record.objects)
-        data = cache.load_manifest(store, VersionUri.parse(uri))
-        if data is not None:
+        found = cache.load_manifest(store, VersionUri.parse(uri))
+        if found is not None:
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                objects.update(f["sha256"] for f in json.loads(data)["files"])
+                objects.update(f["sha256"] for f in json.loads(found[0])["files"])
     return pins, objects
 
 
