@@ -67,7 +67,6 @@ class Outputs:
 
     root: Path
     versions: tuple[VersionRequest, ...]
-    metadata: dict[str, dict[str, Any]]
     sizes: dict[str, int] = field(default_factory=dict)  # of every file metadata names
 
     def files(self) -> list[str]:
@@ -80,7 +79,6 @@ def read_outputs(root: Path) -> Outputs:
     if not root.is_dir():
         raise InvalidMetadata("not a directory; give the directory of outputs", path=str(root))
     root = root.resolve()
-    per_file: dict[str, dict[str, Any]] = {}
     sizes: dict[str, int] = {}
     drafts: dict[VersionUri, _Draft] = {}
     last: tuple[Any, _Draft] = (None, _Draft(VersionUri("_", "_"), ""))
@@ -95,11 +93,8 @@ def read_outputs(root: Path) -> Outputs:
                 last[1].files.add(rel)
                 continue
             last = (entry, _merge_entry(drafts, rel, entry, where))
-        merged = per_file.setdefault(rel, {})
-        for key, value in meta.items():
-            merged[key] = merged.get(key, []) + value if key == VERSIONS_KEY else value
     versions = tuple(_finish(d) for d in sorted(drafts.values(), key=lambda d: d.uri))
-    return Outputs(root=root, versions=versions, metadata=per_file, sizes=sizes)
+    return Outputs(root=root, versions=versions, sizes=sizes)
 
 
 def _read_sources(root: Path) -> Iterator[tuple[str, dict[str, Any], str]]:
