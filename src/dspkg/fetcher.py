@@ -44,7 +44,7 @@ from dspkg.zipreader import (
 # Entries at least this big are written to a temp file as they arrive, not held in memory.
 BIG_ENTRY = 8 << 20
 # Bytes handed to the disk threads and not yet written, per range.
-PENDING_BYTES = 16 << 20
+PENDING_BYTES = 4 << 20
 
 OnInsert = Callable[[FileEntry], None]
 

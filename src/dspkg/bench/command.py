@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--publish", action="store_true", help="measure publishing instead of pulling")
     p.add_argument(
+        "--manifest",
+        action="store_true",
+        help="time writing, loading and validating a manifest of --files files "
+        "(default 1,000,000); no servers",
+    )
+    p.add_argument(
         "--files",
         type=_positive_int,
         help=f"files to generate (default {PULL_FILES:,}; {PUBLISH_FILES:,} with --publish)",
@@ -69,6 +75,13 @@ def run_command(args: argparse.Namespace) -> int:
     from dspkg.bench.results import Report
     from dspkg.bench.settings import BenchSettings
 
+    if args.manifest:
+        from dspkg.bench.manifest_bench import describe as describe_manifest
+        from dspkg.bench.manifest_bench import run_manifest
+
+        figures = run_manifest(args.files or 1_000_000)
+        print(json.dumps(figures, indent=2) if args.json else describe_manifest(figures))
+        return 0
     mode: Literal["pull", "publish"] = "publish" if args.publish else "pull"
     files = args.files or (PUBLISH_FILES if args.publish else PULL_FILES)
     settings = BenchSettings(

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from dspkg.bench.data import PER_FOLDER, rel_path
+from dspkg.bench.processes import settle_disk
 
 
 def network_floor(total_bytes: int, mbit: float) -> float:
@@ -34,6 +35,7 @@ def creation_floor(root: Path, files: int, size: int) -> float:
         paths = [str(root / rel_path(i)) for i in range(files)]
         folders = {str(root / rel_path(i).partition("/")[0]) for i in range(0, files, PER_FOLDER)}
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        settle_disk()
         started = time.perf_counter()
         for folder in sorted(folders):
             os.mkdir(folder)

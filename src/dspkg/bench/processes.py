@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,7 @@ class Spawner:
         check: bool = True,
     ) -> Sample:
         """Run ``argv`` to completion; with ``check`` a non-zero exit raises."""
+        settle_disk()
         self._count += 1
         out = self._scratch / f"cmd-{self._count}.out"
         err = self._scratch / f"cmd-{self._count}.err"
@@ -121,6 +123,17 @@ class Spawner:
             tail = " | ".join(sample.stderr.strip().splitlines()[-3:])
             raise BenchError(f"{' '.join(argv[:4])} ... exited with {sample.returncode}: {tail}")
         return sample
+
+
+def settle_disk(pause: float = 0.5) -> None:
+    """Write back what earlier rows left dirty, so every row starts from the same disk state.
+
+    On a small VM the writeback of one row's files (and the discards of the files it
+    removed) otherwise lands in the next row's time, and rows swapped their order of
+    speed from one round to the next.
+    """
+    os.sync()
+    time.sleep(pause)
 
 
 def dspkg_argv(*args: str) -> list[str]:
