@@ -69,7 +69,7 @@ def test_ranges_cover_exactly_the_missing_files(
     sizes: list[int], cached: set[int], gap: float, max_range: int
 ) -> None:
     manifest, package = packaged_manifest(sizes)
-    tuning = Tuning(rtt=gap, max_range=max_range)
+    tuning = Tuning(rtt=gap, min_range=max_range, max_range=max_range)
     have = {manifest.files[i].sha256 for i in cached if i < len(manifest.files)}
     plan = plan_fetch(manifest, lambda f: f.sha256 in have, tuning)
     wanted = {f.sha256 for f in manifest.files} - have
@@ -96,6 +96,14 @@ def test_coalescing_downloads_small_gaps_and_skips_big_ones() -> None:
     assert len(far.ranges) == 3
     est = estimate(near, manifest)
     assert est["ranged"]["requests"] == 1 and est["per_file"]["requests"] == 3
+
+
+def test_a_whole_package_is_cut_into_about_concurrency_ranges() -> None:
+    manifest, _ = packaged_manifest([50_000] * 400)  # 20 MB
+    plan = plan_fetch(manifest, lambda f: False, Tuning(concurrency=4, min_range=1 << 20))
+    assert 4 <= len(plan.ranges) <= 5
+    small = plan_fetch(manifest, lambda f: False, Tuning(concurrency=4, min_range=64 << 20))
+    assert len(small.ranges) == 1  # never shorter than min_range
 
 
 def test_unpackaged_files_are_fetched_as_blobs() -> None:

@@ -26,9 +26,17 @@ class Tuning:
 
     rtt: float = 0.030  # seconds per round trip
     bandwidth: float = 125e6  # bytes per second
-    max_range: int = 8 << 20  # longest single ranged GET, so a package downloads in parallel
-    concurrency: int = 16  # ranged GETs in flight
+    min_range: int = 8 << 20  # a long run of files is cut into ranges of at least this
+    max_range: int = 256 << 20  # ... and at most this
+    concurrency: int = 8  # ranged GETs in flight
     blob_concurrency: int = 64  # per-file GETs in flight
+
+    def range_limit(self, span: int) -> int:
+        """How long one ranged GET may be when ``span`` bytes of a package are wanted:
+        long enough that about ``concurrency`` requests cover it (every request costs
+        a round trip, and some servers a pass over the whole object), short enough
+        that they run in parallel."""
+        return min(max(math.ceil(span / self.concurrency), self.min_range), self.max_range)
 
     @property
     def gap_bytes(self) -> int:
@@ -126,6 +134,8 @@ def coalesce(
     """The ranged GETs that fetch ``files`` of package ``index``."""
     key = manifest.packages[index].key
     files = sorted(files, key=lambda f: f.offset or 0)
+    span = (files[-1].offset or 0) + files[-1].size - header_start(files[0]) if files else 0
+    limit = tuning.range_limit(span)
     ranges: list[RangeFetch] = []
     group: list[FileEntry] = []
     start = end = 0
@@ -133,7 +143,7 @@ def coalesce(
         assert f.offset is not None
         f_start = header_start(f)
         f_end = f.offset + f.size
-        if group and (f_start - end > tuning.gap_bytes or f_end - start > tuning.max_range):
+        if group and (f_start - end > tuning.gap_bytes or f_end - start > limit):
             ranges.append(RangeFetch(index, key, start, end, tuple(group)))
             group = []
         if not group:

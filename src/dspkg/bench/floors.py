@@ -7,7 +7,6 @@ best any method can do, so the packaged pull is judged against ``max(network, cr
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -30,19 +29,18 @@ def creation_floor(root: Path, files: int, size: int) -> float:
     for a Python extractor, not for the disk.
     """
     root.mkdir(parents=True)
-    try:
-        data = os.urandom(size)
-        paths = [str(root / rel_path(i)) for i in range(files)]
-        folders = {str(root / rel_path(i).partition("/")[0]) for i in range(0, files, PER_FOLDER)}
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        settle_disk()
-        started = time.perf_counter()
-        for folder in sorted(folders):
-            os.mkdir(folder)
-        for path in paths:
-            fd = os.open(path, flags, 0o644)
-            os.write(fd, data)
-            os.close(fd)
-        return time.perf_counter() - started
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    # The files stay until the whole run is removed (see pull_bench: deleting many files
+    # slows the file creation of whatever runs next).
+    data = os.urandom(size)
+    paths = [str(root / rel_path(i)) for i in range(files)]
+    folders = {str(root / rel_path(i).partition("/")[0]) for i in range(0, files, PER_FOLDER)}
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    settle_disk()
+    started = time.perf_counter()
+    for folder in sorted(folders):
+        os.mkdir(folder)
+    for path in paths:
+        fd = os.open(path, flags, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+    return time.perf_counter() - started

@@ -8,7 +8,6 @@ process into a fresh directory (and, for dspkg, a fresh cache unless the row is 
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -87,9 +86,10 @@ class PullBench:
             if self.s.repeat > 1:
                 self.say(f"round {r + 1} of {self.s.repeat}")
             self._round()
+            # Nothing is deleted until the run ends: ext4 makes new files slow for minutes
+            # after many were deleted (its inode allocator skips recently freed inodes),
+            # which would tax the rows after a deletion and not the others.
             rounds.append(self.rows)
-            if r + 1 < self.s.repeat:
-                shutil.rmtree(self.runs, ignore_errors=True)
         self.rows = {row.key: row for row in combine_rounds(rounds)}
         return list(self.rows.values()), self._targets()
 
