@@ -4,8 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BASE := $(VENV)/.installed-base
 DEV := $(VENV)/.installed-dev
+# Azurite (the Azure Blob emulator the store tests run against), project-local; 3.35.0
+# is the last release that runs on Node 20 (3.36 needs Node 21, 3.37 Node 22).
+AZURITE_VERSION := 3.35.0
+AZURITE := .cache/azurite/.installed-$(AZURITE_VERSION)
 
-.PHONY: demo test lint types unit sysdeps bench clean
+.PHONY: demo test lint types unit sysdeps azurite bench clean
 
 $(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +21,18 @@ $(DEV): $(BASE)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(DEV)
 
-# unzip and zip: interop tests and benchmark baselines; xfsprogs: the reflink test.
+# unzip and zip: interop tests and benchmark baselines; xfsprogs: the reflink test;
+# npm (and Node.js): Azurite.
 sysdeps:
-	@command -v unzip >/dev/null && command -v zip >/dev/null && command -v mkfs.xfs >/dev/null || \
-		(apt-get update -q && apt-get install -y -q unzip zip xfsprogs)
+	@command -v unzip >/dev/null && command -v zip >/dev/null && command -v mkfs.xfs >/dev/null && \
+		command -v npm >/dev/null || \
+		(apt-get update -q && apt-get install -y -q unzip zip xfsprogs nodejs npm)
+
+$(AZURITE): | sysdeps
+	npm install --prefix .cache/azurite --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+	touch $(AZURITE)
+
+azurite: $(AZURITE)
 
 demo: $(BASE)
 	$(VENV)/bin/dspkg demo
@@ -32,7 +44,7 @@ lint: $(DEV)
 types: $(DEV)
 	$(VENV)/bin/mypy
 
-unit: $(DEV) sysdeps
+unit: $(DEV) sysdeps $(AZURITE)
 	$(VENV)/bin/pytest -q
 
 test: lint types unit
@@ -41,4 +53,4 @@ bench: $(DEV) sysdeps
 	$(VENV)/bin/dspkg bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -340,8 +340,9 @@ def open_store(
 
     ``options`` are obstore configuration keys (``region``, ``endpoint``,
     ``skip_signature`` ...); credentials otherwise come from the usual environment
-    variables, read by obstore. With an ``http://`` endpoint (``AWS_ENDPOINT_URL``
-    or the ``endpoint`` option) plain HTTP is allowed, for local S3 servers.
+    variables, read by obstore. The endpoint may also come from ``env``
+    (``AWS_ENDPOINT_URL``, ``AZURE_STORAGE_ENDPOINT``, ``GOOGLE_BASE_URL``); with an
+    ``http://`` one plain HTTP is allowed, for local servers and emulators.
     """
     options = dict(options or {})
     env = env or {}
@@ -377,15 +378,10 @@ def open_store(
             },
         }
         if scheme in ("s3", "s3a"):
-            endpoint = (
-                options.get("endpoint")
-                or env.get("AWS_ENDPOINT_URL_S3")
-                or env.get("AWS_ENDPOINT_URL")
+            endpoint = _endpoint(
+                options, env, client, "endpoint", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"
             )
             if endpoint:
-                options.setdefault("endpoint", endpoint)
-                if endpoint.startswith("http://"):
-                    client["allow_http"] = True
                 # Most local S3 servers do not route virtual-hosted bucket names.
                 options.setdefault("virtual_hosted_style_request", "false")
             if not (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")):
@@ -397,6 +393,7 @@ def open_store(
                 **options,  # type: ignore[arg-type]
             )
         elif scheme in ("gs", "gcs"):
+            _endpoint(options, env, client, "base_url", "GOOGLE_BASE_URL")
             inner = GCSStore.from_url(
                 url,
                 client_options=client,
@@ -404,6 +401,7 @@ def open_store(
                 **options,  # type: ignore[arg-type]
             )
         elif scheme in ("az", "azure", "abfs", "abfss", "adl"):
+            _endpoint(options, env, client, "endpoint", "AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
             inner = AzureStore.from_url(
                 url,
                 client_options=client,
@@ -413,11 +411,33 @@ def open_store(
         else:
             raise InvalidArgument(
                 f"unsupported store URL {url!r}: use file://DIR, s3://BUCKET/PREFIX, "
-                "gs://BUCKET/PREFIX, az://ACCOUNT/CONTAINER/PREFIX or memory://"
+                "gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or memory://"
             )
     except obx.BaseError as exc:
         raise InvalidArgument(f"store {url!r} cannot be configured: {_first_line(exc)}") from None
     return Store(inner, url)
+
+
+def _endpoint(
+    options: dict[str, str],
+    env: Mapping[str, str],
+    client: ClientConfig,
+    option: str,
+    *variables: str,
+) -> str | None:
+    """The endpoint from ``options[option]`` or the first of ``variables`` set in ``env``.
+
+    It is passed on as that option, because obstore reads only the process
+    environment, not ``env``. An ``http://`` endpoint is a local server or an
+    emulator (moto, MinIO, Azurite, fake-gcs-server): obstore refuses plain HTTP
+    unless told to allow it.
+    """
+    endpoint = options.get(option) or next((env[v] for v in variables if env.get(v)), None)
+    if endpoint:
+        options.setdefault(option, endpoint)
+        if endpoint.startswith("http://"):
+            client["allow_http"] = True
+    return endpoint
 
 
 def not_found(uri: str, what: str) -> NotFound:
