@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -88,6 +89,7 @@ def run_command(args: argparse.Namespace) -> int:
         files=files, size=args.size, rtt_ms=args.rtt_ms, mbit=args.mbit, repeat=args.repeat
     )
     work = _work_dir(args.keep)
+    _stop_on_sigterm()
     started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     started = time.monotonic()
     say = _say(started)
@@ -121,6 +123,15 @@ def run_command(args: argparse.Namespace) -> int:
             print()
             print(markdown(report))
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """``kill`` stops a run as Ctrl-C does: moto stopped, the work directory removed."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _work_dir(keep: str | None) -> Path:
