@@ -131,6 +131,24 @@ def test_hostile_package_without_blobs_fails_with_one_line(
         assert digest == path.parent.name + path.name
 
 
+@pytest.mark.parametrize("packages_only", [False, True])
+def test_package_missing_from_the_store(
+    durable_store: StoreCase, tmp_path: Path, packages_only: bool
+) -> None:
+    env = publish(durable_store, tmp_path, packages_only=packages_only)
+    asyncio.run(durable_store.open().delete(KEY))
+    dest = tmp_path / "dest"
+    pulled = run_cli(["pull", URI, str(dest), "--json"], env)
+    if packages_only:
+        assert_one_line_error(pulled, "hostile.v1.vhpkgzip is missing from the store")
+        assert not dest.exists() or not any(p.is_file() for p in dest.rglob("*"))
+    else:
+        assert pulled.returncode == 0, pulled.stderr
+        assert "hostile.v1.vhpkgzip is missing from the store" in pulled.stderr
+        assert read_tree(dest) == FILES
+        assert json.loads(pulled.stdout)["requests"] > len(FILES)  # one by one
+
+
 @pytest.mark.parametrize(
     ("change", "needle"),
     [

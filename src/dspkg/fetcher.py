@@ -87,7 +87,10 @@ class Fetcher:
     result: FetchResult = field(default_factory=FetchResult)
 
     async def run(self, plan: FetchPlan) -> FetchResult:
-        bad_packages = await self._check_packages(plan)
+        # Each package's size is checked alongside its first ranges, not before them: a
+        # round trip saved, and nothing unverified is kept meanwhile (every entry is
+        # checked against its sha256 before it enters the cache).
+        checks = {i: asyncio.create_task(self._check_package(i)) for i in plan.packages}
         slots = asyncio.Semaphore(max(1, min(self.jobs, self.range_jobs)))
         failed: list[tuple[RangeFetch, Exception]] = []
         by_package: dict[int, list[RangeFetch]] = {}
@@ -101,10 +104,17 @@ class Fetcher:
                 except (Integrity, UnsafePackage) as exc:
                     failed.append((r, exc))
 
+        async def fetch_ranges(ranges: list[RangeFetch]) -> None:
+            parts = BoundedTasks(max(1, len(ranges)))
+            try:
+                for r in ranges:
+                    await parts.spawn(fetch_range(r))
+                await parts.join()
+            except asyncio.CancelledError:
+                await parts.cancel()
+                raise
+
         async def fetch_package(index: int, ranges: list[RangeFetch]) -> None:
-            if index in bad_packages:
-                failed.extend((r, bad_packages[index]) for r in ranges)
-                return
             # One process downloads a package at a time; the others wait, then fetch
             # only what is still missing (usually nothing).
             info = self.manifest.packages[index]
@@ -119,10 +129,24 @@ class Fetcher:
                 # directory refuses the package all the same).
                 if sum(r.size for r in ranges) * 2 >= info.size:
                     check = asyncio.create_task(self._check_directory(index))
-                parts = BoundedTasks(max(1, len(ranges)))
-                for r in ranges:
-                    await parts.spawn(fetch_range(r))
-                await parts.join()
+                work = asyncio.create_task(fetch_ranges(ranges))
+                try:
+                    # A missing or resized package makes its ranges fail in ways of
+                    # their own (not found, short answers); the size check says why.
+                    bad = await checks[index]
+                except BaseException:
+                    work.cancel()
+                    with contextlib.suppress(BaseException):
+                        await work
+                    raise
+                if bad is not None:
+                    work.cancel()
+                    with contextlib.suppress(BaseException):
+                        await work
+                    failed[:] = [(r, e) for r, e in failed if r.package != index]
+                    failed.extend((r, bad) for r in ranges)
+                    return
+                await work
                 if check is not None:
                     try:
                         await check
@@ -130,8 +154,8 @@ class Fetcher:
                         failed[:] = [(r, e) for r, e in failed if r.package != index]
                         failed.extend((r, exc) for r in ranges)
             finally:
-                if check is not None and not check.done():
-                    check.cancel()
+                if check is not None:
+                    check.cancel()  # no-op when done; awaited either way, so never orphaned
                     with contextlib.suppress(BaseException):
                         await check
                 lock.release()
@@ -154,7 +178,12 @@ class Fetcher:
             await groups.spawn(fetch_package(index, ranges))
         if plan.blobs:
             await groups.spawn(fetch_blobs(list(plan.blobs)))
-        await groups.join()
+        try:
+            await groups.join()
+        finally:
+            for task in checks.values():
+                task.cancel()
+            await asyncio.gather(*checks.values(), return_exceptions=True)
         fallback: list[FileEntry] = []
         for r, exc in failed:
             if not self.manifest.blobs:
@@ -175,25 +204,21 @@ class Fetcher:
 
     # --- package checks ----------------------------------------------------------------
 
-    async def _check_packages(self, plan: FetchPlan) -> dict[int, Exception]:
-        """Packages not to read at all: missing from the store, or of the wrong size."""
-
-        async def check(index: int) -> Exception | None:
-            info = self.manifest.packages[index]
-            name = self.store.describe(info.key)
-            head = await self.store.head(info.key)
-            if head is None:
-                return Integrity(f"package {name} is missing from the store", obj=info.key)
-            if head.size != info.size:
-                return Integrity(
-                    f"package {name} is {head.size} bytes but its manifest says {info.size} "
-                    "(truncated or replaced)",
-                    obj=info.key,
-                )
-            return None
-
-        found = await asyncio.gather(*(check(i) for i in plan.packages))
-        return {i: exc for i, exc in zip(plan.packages, found, strict=True) if exc is not None}
+    async def _check_package(self, index: int) -> Exception | None:
+        """Why not to use a package at all (missing from the store, or of the wrong
+        size), or None."""
+        info = self.manifest.packages[index]
+        name = self.store.describe(info.key)
+        head = await self.store.head(info.key)
+        if head is None:
+            return Integrity(f"package {name} is missing from the store", obj=info.key)
+        if head.size != info.size:
+            return Integrity(
+                f"package {name} is {head.size} bytes but its manifest says {info.size} "
+                "(truncated or replaced)",
+                obj=info.key,
+            )
+        return None
 
     async def _check_directory(self, index: int) -> None:
         """When most of a package is about to be downloaded anyway, its central directory
