@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from dspkg import zipformat as zf
 from dspkg.cache import Cache, cache_error
 from dspkg.catalog import blob_key
 from dspkg.errors import Integrity, UnsafePackage
@@ -45,6 +46,8 @@ from dspkg.zipreader import (
 BIG_ENTRY = 8 << 20
 # Bytes handed to the disk threads and not yet written, per range.
 PENDING_BYTES = 4 << 20
+# The largest ZIP64 extra field of a central directory entry: header and three values.
+ZIP64_EXTRA_MAX = 4 + 3 * 8
 
 OnInsert = Callable[[FileEntry], None]
 
@@ -233,10 +236,15 @@ class Fetcher:
                     return data[start - base : end - base]
             raise UnsafePackage(f"package {name}: end records point outside the package", obj=name)
 
-        tail_start = max(0, info.size - END_RECORDS_MAX)
+        # One request when the manifest's names size the directory right (they do for
+        # what dspkg writes); a second one when the tail fell short of it.
+        listed = [len(f.path.encode()) for f in self.manifest.files if f.package == index]
+        expected = len(listed) * (zf.CENTRAL.size + ZIP64_EXTRA_MAX) + sum(listed)
+        tail_start = max(0, info.size - END_RECORDS_MAX - expected)
         spans[tail_start] = await self.store.get_range(info.key, tail_start, info.size)
         where = locate_central_directory(read, info.size, obj=name)
-        spans[where.offset] = await self.store.get_range(info.key, where.offset, info.size)
+        if where.offset < tail_start:
+            spans[where.offset] = await self.store.get_range(info.key, where.offset, info.size)
         entries = read_central_directory(read, info.size, obj=name)
         if len(entries) != info.entries:
             raise UnsafePackage(
