@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from dspkg.bench.pull_bench import disk_note
 from dspkg.bench.tools import find_s5cmd
 
 FILES = 200
@@ -113,6 +114,9 @@ def test_pull_mode_measures_every_method_and_counts_requests() -> None:
         "delta_bytes",
         "per_file_vs_s5cmd",
     }
+    # The disk was probed before and after the rounds.
+    before, after = doc["facts"]["creation_files_per_second"]
+    assert before > 0 and after > 0
     # Without --keep the work directory is gone afterwards.
     work = re.search(r"benchmark in (\S+)", stderr)
     assert work is not None, stderr
@@ -145,3 +149,11 @@ def test_publish_mode_measures_every_method(tmp_path: Path) -> None:
     }
     # --keep leaves the work behind, moto's request log included.
     assert (keep / "moto.log").stat().st_size > 0
+
+
+def test_a_disk_that_changed_speed_during_the_run_is_flagged() -> None:
+    assert disk_note(30_000, 25_000) is None
+    assert disk_note(25_000, 30_000) is None
+    slow_after = disk_note(30_000, 5_000)
+    assert slow_after is not None and "30,000 files/s before" in slow_after
+    assert disk_note(5_000, 30_000) is not None

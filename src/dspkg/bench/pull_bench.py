@@ -34,6 +34,23 @@ CHILD = f"dataset://{DATASET}/child"
 STORE_PREFIX = "store"
 PLAIN_PREFIX = "plain"
 
+# Files the disk probe creates before and after the rounds.
+PROBE_FILES = 2_000
+# How far apart the two probes may be before the run is flagged.
+DISK_DRIFT = 1.5
+
+
+def disk_note(before: float, after: float) -> str | None:
+    """A note when file creation ran at clearly different speeds before and after."""
+    if min(before, after) * DISK_DRIFT >= max(before, after):
+        return None
+    return (
+        f"file creation on the work disk ran at {before:,.0f} files/s before the "
+        f"measurements and {after:,.0f} after; rows that create files are not comparable "
+        "within this run (ext4 creates files slowly for minutes after mass deletions: "
+        "run again on a quiet disk)"
+    )
+
 
 class PullBench:
     def __init__(self, settings: BenchSettings, work: Path, lab: S3Lab, say: Say) -> None:
@@ -46,6 +63,7 @@ class PullBench:
         self.child_files = max(settings.files // 100, 1)
         self.rows: dict[str, Row] = {}
         self.runs = work / "runs"
+        self.creation_rates: list[float] = []
 
     # -- setup -------------------------------------------------------------------------
 
@@ -79,6 +97,7 @@ class PullBench:
     def run(self) -> tuple[list[Row], list[Target]]:
         require("unzip", "install it (apt-get install unzip) for the zip + unzip baseline")
         self.setup()
+        self.creation_rates = [self._creation_rate("before")]
         rounds = []
         for r in range(self.s.repeat):
             # Every round starts from empty directories and caches of its own.
@@ -91,7 +110,15 @@ class PullBench:
             # which would tax the rows after a deletion and not the others.
             rounds.append(self.rows)
         self.rows = {row.key: row for row in combine_rounds(rounds)}
+        self.creation_rates.append(self._creation_rate("after"))
         return list(self.rows.values()), self._targets()
+
+    def _creation_rate(self, when: str) -> float:
+        """Files per second the floor loop creates on the work disk right now: compared
+        before and after the rounds, it tells whether the disk kept one speed."""
+        files = min(self.s.files, PROBE_FILES)
+        self.say(f"probing file creation on the work disk ({when} the measurements)")
+        return files / creation_floor(self.work / "probes" / when, files, self.s.size)
 
     def _round(self) -> None:
         self._dspkg_pull("packaged_cold", "dspkg pull, packaged (cold cache)", PACKAGED, "cold")
@@ -264,7 +291,12 @@ class PullBench:
 def run_pull(settings: BenchSettings, work: Path, say: Say) -> Outcome:
     started = time.monotonic()
     with S3Lab(work, settings.link, say) as lab:
-        rows, targets = PullBench(settings, work, lab, say).run()
+        bench = PullBench(settings, work, lab, say)
+        rows, targets = bench.run()
         facts = testbed_facts(rows, lab)
+        facts["creation_files_per_second"] = [round(r) for r in bench.creation_rates]
+        note = disk_note(*bench.creation_rates)
+        if note:
+            facts["notes"].append(note)
     say(f"pull benchmark done in {time.monotonic() - started:.0f} s")
     return Outcome(tuple(rows), tuple(targets), facts)
