@@ -247,6 +247,19 @@ class StoreCase:
         return open_store(self.url, env=self.env)
 
 
+LISTED_KEYS = ("datasets/a/versions/v1.json", "datasets/b/versions/v1.json", "x/y")
+
+
+async def check_listing_and_delete(store: Store) -> None:
+    """With LISTED_KEYS in ``store``: folders and keys listed, deletes idempotent."""
+    assert await store.list_dirs("datasets/") == ["a", "b"]
+    keys = sorted(i.key for i in await store.list("datasets/"))
+    assert keys == list(LISTED_KEYS[:2])
+    await store.delete("x/y")
+    await store.delete("x/y")  # deleting what is gone is fine
+    assert await store.head("x/y") is None
+
+
 def write_outputs(
     root: Path,
     files: dict[str, bytes],

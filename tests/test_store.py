@@ -10,7 +10,7 @@ import pytest
 
 from dspkg.errors import DspkgError, InvalidArgument, StoreError
 from dspkg.store import open_store
-from tests.helpers import StoreCase
+from tests.helpers import LISTED_KEYS, StoreCase, check_listing_and_delete
 
 T = TypeVar("T")
 
@@ -108,14 +108,9 @@ def test_list_and_dirs_and_delete(store_case: StoreCase) -> None:
     store = store_case.open()
 
     async def go() -> None:
-        for key in ("datasets/a/versions/v1.json", "datasets/b/versions/v1.json", "x/y"):
+        for key in LISTED_KEYS:
             await store.put(key, b"{}")
-        assert await store.list_dirs("datasets/") == ["a", "b"]
-        keys = sorted(i.key for i in await store.list("datasets/"))
-        assert keys == ["datasets/a/versions/v1.json", "datasets/b/versions/v1.json"]
-        await store.delete("x/y")
-        await store.delete("x/y")  # deleting what is gone is fine
-        assert await store.head("x/y") is None
+        await check_listing_and_delete(store)
 
     run(go())
 

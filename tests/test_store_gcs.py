@@ -19,7 +19,7 @@ import pytest
 
 from dspkg.errors import DspkgError, StoreError
 from dspkg.store import Store, open_store
-from tests.helpers import BUCKET, GcsServer
+from tests.helpers import BUCKET, LISTED_KEYS, GcsServer, check_listing_and_delete
 
 
 def _store(server: GcsServer) -> tuple[Store, str]:
@@ -54,15 +54,7 @@ def test_get_head_and_ranged_reads(gcs_server: GcsServer) -> None:
 
 def test_list_and_dirs_and_delete(gcs_server: GcsServer) -> None:
     store, prefix = _store(gcs_server)
-    for key in ("datasets/a/versions/v1.json", "datasets/b/versions/v1.json", "x/y"):
+    for key in LISTED_KEYS:
         gcs_server.upload(BUCKET, f"{prefix}/{key}", b"{}")
 
-    async def go() -> None:
-        assert await store.list_dirs("datasets/") == ["a", "b"]
-        keys = sorted(i.key for i in await store.list("datasets/"))
-        assert keys == ["datasets/a/versions/v1.json", "datasets/b/versions/v1.json"]
-        await store.delete("x/y")
-        await store.delete("x/y")  # deleting what is gone is fine
-        assert await store.head("x/y") is None
-
-    asyncio.run(go())
+    asyncio.run(check_listing_and_delete(store))

@@ -117,6 +117,11 @@ class Fetcher:
                 await parts.cancel()
                 raise
 
+        def refuse(index: int, ranges: list[RangeFetch], exc: Exception) -> None:
+            """The whole package is unusable: one reason for all its ranges."""
+            failed[:] = [(r, e) for r, e in failed if r.package != index]
+            failed.extend((r, exc) for r in ranges)
+
         async def fetch_package(index: int, ranges: list[RangeFetch]) -> None:
             # One process downloads a package at a time; the others wait, then fetch
             # only what is still missing (usually nothing).
@@ -138,29 +143,21 @@ class Fetcher:
                     # their own (not found, short answers); the size check says why.
                     bad = await checks[index]
                 except BaseException:
-                    work.cancel()
-                    with contextlib.suppress(BaseException):
-                        await work
+                    await _cancelled(work)
                     raise
                 if bad is not None:
-                    work.cancel()
-                    with contextlib.suppress(BaseException):
-                        await work
-                    failed[:] = [(r, e) for r, e in failed if r.package != index]
-                    failed.extend((r, bad) for r in ranges)
+                    await _cancelled(work)
+                    refuse(index, ranges, bad)
                     return
                 await work
                 if check is not None:
                     try:
                         await check
                     except (Integrity, UnsafePackage) as exc:
-                        failed[:] = [(r, e) for r, e in failed if r.package != index]
-                        failed.extend((r, exc) for r in ranges)
+                        refuse(index, ranges, exc)
             finally:
                 if check is not None:
-                    check.cancel()  # no-op when done; awaited either way, so never orphaned
-                    with contextlib.suppress(BaseException):
-                        await check
+                    await _cancelled(check)  # awaited either way, so never orphaned
                 lock.release()
 
         async def fetch_blobs(files: list[FileEntry]) -> None:
@@ -238,8 +235,9 @@ class Fetcher:
 
         # One request when the manifest's names size the directory right (they do for
         # what dspkg writes); a second one when the tail fell short of it.
-        listed = [len(f.path.encode()) for f in self.manifest.files if f.package == index]
-        expected = len(listed) * (zf.CENTRAL.size + ZIP64_EXTRA_MAX) + sum(listed)
+        mine = [f for f in self.manifest.files if f.package == index]
+        names = sum(len(f.path.encode()) for f in mine)
+        expected = len(mine) * (zf.CENTRAL.size + ZIP64_EXTRA_MAX) + names
         tail_start = max(0, info.size - END_RECORDS_MAX - expected)
         spans[tail_start] = await self.store.get_range(info.key, tail_start, info.size)
         where = locate_central_directory(read, info.size, obj=name)
@@ -252,9 +250,7 @@ class Fetcher:
                 obj=name,
             )
         by_offset = {e.header_offset: e for e in entries}
-        for f in self.manifest.files:
-            if f.package != index:
-                continue
+        for f in mine:
             entry = by_offset.get(header_start(f))
             if entry is None or entry.name != f.path or entry.size != f.size:
                 raise UnsafePackage(
@@ -384,6 +380,13 @@ class Fetcher:
         self.result.files += files
         self.result.bytes += nbytes
         self.progress.advance(files, nbytes)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` (a no-op when it is done) and wait for it, whatever it raises."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 def _check_header(header: LocalHeader, entry: FileEntry, obj: str) -> None:
