@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,10 @@ from urllib.parse import quote
 
 import pytest
 
+from dspkg.cache import Cache
+from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, TreePlan
 from dspkg.store import Store, open_store
+from dspkg.zipwriter import PackageWriter, WrittenEntry
 
 BUCKET = "dspkg-test"
 S3_ENV = {
@@ -354,3 +358,40 @@ def loop_mount(tmp_path: Path, fstype: str, *, size_mb: int) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
+def build_package(files: Iterable[tuple[str, bytes]]) -> tuple[bytes, list[WrittenEntry]]:
+    """A whole package in memory from ``(name, data)`` pairs (sorted here)."""
+    writer = PackageWriter()
+    out = bytearray()
+    for name, data in sorted(files):
+        out += writer.add(name, len(data), zlib.crc32(data))
+        out += data
+    entries = writer.entries
+    out += writer.finish()
+    return bytes(out), entries
+
+
+def materialize(plan: TreePlan, cache: Cache, dest: Path, mode: LinkMode) -> LinkMode:
+    """Build the whole tree in DEST from cached objects; return the link mode used."""
+    builder = TreeBuilder(cache, dest, mode)
+    builder.begin(plan)
+    try:
+        missing = builder.link(plan.files)
+        if missing:
+            raise MissingObject(missing[0])
+    except BaseException:
+        builder.abort()
+        raise
+    builder.commit()
+    return builder.mode
+
+
+def package_keys(case: StoreCase, dataset: str, version: str) -> list[str]:
+    """The keys of a published version's packages, as its manifest names them."""
+    import asyncio
+
+    from dspkg.layout import manifest_key
+
+    raw = asyncio.run(case.open().get(manifest_key(dataset, version)))
+    return [p["key"] for p in json.loads(raw)["packages"]]

@@ -13,13 +13,19 @@ from pathlib import Path
 import pytest
 
 from dspkg import api
-from dspkg.catalog import blob_key, manifest_key
+from dspkg.layout import blob_key, manifest_key
 from dspkg.manifest import Manifest
-from tests.helpers import StoreCase, assert_one_line_error, read_tree, run_cli, write_outputs
+from tests.helpers import (
+    StoreCase,
+    assert_one_line_error,
+    package_keys,
+    read_tree,
+    run_cli,
+    write_outputs,
+)
 
 URI = "dataset://imagenet-subset/train-v1"
 PACKAGE = "imagenet-subset.train-v1.vhpkgzip"
-PACKAGE_KEY = f"packages/imagenet-subset/train-v1/{PACKAGE}"
 
 
 def image_files(seed: int = 7, per_class: int = 700) -> dict[str, bytes]:
@@ -56,7 +62,9 @@ def test_image_classification_case(durable_store: StoreCase, tmp_path: Path) -> 
 
     # The package sits where DESIGN.md says, and stock tools accept it.
     package = tmp_path / PACKAGE
-    package.write_bytes(store_bytes(durable_store, PACKAGE_KEY))
+    package.write_bytes(
+        store_bytes(durable_store, package_keys(durable_store, "imagenet-subset", "train-v1")[0])
+    )
     if shutil.which("unzip"):
         subprocess.run(["unzip", "-tq", str(package)], check=True, capture_output=True)
     with zipfile.ZipFile(package) as archive:
@@ -276,7 +284,9 @@ def test_manifest_is_compact_json_with_offsets(durable_store: StoreCase, tmp_pat
     doc = json.loads(raw)
     assert list(doc) == sorted(doc)
     assert doc["schema_version"] == 1 and doc["from"] is None
-    package = store_bytes(durable_store, PACKAGE_KEY)
+    package = store_bytes(
+        durable_store, package_keys(durable_store, "imagenet-subset", "train-v1")[0]
+    )
     for record in doc["files"]:
         start = record["offset"]
         assert package[start : start + record["size"]] == files[record["path"]]

@@ -13,12 +13,18 @@ import pytest
 
 from dspkg import api
 from dspkg import zipformat as zf
-from dspkg.catalog import manifest_key
 from dspkg.errors import DspkgError
-from tests.helpers import StoreCase, assert_one_line_error, read_tree, run_cli, write_outputs
+from dspkg.layout import manifest_key
+from tests.helpers import (
+    StoreCase,
+    assert_one_line_error,
+    package_keys,
+    read_tree,
+    run_cli,
+    write_outputs,
+)
 
 URI = "dataset://hostile/v1"
-KEY = "packages/hostile/v1/hostile.v1.vhpkgzip"
 # Names of 16 bytes, so a hostile name of the same length keeps every offset.
 FILES = {f"dir/file{i:04d}.bin": bytes([65 + i % 26]) * (100 + i) for i in range(30)}
 TARGET = "dir/file0007.bin"
@@ -99,7 +105,7 @@ def test_hostile_package_with_blobs_serves_the_published_bytes(
     durable_store: StoreCase, tmp_path: Path, kind: str
 ) -> None:
     env = publish(durable_store, tmp_path, packages_only=False)
-    tamper(durable_store, KEY, TAMPERING[kind])
+    tamper(durable_store, package_keys(durable_store, "hostile", "v1")[0], TAMPERING[kind])
     before = snapshot(tmp_path, {"cache", "dest", "store"})
     pulled = run_cli(["pull", URI, str(tmp_path / "dest"), "--json"], env)
     assert pulled.returncode == 0, pulled.stderr
@@ -114,7 +120,7 @@ def test_hostile_package_without_blobs_fails_with_one_line(
     durable_store: StoreCase, tmp_path: Path, kind: str
 ) -> None:
     env = publish(durable_store, tmp_path, packages_only=True)
-    tamper(durable_store, KEY, TAMPERING[kind])
+    tamper(durable_store, package_keys(durable_store, "hostile", "v1")[0], TAMPERING[kind])
     before = snapshot(tmp_path, {"cache", "store"})
     dest = tmp_path / "dest"
     failed = run_cli(["pull", URI, str(dest)], env)
@@ -136,7 +142,7 @@ def test_package_missing_from_the_store(
     durable_store: StoreCase, tmp_path: Path, packages_only: bool
 ) -> None:
     env = publish(durable_store, tmp_path, packages_only=packages_only)
-    asyncio.run(durable_store.open().delete(KEY))
+    asyncio.run(durable_store.open().delete(package_keys(durable_store, "hostile", "v1")[0]))
     dest = tmp_path / "dest"
     pulled = run_cli(["pull", URI, str(dest), "--json"], env)
     if packages_only:

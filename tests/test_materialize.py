@@ -11,13 +11,8 @@ import pytest
 from dspkg.cache import Cache
 from dspkg.errors import DestinationError, InvalidArgument
 from dspkg.manifest import FileEntry
-from dspkg.materialize import (
-    LinkMode,
-    _reflink,
-    materialize,
-    plan_tree,
-    prepare_destination,
-)
+from dspkg.materialize import LinkMode, _reflink, plan_tree, prepare_destination
+from tests.helpers import materialize
 
 
 def cached_files(cache: Cache, files: dict[str, bytes]) -> list[FileEntry]:
@@ -71,7 +66,7 @@ def test_every_link_mode_gives_the_tree(tmp_path: Path, mode: LinkMode) -> None:
 def test_cached_objects_are_read_only_and_change_is_detected(tmp_path: Path) -> None:
     with Cache(tmp_path / "cache") as cache:
         (entry,) = cached_files(cache, {"x": b"original"})
-        path = cache.object_path(entry.sha256)
+        path = Path(cache.object_path(entry.sha256))
         assert not path.stat().st_mode & 0o222
         assert cache.lookup(entry.sha256, entry.size)
         dest = tmp_path / "dest"

@@ -20,7 +20,7 @@ from dspkg.publish_plan import (
 )
 from dspkg.pull_plan import Tuning, estimate, header_start, plan_fetch
 from dspkg.sources import LocalFile
-from dspkg.zipwriter import build_package
+from tests.helpers import build_package
 
 _sizes = st.lists(st.integers(0, 50_000), min_size=1, max_size=60)
 
@@ -100,9 +100,9 @@ def test_coalescing_downloads_small_gaps_and_skips_big_ones() -> None:
 
 def test_a_whole_package_is_cut_into_about_concurrency_ranges() -> None:
     manifest, _ = packaged_manifest([50_000] * 400)  # 20 MB
-    plan = plan_fetch(manifest, lambda f: False, Tuning(concurrency=4, min_range=1 << 20))
+    plan = plan_fetch(manifest, lambda f: False, Tuning(range_requests=4, min_range=1 << 20))
     assert 4 <= len(plan.ranges) <= 5
-    small = plan_fetch(manifest, lambda f: False, Tuning(concurrency=4, min_range=64 << 20))
+    small = plan_fetch(manifest, lambda f: False, Tuning(range_requests=4, min_range=64 << 20))
     assert len(small.ranges) == 1  # never shorter than min_range
 
 
@@ -125,12 +125,14 @@ def test_child_plan_inherits_excludes_and_overrides() -> None:
         local,
         packaging=True,
         package_size=1 << 30,
+        attempt="a1",
     )
     assert [f.path for f in plan.inherited] == ["d/0002"]
+    assert [p.key for p in plan.packages] == ["packages/d/v2/a1/d.v2.vhpkgzip"]
     assert [f.rel for f in plan.local] == ["d/0001", "new"]
     assert [p.name for p in plan.packages] == ["d.v2.vhpkgzip"]
     built = BuiltPackage(
-        PackageInfo("d.v2.vhpkgzip", "packages/d/v2/d.v2.vhpkgzip", 500, "1" * 64, 2),
+        PackageInfo("d.v2.vhpkgzip", "packages/d/v2/a1/d.v2.vhpkgzip", 500, "1" * 64, 2),
         {"d/0001": 100, "new": 200},
     )
     hashes = {"d/0001": (5, "c" * 64), "new": (7, "e" * 64)}
@@ -152,5 +154,6 @@ def test_start_fresh_inherits_nothing() -> None:
         {},
         packaging=False,
         package_size=1,
+        attempt="a1",
     )
     assert plan.inherited == () and plan.files == 0

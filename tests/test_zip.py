@@ -25,7 +25,8 @@ from dspkg.zipreader import (
     read_central_directory,
     read_entry,
 )
-from dspkg.zipwriter import PackageWriter, build_package
+from dspkg.zipwriter import PackageWriter
+from tests.helpers import build_package
 
 # Names as a dataset would have them: safe relative paths, some non-ASCII.
 _component = st.text(

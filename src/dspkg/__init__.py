@@ -6,6 +6,7 @@ shared local cache. See :mod:`dspkg.api` for the functions below.
 """
 
 from dspkg import errors
+from dspkg._version import __version__
 from dspkg.api import (
     cache_clear,
     cache_info,
@@ -19,6 +20,7 @@ from dspkg.api import (
 )
 
 __all__ = [
+    "__version__",
     "cache_clear",
     "cache_info",
     "cache_prune",
@@ -30,4 +32,3 @@ __all__ = [
     "show",
     "versions",
 ]
-__version__ = "0.1.0"

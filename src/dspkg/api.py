@@ -25,16 +25,17 @@ from dspkg.browse import (
 )
 from dspkg.cache import Cache
 from dspkg.catalog import Catalog
+from dspkg.concurrency import run_sync
 from dspkg.config import Settings
 from dspkg.errors import InvalidArgument
 from dspkg.materialize import LinkMode
-from dspkg.names import VersionUri, check_name
+from dspkg.names import SCHEME, VersionUri, parse_dataset_uri
 from dspkg.progress import Progress
-from dspkg.publisher import PublishOptions, PublishResult, publish_outputs
+from dspkg.publisher import PublishOptions, PublishResult, publish_directory
+from dspkg.pull_plan import Tuning
 from dspkg.puller import PullOptions, PullResult, pull_version
 from dspkg.sizes import parse_size
 from dspkg.store import Store, open_store
-from dspkg.transfer import run_sync
 from dspkg.upkeep import CacheInfo, PruneResult, VerifyResult
 
 StoreLike = Store | str | None
@@ -75,7 +76,7 @@ def publish(
         jobs=max(jobs, 1),
     )
     target = resolve_store(store, settings, store_options)
-    return run_sync(publish_outputs(Path(outputs_dir), target, options, progress))
+    return run_sync(publish_directory(Path(outputs_dir), target, options, progress))
 
 
 def pull(
@@ -100,13 +101,16 @@ def pull(
     version = VersionUri.parse(uri)
     options = PullOptions(
         link=LinkMode.parse(str(link)),
-        jobs=max(jobs, 1),
         dry_run=dry_run,
         refetch=settings.no_data_cache if refetch is None else refetch,
         max_cache_size=settings.cache_max_size,
+        tuning=Tuning().with_jobs(jobs),
     )
     source = resolve_store(store, settings, store_options)
-    with Cache(Path(cache_dir) if cache_dir else settings.cache_dir) as cache:
+    cache = _cache(cache_dir, settings)
+    if dry_run:  # reads the cache as it is: nothing is created, locked or written
+        return run_sync(pull_version(version, Path(dest), source, cache, options, progress))
+    with cache:
         return run_sync(pull_version(version, Path(dest), source, cache, options, progress))
 
 
@@ -129,8 +133,7 @@ def versions(
     env: Mapping[str, str] | None = None,
 ) -> list[VersionSummary]:
     """The versions of ``dataset`` (a name or ``dataset://name``), oldest first."""
-    name = dataset.removeprefix("dataset://").rstrip("/")
-    check_name(name, what="dataset name")
+    name = parse_dataset_uri(dataset if dataset.startswith(SCHEME) else SCHEME + dataset)
     source = resolve_store(store, Settings.from_env(env), store_options)
     return run_sync(list_versions(Catalog(source), name))
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dspkg.catalog import Catalog
+from dspkg.layout import LATEST, name_from_key, versions_prefix
 from dspkg.manifest import Manifest
 from dspkg.names import VersionUri
 
@@ -87,7 +88,7 @@ async def list_datasets(catalog: Catalog) -> list[DatasetSummary]:
     found = []
     for name in await catalog.datasets():
         versions = await catalog.versions(name)
-        latest = await catalog.read_alias(name, "latest")
+        latest = await catalog.read_alias(name, LATEST)
         found.append(DatasetSummary(name, len(versions), latest))
     return found
 
@@ -96,20 +97,19 @@ async def list_versions(catalog: Catalog, dataset: str) -> list[VersionSummary]:
     aliases: dict[str, list[str]] = {}
     for alias, version in (await catalog.aliases(dataset)).items():
         aliases.setdefault(version, []).append(alias)
-    infos = await catalog.store.list(f"datasets/{dataset}/versions/")
+    prefix = versions_prefix(dataset)
     summaries = []
-    for info in infos:
-        name = info.key.rpartition("/")[2]
-        if not name.endswith(".json"):
+    for info in await catalog.store.list(prefix):
+        name = name_from_key(info.key, prefix)
+        if name is None:
             continue
-        version = name.removesuffix(".json")
         created = info.modified.strftime("%Y-%m-%dT%H:%M:%SZ") if info.modified else None
         summaries.append(
             VersionSummary(
-                uri=str(VersionUri(dataset, version)),
-                version=version,
+                uri=str(VersionUri(dataset, name)),
+                version=name,
                 created=created,
-                aliases=tuple(sorted(aliases.get(version, []))),
+                aliases=tuple(sorted(aliases.get(name, []))),
             )
         )
     summaries.sort(key=lambda s: (s.created or "", s.version))

@@ -34,7 +34,6 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from dspkg.errors import CacheError, DspkgError
 from dspkg.locks import FileLock, holder_alive
@@ -176,12 +175,14 @@ class Cache:
 
     # --- objects -------------------------------------------------------------------
 
-    def object_path(self, sha256: str) -> Path:
-        return self.objects / sha256[:2] / sha256[2:]
+    def object_path(self, sha256: str) -> str:
+        """Where the object ``sha256`` lives (a plain string: hot loops build millions)."""
+        return f"{self._objects_str}/{sha256[:2]}/{sha256[2:]}"
 
-    def lookup(self, sha256: str, size: int) -> bool:
-        """True if the object is cached and untouched; a changed object is dropped."""
-        path = f"{self._objects_str}/{sha256[:2]}/{sha256[2:]}"
+    def lookup(self, sha256: str, size: int, *, drop: bool = True) -> bool:
+        """True if the object is cached and untouched; a changed object is dropped
+        (unless ``drop`` is false: a dry run changes nothing)."""
+        path = self.object_path(sha256)
         try:
             info = os.stat(path)
         except FileNotFoundError:
@@ -190,7 +191,8 @@ class Cache:
             raise cache_error(exc, path) from None
         if fingerprint_ok(info, size):
             return True
-        self.drop(sha256)
+        if drop:
+            self.drop(sha256)
         return False
 
     def drop(self, sha256: str) -> None:
@@ -217,22 +219,15 @@ class Cache:
                 os.utime(fd, ns=(SENTINEL_NS, SENTINEL_NS))
             finally:
                 os.close(fd)
-            os.rename(tmp, f"{self._objects_str}/{sha256[:2]}/{sha256[2:]}")
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise cache_error(exc, self.root) from None
-
-    def commit_temp(self, tmp: str | Path, sha256: str) -> None:
-        """Move a verified temp file (written by the caller) into place as an object."""
-        try:
-            os.chmod(tmp, 0o444)
-            os.utime(tmp, ns=(SENTINEL_NS, SENTINEL_NS))
             os.rename(tmp, self.object_path(sha256))
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise cache_error(exc, self.root) from None
+
+    def object_writer(self) -> ObjectWriter:
+        """A new object written piece by piece (for objects too big to hold in memory)."""
+        return ObjectWriter(self)
 
     def iter_objects(self) -> Iterable[tuple[str, Path]]:
         for sub in sorted(self.objects.iterdir()):
@@ -287,6 +282,15 @@ class Cache:
     def _record_path(self, base: Path, store: str, uri: VersionUri) -> Path:
         return base / store_id(store) / uri.dataset / f"{uri.version}.json"
 
+    def record_files(self, store: str, uri: VersionUri) -> tuple[Path, ...]:
+        """The files the cache keeps about a version besides its objects."""
+        manifest = self._record_path(self.manifests, store, uri)
+        return (
+            self._record_path(self.versions, store, uri),
+            manifest,
+            manifest.with_suffix(".checked"),
+        )
+
     def load_manifest(self, store: str, uri: VersionUri) -> tuple[bytes, bool] | None:
         """A cached manifest, and whether it is byte for byte the one checked when saved.
 
@@ -336,14 +340,9 @@ class Cache:
 
     def forget_version(self, path: Path, record: VersionRecord) -> None:
         """Remove a version's record and cached manifest (its objects stay)."""
-        uri = VersionUri.parse(record.uri)
-        for base in (self.versions, self.manifests):
+        for each in (*self.record_files(record.store, VersionUri.parse(record.uri)), path):
             with contextlib.suppress(OSError):
-                self._record_path(base, record.store, uri).unlink()
-        with contextlib.suppress(OSError):
-            self._record_path(self.manifests, record.store, uri).with_suffix(".checked").unlink()
-        with contextlib.suppress(OSError):
-            path.unlink()
+                each.unlink()
 
     def version_records(self) -> list[tuple[Path, VersionRecord]]:
         found: list[tuple[Path, VersionRecord]] = []
@@ -368,14 +367,61 @@ class Cache:
                 os.unlink(tmp)
             raise cache_error(exc, self.root) from None
 
-    def stats(self) -> dict[str, Any]:
-        files = 0
-        nbytes = 0
-        for _, path in self.iter_objects():
+
+class ObjectWriter:
+    """Writes one object into a private temp file; ``commit`` puts it in place under its
+    sha256 once the caller has verified the bytes, ``abort`` (or leaving the ``with``
+    block without committing) removes it. The cache never shows the object half-written.
+    """
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+        self._tmp = cache.temp_name()
+        try:
+            self._fd: int | None = os.open(
+                self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise cache_error(exc, cache.root) from None
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    def write(self, piece: bytes | memoryview) -> None:
+        assert self._fd is not None, "object writer is closed"
+        try:
+            _write_all(self._fd, piece)
+        except OSError as exc:
+            raise cache_error(exc, self._cache.root) from None
+
+    def commit(self, sha256: str) -> None:
+        """Insert the written bytes as object ``sha256`` (verified by the caller)."""
+        fd, self._fd = self._fd, None
+        assert fd is not None, "object writer is closed"
+        try:
+            try:
+                os.fchmod(fd, 0o444)
+                os.utime(fd, ns=(SENTINEL_NS, SENTINEL_NS))
+            finally:
+                os.close(fd)
+            os.rename(self._tmp, self._cache.object_path(sha256))
+        except OSError as exc:
+            self.abort()
+            raise cache_error(exc, self._cache.root) from None
+        self._tmp = ""
+
+    def abort(self) -> None:
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                nbytes += path.stat().st_size
-                files += 1
-        return {"objects": files, "bytes": nbytes}
+                os.close(self._fd)
+            self._fd = None
+        if self._tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+            self._tmp = ""
 
 
 def _temp_owner_alive(entry: Path, host: str) -> bool:

@@ -1,11 +1,8 @@
-"""Where versions live in a store, and reading and writing their records.
+"""Reading and writing a store's records: manifests, aliases and the package index.
 
-Layout (see docs/formats.md)::
-
-    blobs/sha256/<hex[0:2]>/<hex[2:]>
-    packages/<dataset>/<version>/<dataset>.<version>[.<i>-of-<n>].vhpkgzip
-    datasets/<dataset>/versions/<version>.json      the manifest, written last, never overwritten
-    datasets/<dataset>/aliases/<alias>.json         {"version": "..."}
+Keys come from :mod:`dspkg.layout`. Every record read from the store is untrusted and
+validated here, so callers get a :class:`Manifest` that is what it claims to be or one
+of our errors.
 """
 
 from __future__ import annotations
@@ -15,43 +12,37 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dspkg.errors import NotFound, UnsafePackage
-from dspkg.manifest import PACKAGE_SUFFIX, Manifest, PackageInfo
+from dspkg.layout import (
+    DATASETS_PREFIX,
+    alias_key,
+    aliases_prefix,
+    manifest_key,
+    name_from_key,
+    package_index_key,
+    package_key_problem,
+    versions_prefix,
+)
+from dspkg.manifest import Manifest, PackageInfo
 from dspkg.names import VersionUri, check_name
 from dspkg.store import Store
 
-LATEST = "latest"
-
-
-def blob_key(sha256: str) -> str:
-    return f"blobs/sha256/{sha256[:2]}/{sha256[2:]}"
-
-
-def manifest_key(dataset: str, version: str) -> str:
-    return f"datasets/{dataset}/versions/{version}.json"
-
-
-def alias_key(dataset: str, alias: str) -> str:
-    return f"datasets/{dataset}/aliases/{alias}.json"
-
-
-def package_name(dataset: str, version: str, index: int, count: int) -> str:
-    """``ds.ver.vhpkgzip``, or ``ds.ver.<i>-of-<n>.vhpkgzip`` (1-based) when split."""
-    if count == 1:
-        return f"{dataset}.{version}{PACKAGE_SUFFIX}"
-    return f"{dataset}.{version}.{index + 1}-of-{count}{PACKAGE_SUFFIX}"
-
-
-def package_key(dataset: str, version: str, name: str) -> str:
-    return f"packages/{dataset}/{version}/{name}"
-
-
-def package_index_key(shape: str) -> str:
-    # Dataset names cannot start with ".", so this never meets a dataset's packages.
-    return f"packages/.index/{shape}.json"
+ALIAS_SCHEMA_VERSION = 1
 
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_manifest(data: bytes, uri: VersionUri, *, obj: str, trusted: bool = False) -> Manifest:
+    """The manifest of exactly ``uri`` from ``data``; UnsafePackage if it is not valid or
+    describes another version (the store is inconsistent or tampered with)."""
+    manifest = Manifest.from_json(data, obj=obj, trusted=trusted)
+    if manifest.uri != uri:
+        raise UnsafePackage(
+            f"manifest {obj} describes {manifest.uri}, not {uri}; the store is inconsistent",
+            obj=obj,
+        )
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -62,52 +53,56 @@ class Catalog:
 
     async def read_manifest(self, uri: VersionUri) -> Manifest:
         """The manifest of ``uri``; its version part may be an alias such as ``latest``."""
-        resolved = await self.resolve(uri)
-        return await self._read_exact(resolved)
+        data = await self.manifest_bytes(uri)
+        if data is None:
+            uri = await self.resolve_alias(uri)
+            data = await self.manifest_bytes(uri)
+            if data is None:
+                raise self.not_found(uri)
+        return parse_manifest(
+            data, uri, obj=self.store.describe(manifest_key(uri.dataset, uri.version))
+        )
 
     async def find_manifest(self, uri: VersionUri) -> Manifest | None:
         """The manifest of exactly this version, or None if there is none."""
-        key = manifest_key(uri.dataset, uri.version)
-        if await self.store.head(key) is None:
+        data = await self.manifest_bytes(uri)
+        if data is None:
             return None
-        return await self._read_exact(uri)
+        return parse_manifest(
+            data, uri, obj=self.store.describe(manifest_key(uri.dataset, uri.version))
+        )
 
-    async def _read_exact(self, uri: VersionUri) -> Manifest:
-        key = manifest_key(uri.dataset, uri.version)
-        if await self.store.head(key) is None:
-            raise NotFound(f"dataset version {uri} not found in {self.store.url}", uri=str(uri))
-        data = await self.store.get(key)
-        manifest = Manifest.from_json(data, obj=self.store.describe(key))
-        if (manifest.dataset, manifest.version) != (uri.dataset, uri.version):
-            raise UnsafePackage(
-                f"manifest {self.store.describe(key)} describes "
-                f"{manifest.uri}, not {uri}; the store is inconsistent",
-                obj=key,
-            )
-        return manifest
+    def _describe(self, uri: VersionUri) -> str:
+        return self.store.describe(manifest_key(uri.dataset, uri.version))
 
-    async def resolve(self, uri: VersionUri) -> VersionUri:
-        """A version that exists for ``uri``: the version itself, else what its alias names."""
-        if await self.store.head(manifest_key(uri.dataset, uri.version)) is not None:
-            return uri
+    async def manifest_bytes(self, uri: VersionUri) -> bytes | None:
+        """The stored manifest of exactly ``uri`` (one request), or None."""
+        return await self.store.get_optional(manifest_key(uri.dataset, uri.version))
+
+    async def resolve_alias(self, uri: VersionUri) -> VersionUri:
+        """The version ``uri``'s alias names; NotFound, with the versions there are, if none."""
         target = await self.read_alias(uri.dataset, uri.version)
         if target is None:
-            versions = await self.versions(uri.dataset)
-            hint = (
-                f"versions: {', '.join(versions[:10])}"
-                if versions
-                else "the dataset has no versions"
-            )
-            raise NotFound(
-                f"dataset version {uri} not found in {self.store.url} ({hint})", uri=str(uri)
-            )
+            raise await self._not_found_with_hint(uri)
         return VersionUri(uri.dataset, target)
+
+    def not_found(self, uri: VersionUri) -> NotFound:
+        return NotFound(f"dataset version {uri} not found in {self.store.url}", uri=str(uri))
+
+    async def _not_found_with_hint(self, uri: VersionUri) -> NotFound:
+        versions = await self.versions(uri.dataset)
+        hint = (
+            f"versions: {', '.join(versions[:10])}" if versions else "the dataset has no versions"
+        )
+        return NotFound(
+            f"dataset version {uri} not found in {self.store.url} ({hint})", uri=str(uri)
+        )
 
     async def read_alias(self, dataset: str, alias: str) -> str | None:
         key = alias_key(dataset, alias)
-        if await self.store.head(key) is None:
+        raw = await self.store.get_optional(key)
+        if raw is None:
             return None
-        raw = await self.store.get(key)
         try:
             doc = json.loads(raw)
             return check_name(doc["version"], what="version")
@@ -123,17 +118,17 @@ class Catalog:
         return await self.store.put(key, manifest.to_json(), create=True)
 
     async def set_alias(self, dataset: str, alias: str, version: str) -> None:
-        doc = {"updated_at": now_iso(), "version": version}
+        doc = {"schema_version": ALIAS_SCHEMA_VERSION, "updated_at": now_iso(), "version": version}
         data = json.dumps(doc, sort_keys=True).encode()
         await self.store.put(alias_key(dataset, alias), data)
 
     async def package_candidates(self, shape: str) -> list[tuple[str, PackageInfo]]:
         """Packages already in the store with this layout: ``(content digest, info)``."""
-        key = package_index_key(shape)
-        if await self.store.head(key) is None:
+        raw = await self.store.get_optional(package_index_key(shape))
+        if raw is None:
             return []
         try:
-            doc = json.loads(await self.store.get(key))
+            doc = json.loads(raw)
             found = []
             for record in doc["packages"]:
                 info = PackageInfo(
@@ -143,7 +138,8 @@ class Catalog:
                     sha256=record["sha256"],
                     entries=int(record["entries"]),
                 )
-                if info.key.startswith("packages/") and info.key.endswith(info.name):
+                # A reused package must be one a pull accepts: the same key rule.
+                if package_key_problem(info.key, info.name) is None:
                     found.append((str(record["digest"]), info))
         except (ValueError, KeyError, TypeError):
             return []  # a damaged index only costs a re-upload
@@ -162,17 +158,18 @@ class Catalog:
     async def aliases(self, dataset: str) -> dict[str, str]:
         """Every alias of ``dataset`` and the version it names."""
         found: dict[str, str] = {}
-        for info in await self.store.list(f"datasets/{dataset}/aliases/"):
-            name = info.key.rpartition("/")[2].removesuffix(".json")
-            target = await self.read_alias(dataset, name)
-            if target is not None:
+        prefix = aliases_prefix(dataset)
+        for info in await self.store.list(prefix):
+            name = name_from_key(info.key, prefix)
+            target = None if name is None else await self.read_alias(dataset, name)
+            if name is not None and target is not None:
                 found[name] = target
         return found
 
     async def datasets(self) -> list[str]:
-        return await self.store.list_dirs("datasets/")
+        return await self.store.list_dirs(DATASETS_PREFIX)
 
     async def versions(self, dataset: str) -> list[str]:
-        infos = await self.store.list(f"datasets/{dataset}/versions/")
-        names = (i.key.rpartition("/")[2] for i in infos)
-        return sorted(n.removesuffix(".json") for n in names if n.endswith(".json"))
+        prefix = versions_prefix(dataset)
+        names = (name_from_key(i.key, prefix) for i in await self.store.list(prefix))
+        return sorted(n for n in names if n is not None)

@@ -14,9 +14,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dspkg import api
+from dspkg._version import __version__
 from dspkg.bench.command import register as register_bench
-from dspkg.errors import DspkgError, InvalidArgument
-from dspkg.progress import LinePrinter, Progress, TerminalProgress
+from dspkg.cli_args import add_store, positive_int, store_options
+from dspkg.cli_args import progress as progress_for
+from dspkg.errors import DspkgError
+from dspkg.materialize import LinkMode
+from dspkg.progress import Progress
+from dspkg.pull_plan import Tuning
 from dspkg.runner.command import register as register_run
 from dspkg.sizes import format_size
 
@@ -51,25 +56,11 @@ def _error(message: str) -> None:
 
 
 def _progress(args: argparse.Namespace) -> Progress:
-    as_json = getattr(args, "json", False)
-    out = sys.stderr if as_json else sys.stdout
-    if sys.stderr.isatty():
-        return TerminalProgress(out=out)
-    return LinePrinter(out=out)
+    return progress_for(as_json=getattr(args, "json", False))
 
 
 def _print_json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, sort_keys=True))
-
-
-def _store_options(pairs: Sequence[str] | None) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(f"--store-option {pair!r}: expected KEY=VALUE")
-        options[key.strip()] = value
-    return options
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -80,7 +71,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         packages_only=args.packages_only,
         package_size=args.package_size,
         jobs=args.jobs,
-        store_options=_store_options(args.store_option),
+        store_options=store_options(args.store_option),
         progress=_progress(args),
     )
     if args.json:
@@ -105,7 +96,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         link=args.link,
         jobs=args.jobs,
         dry_run=args.dry_run,
-        store_options=_store_options(args.store_option),
+        store_options=store_options(args.store_option),
         progress=_progress(args),
     )
     if args.json:
@@ -148,7 +139,7 @@ def _print_plan(uri: str, plan: dict[str, Any]) -> None:
 def _cmd_ls(args: argparse.Namespace) -> int:
     if args.dataset:
         versions = api.versions(
-            args.dataset, store=args.store, store_options=_store_options(args.store_option)
+            args.dataset, store=args.store, store_options=store_options(args.store_option)
         )
         if args.json:
             _print_json({"dataset": args.dataset, "versions": [v.to_json() for v in versions]})
@@ -159,7 +150,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         if not versions:
             print(f"no versions of {args.dataset}")
         return 0
-    datasets = api.datasets(store=args.store, store_options=_store_options(args.store_option))
+    datasets = api.datasets(store=args.store, store_options=store_options(args.store_option))
     if args.json:
         _print_json({"datasets": [d.to_json() for d in datasets]})
         return 0
@@ -171,7 +162,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    details = api.show(args.uri, store=args.store, store_options=_store_options(args.store_option))
+    details = api.show(args.uri, store=args.store, store_options=store_options(args.store_option))
     doc = details.to_json(files=args.files)
     if args.json:
         _print_json(doc)
@@ -262,40 +253,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(files=args.files, root=args.root)
 
 
-def _add_store(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", help="store URL (default: $DSPKG_STORE or a local file:// store)")
-    p.add_argument(
-        "--store-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="obstore configuration for the store (repeatable), e.g. region=eu-west-1",
-    )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dspkg",
         description="Package datasets of many small files into a few ZIP packages, and pull "
         "them fast through a shared local cache.",
     )
-    parser.add_argument("--version", action="version", version="dspkg 0.1.0")
+    parser.add_argument("--version", action="version", version=f"dspkg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
         "publish", help="publish the dataset versions named by a directory's metadata"
     )
     p.add_argument("dir", help="directory of outputs with valohai.metadata.jsonl and/or sidecars")
-    _add_store(p)
+    add_store(p)
     p.add_argument(
         "--packaging",
         action=argparse.BooleanOptionalAction,
@@ -307,25 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--packages-only", action="store_true", help="store files only inside packages (no blobs)"
     )
     p.add_argument("--package-size", default="1GiB", help="split packages at SIZE (default 1GiB)")
-    p.add_argument("--jobs", type=_positive_int, default=32, help="requests in flight")
+    p.add_argument("--jobs", type=positive_int, default=32, help="requests in flight")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(handler=_cmd_publish)
 
     p = sub.add_parser("pull", help="make a dataset version appear in a directory")
     p.add_argument("uri", help="dataset://<dataset>/<version or alias>")
     p.add_argument("dest", help="destination directory (absent or empty)")
-    _add_store(p)
+    add_store(p)
     p.add_argument(
         "--link",
         default="auto",
-        choices=["auto", "reflink", "hardlink", "symlink", "copy"],
+        choices=[m.value for m in LinkMode],
         help="how files appear in DEST (default auto: reflink, then hardlink, then copy)",
     )
     p.add_argument(
         "--jobs",
-        type=_positive_int,
-        default=128,
-        help="requests in flight (default 128; ranged GETs use at most 16)",
+        type=positive_int,
+        default=Tuning().blob_requests,
+        help=f"requests in flight (default {Tuning().blob_requests}; ranged GETs use at most "
+        f"{Tuning().range_requests})",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimates only")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -333,14 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", help="list datasets, or the versions of one dataset")
     p.add_argument("dataset", nargs="?", help="dataset://<dataset>")
-    _add_store(p)
+    add_store(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_ls)
 
     p = sub.add_parser("show", help="one version: files, bytes, parent, aliases and packages")
     p.add_argument("uri", help="dataset://<dataset>/<version or alias>")
     p.add_argument("--files", action="store_true", help="list every file too")
-    _add_store(p)
+    add_store(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_show)
 
@@ -355,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_cache)
 
     p = sub.add_parser("demo", help="publish and pull a generated dataset, with timings")
-    p.add_argument("--files", type=_positive_int, default=20_000, help="files to generate")
+    p.add_argument("--files", type=positive_int, default=20_000, help="files to generate")
     p.add_argument("--root", help="work directory (default: a temporary directory)")
     p.set_defaults(handler=_cmd_demo)
     return parser

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,16 +25,15 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from dspkg import zipformat as zf
-from dspkg.cache import Cache, cache_error
-from dspkg.catalog import blob_key
+from dspkg.cache import Cache, ObjectWriter
+from dspkg.concurrency import BoundedTasks
 from dspkg.errors import Integrity, UnsafePackage
+from dspkg.layout import blob_key
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.progress import Progress
 from dspkg.pull_plan import FetchPlan, RangeFetch, Tuning, coalesce, header_start
 from dspkg.store import Store
-from dspkg.transfer import BoundedTasks
 from dspkg.zipreader import (
-    END_RECORDS_MAX,
     LocalEntryParser,
     LocalHeader,
     locate_central_directory,
@@ -46,8 +44,6 @@ from dspkg.zipreader import (
 BIG_ENTRY = 8 << 20
 # Bytes handed to the disk threads and not yet written, per range.
 PENDING_BYTES = 4 << 20
-# The largest ZIP64 extra field of a central directory entry: header and three values.
-ZIP64_EXTRA_MAX = 4 + 3 * 8
 
 OnInsert = Callable[[FileEntry], None]
 
@@ -82,110 +78,41 @@ class Fetcher:
     cache: Cache
     manifest: Manifest
     disk: Executor
-    jobs: int = 128
-    range_jobs: int = 16
+    tuning: Tuning = field(default_factory=Tuning)
     progress: Progress = field(default_factory=Progress)
     on_insert: OnInsert = _nothing
-    tuning: Tuning = field(default_factory=Tuning)
     result: FetchResult = field(default_factory=FetchResult)
+    # Ranges of packages found unusable, with why: their files come from blobs instead.
+    _failed: list[tuple[RangeFetch, Exception]] = field(default_factory=list)
+    _size_checks: dict[int, asyncio.Task[Exception | None]] = field(default_factory=dict)
+    _range_slots: asyncio.Semaphore | None = None
 
     async def run(self, plan: FetchPlan) -> FetchResult:
         # Each package's size is checked alongside its first ranges, not before them: a
         # round trip saved, and nothing unverified is kept meanwhile (every entry is
         # checked against its sha256 before it enters the cache).
-        checks = {i: asyncio.create_task(self._check_package(i)) for i in plan.packages}
-        slots = asyncio.Semaphore(max(1, min(self.jobs, self.range_jobs)))
-        failed: list[tuple[RangeFetch, Exception]] = []
+        self._range_slots = asyncio.Semaphore(self.tuning.range_requests)
         by_package: dict[int, list[RangeFetch]] = {}
         for r in plan.ranges:
             by_package.setdefault(r.package, []).append(r)
-
-        async def fetch_range(r: RangeFetch) -> None:
-            async with slots:
-                try:
-                    await self._fetch_range(r)
-                except (Integrity, UnsafePackage) as exc:
-                    failed.append((r, exc))
-
-        async def fetch_ranges(ranges: list[RangeFetch]) -> None:
-            parts = BoundedTasks(max(1, len(ranges)))
-            try:
-                for r in ranges:
-                    await parts.spawn(fetch_range(r))
-                await parts.join()
-            except asyncio.CancelledError:
-                await parts.cancel()
-                raise
-
-        def refuse(index: int, ranges: list[RangeFetch], exc: Exception) -> None:
-            """The whole package is unusable: one reason for all its ranges."""
-            failed[:] = [(r, e) for r, e in failed if r.package != index]
-            failed.extend((r, exc) for r in ranges)
-
-        async def fetch_package(index: int, ranges: list[RangeFetch]) -> None:
-            # One process downloads a package at a time; the others wait, then fetch
-            # only what is still missing (usually nothing).
-            info = self.manifest.packages[index]
-            lock = self.cache.lock(self.store.url, info.key)
-            if not lock.try_acquire():
-                await lock.acquire_async()
-                ranges = self._still_missing(index, ranges)
-            check: asyncio.Task[None] | None = None
-            try:
-                # Downloading most of the package anyway: check its central directory
-                # too, alongside the ranges (their bytes are verified one by one; a bad
-                # directory refuses the package all the same).
-                if sum(r.size for r in ranges) * 2 >= info.size:
-                    check = asyncio.create_task(self._check_directory(index))
-                work = asyncio.create_task(fetch_ranges(ranges))
-                try:
-                    # A missing or resized package makes its ranges fail in ways of
-                    # their own (not found, short answers); the size check says why.
-                    bad = await checks[index]
-                except BaseException:
-                    await _cancelled(work)
-                    raise
-                if bad is not None:
-                    await _cancelled(work)
-                    refuse(index, ranges, bad)
-                    return
-                await work
-                if check is not None:
-                    try:
-                        await check
-                    except (Integrity, UnsafePackage) as exc:
-                        refuse(index, ranges, exc)
-            finally:
-                if check is not None:
-                    await _cancelled(check)  # awaited either way, so never orphaned
-                lock.release()
-
-        async def fetch_blobs(files: list[FileEntry]) -> None:
-            lock = self.cache.lock(self.store.url, "blobs", str(self.manifest.uri))
-            if not lock.try_acquire():
-                await lock.acquire_async()
-                files = [f for f in files if not self.cache.lookup(f.sha256, f.size)]
-            try:
-                tasks = BoundedTasks(max(1, self.jobs))
-                for f in files:
-                    await tasks.spawn(self._fetch_blob(f))
-                await tasks.join()
-            finally:
-                lock.release()
-
-        groups = BoundedTasks(len(by_package) + 1)
-        for index, ranges in by_package.items():
-            await groups.spawn(fetch_package(index, ranges))
-        if plan.blobs:
-            await groups.spawn(fetch_blobs(list(plan.blobs)))
+        self._size_checks = {i: asyncio.create_task(self._check_package(i)) for i in by_package}
         try:
-            await groups.join()
+            async with BoundedTasks(len(by_package) + 1) as groups:
+                for index, ranges in by_package.items():
+                    await groups.spawn(self._fetch_package(index, ranges))
+                if plan.blobs:
+                    await groups.spawn(self._fetch_blobs(list(plan.blobs)))
         finally:
-            for task in checks.values():
+            for task in self._size_checks.values():
                 task.cancel()
-            await asyncio.gather(*checks.values(), return_exceptions=True)
+            await asyncio.gather(*self._size_checks.values(), return_exceptions=True)
+        await self._fall_back_to_blobs()
+        return self.result
+
+    async def _fall_back_to_blobs(self) -> None:
+        """Fetch the files of refused packages one by one, when the version has blobs."""
         fallback: list[FileEntry] = []
-        for r, exc in failed:
+        for r, exc in self._failed:
             if not self.manifest.blobs:
                 raise exc
             note = f"{exc}; fetching its files one by one instead"
@@ -193,14 +120,87 @@ class Fetcher:
                 self.result.fallbacks.append(note)
                 self.progress.warn(note)
             fallback.extend(f for f in r.files if not self.cache.lookup(f.sha256, f.size))
+        self._failed.clear()
         if fallback:
-            await fetch_blobs(fallback)
-        return self.result
+            await self._fetch_blobs(fallback)
+
+    def _refuse(self, index: int, ranges: list[RangeFetch], exc: Exception) -> None:
+        """The whole package is unusable: one reason for all its ranges."""
+        self._failed[:] = [(r, e) for r, e in self._failed if r.package != index]
+        self._failed.extend((r, exc) for r in ranges)
+
+    async def _fetch_package(self, index: int, ranges: list[RangeFetch]) -> None:
+        # One process downloads a package at a time; the others wait, then fetch only
+        # what is still missing (usually nothing).
+        info = self.manifest.packages[index]
+        lock = self.cache.lock(self.store.url, info.key)
+        if not lock.try_acquire():
+            await lock.acquire_async()
+            ranges = self._still_missing(index, ranges)
+        directory: asyncio.Task[None] | None = None
+        try:
+            # Downloading most of the package anyway: check its central directory too,
+            # alongside the ranges (their bytes are verified one by one; a bad directory
+            # refuses the package all the same).
+            if sum(r.size for r in ranges) * 2 >= info.size:
+                directory = asyncio.create_task(self._check_directory(index))
+            work = asyncio.create_task(self._fetch_ranges(ranges))
+            try:
+                # A missing or resized package makes its ranges fail in ways of their
+                # own (not found, short answers); the size check says why.
+                bad = await self._size_checks[index]
+            except BaseException:
+                await _cancelled(work)
+                raise
+            if bad is not None:
+                await _cancelled(work)
+                self._refuse(index, ranges, bad)
+                return
+            await work
+            if directory is not None:
+                try:
+                    await directory
+                except (Integrity, UnsafePackage) as exc:
+                    self._refuse(index, ranges, exc)
+        finally:
+            if directory is not None:
+                await _cancelled(directory)  # awaited either way, so never orphaned
+            lock.release()
+
+    async def _fetch_ranges(self, ranges: list[RangeFetch]) -> None:
+        async with BoundedTasks(max(1, len(ranges))) as parts:
+            for r in ranges:
+                await parts.spawn(self._fetch_range_or_refuse(r))
+
+    async def _fetch_range_or_refuse(self, r: RangeFetch) -> None:
+        assert self._range_slots is not None
+        async with self._range_slots:
+            try:
+                await self._fetch_range(r)
+            except (Integrity, UnsafePackage) as exc:
+                self._failed.append((r, exc))
+
+    async def _fetch_blobs(self, files: list[FileEntry]) -> None:
+        lock = self.cache.lock(self.store.url, "blobs", str(self.manifest.uri))
+        if not lock.try_acquire():
+            await lock.acquire_async()
+            files = [f for f in files if not self.cache.lookup(f.sha256, f.size)]
+        try:
+            async with BoundedTasks(self.tuning.blob_requests) as tasks:
+                for f in files:
+                    await tasks.spawn(self._fetch_blob(f))
+        finally:
+            lock.release()
 
     def _still_missing(self, index: int, ranges: list[RangeFetch]) -> list[RangeFetch]:
         """Ranges for the files of ``ranges`` that the cache still lacks."""
         files = [f for r in ranges for f in r.files if not self.cache.lookup(f.sha256, f.size)]
         return coalesce(self.manifest, index, files, self.tuning)
+
+    def _count(self, files: int, nbytes: int) -> None:
+        self.result.files += files
+        self.result.bytes += nbytes
+        self.progress.advance(files, nbytes)
 
     # --- package checks ----------------------------------------------------------------
 
@@ -237,8 +237,8 @@ class Fetcher:
         # what dspkg writes); a second one when the tail fell short of it.
         mine = [f for f in self.manifest.files if f.package == index]
         names = sum(len(f.path.encode()) for f in mine)
-        expected = len(mine) * (zf.CENTRAL.size + ZIP64_EXTRA_MAX) + names
-        tail_start = max(0, info.size - END_RECORDS_MAX - expected)
+        expected = len(mine) * (zf.CENTRAL.size + zf.CENTRAL_ZIP64_EXTRA_MAX) + names
+        tail_start = max(0, info.size - zf.END_RECORDS_MAX - expected)
         spans[tail_start] = await self.store.get_range(info.key, tail_start, info.size)
         where = locate_central_directory(read, info.size, obj=name)
         if where.offset < tail_start:
@@ -270,7 +270,7 @@ class Fetcher:
         current: LocalHeader | None = None
         entry: FileEntry | None = None
         pieces: list[memoryview] = []
-        big: _BigEntry | None = None
+        big: _StreamedEntry | None = None
         pending: deque[tuple[asyncio.Future[tuple[int, int]], int]] = deque()
         pending_bytes = 0
         try:
@@ -285,13 +285,15 @@ class Fetcher:
                         if entry is not None:
                             _check_header(header, entry, name)
                             if entry.size >= BIG_ENTRY:
-                                big = _BigEntry(header, entry, name, self.cache)
+                                big = _StreamedEntry(entry, header.crc32, name, self.cache)
                     if entry is not None:
                         if big is not None:
                             big.add(piece)
                             if last:
                                 big.commit()
-                                self._inserted(entry)
+                                big = None
+                                self.on_insert(entry)
+                                self._count(1, entry.size)
                         else:
                             pieces.append(piece)
                             if last:
@@ -326,38 +328,21 @@ class Fetcher:
 
     async def _settle(self, pending: deque[tuple[asyncio.Future[tuple[int, int]], int]]) -> int:
         future, size = pending.popleft()
-        files, nbytes = await future
-        self.result.files += files
-        self.result.bytes += nbytes
-        self.progress.advance(files, nbytes)
+        self._count(*await future)
         return size
 
     def _insert_batch(self, batch: Sequence[_Item]) -> tuple[int, int]:
         """In a disk thread: verify each entry, insert it into the cache, hand it on."""
         nbytes = 0
         for item in batch:
-            entry = item.entry
-            sha = hashlib.sha256()
-            crc = 0
-            size = 0
+            check = _Check(item.entry, item.crc32, item.obj)
             for piece in item.pieces:
-                sha.update(piece)
-                if item.crc32 is not None:
-                    crc = zlib.crc32(piece, crc)
-                size += len(piece)
-            problem = _problem(entry, size, item.crc32, crc, sha.hexdigest())
-            if problem:
-                raise Integrity(f"{item.obj}: entry {entry.path!r} {problem}", obj=item.obj)
-            self.cache.write_object(entry.sha256, item.pieces)
-            self.on_insert(entry)
-            nbytes += size
+                check.update(piece)
+            check.verify()
+            self.cache.write_object(item.entry.sha256, item.pieces)
+            self.on_insert(item.entry)
+            nbytes += item.entry.size
         return len(batch), nbytes
-
-    def _inserted(self, entry: FileEntry) -> None:
-        self.on_insert(entry)
-        self.result.files += 1
-        self.result.bytes += entry.size
-        self.progress.advance(1, entry.size)
 
     # --- blobs ------------------------------------------------------------------------
 
@@ -365,21 +350,19 @@ class Fetcher:
         key = blob_key(f.sha256)
         name = self.store.describe(key)
         if f.size >= BIG_ENTRY:
-            big = _BigEntry(LocalHeader(f.path, f.size, 0, 0, 0), f, name, self.cache, crc=False)
+            big = _StreamedEntry(f, None, name, self.cache)
             try:
                 async for chunk in self.store.stream_range(key, 0, f.size):
                     big.add(chunk)
                 big.commit()
             finally:
                 big.abort()
-            self._inserted(f)
+            self.on_insert(f)
+            self._count(1, f.size)
             return
         data = await self.store.get_range(key, 0, f.size) if f.size else b""
         # Small enough to write right here: a hand-off to a disk thread costs more.
-        files, nbytes = self._insert_batch([_Item(f, None, [data], name)])
-        self.result.files += files
-        self.result.bytes += nbytes
-        self.progress.advance(files, nbytes)
+        self._count(*self._insert_batch([_Item(f, None, [data], name)]))
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
@@ -400,69 +383,55 @@ def _check_header(header: LocalHeader, entry: FileEntry, obj: str) -> None:
         )
 
 
-def _problem(entry: FileEntry, size: int, want_crc: int | None, crc: int, sha: str) -> str | None:
-    if size != entry.size:
-        return f"has {size} bytes, expected {entry.size}"
-    if want_crc is not None and crc != want_crc:
-        return "fails its CRC-32 check"
-    if sha != entry.sha256:
-        return "does not match its sha256 in the manifest"
-    return None
+class _Check:
+    """Size, CRC-32 (from a local header; None for blobs) and sha256 of an entry's bytes,
+    as they arrive, against what the manifest promises."""
 
+    __slots__ = ("crc", "entry", "obj", "sha", "size", "want_crc")
 
-class _BigEntry:
-    """A big entry streamed into a temp file as it arrives, verified, then renamed in."""
-
-    def __init__(
-        self, header: LocalHeader, entry: FileEntry, obj: str, cache: Cache, *, crc: bool = True
-    ) -> None:
-        self.header = header
+    def __init__(self, entry: FileEntry, want_crc: int | None, obj: str) -> None:
         self.entry = entry
+        self.want_crc = want_crc
         self.obj = obj
-        self.cache = cache
-        self.check_crc = crc
         self.sha = hashlib.sha256()
         self.crc = 0
         self.size = 0
-        self.tmp = cache.temp_name()
-        try:
-            self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            raise cache_error(exc, cache.root) from None
 
-    def add(self, piece: bytes | memoryview) -> None:
-        assert self.fd is not None
+    def update(self, piece: bytes | memoryview) -> None:
         self.size += len(piece)
         if self.size > self.entry.size:
-            raise Integrity(
-                f"{self.obj}: {self.entry.path!r} is longer than expected", obj=self.obj
-            )
+            raise self._error(f"is longer than {self.entry.size} bytes")
         self.sha.update(piece)
-        if self.check_crc:
+        if self.want_crc is not None:
             self.crc = zlib.crc32(piece, self.crc)
-        view = memoryview(piece)
-        try:
-            while view:
-                view = view[os.write(self.fd, view) :]
-        except OSError as exc:
-            raise cache_error(exc, self.cache.root) from None
+
+    def verify(self) -> None:
+        if self.size != self.entry.size:
+            raise self._error(f"has {self.size} bytes, expected {self.entry.size}")
+        if self.want_crc is not None and self.crc != self.want_crc:
+            raise self._error("fails its CRC-32 check")
+        if self.sha.hexdigest() != self.entry.sha256:
+            raise self._error("does not match its sha256 in the manifest")
+
+    def _error(self, problem: str) -> Integrity:
+        return Integrity(f"{self.obj}: entry {self.entry.path!r} {problem}", obj=self.obj)
+
+
+class _StreamedEntry:
+    """A big entry streamed into a new cache object as it arrives, verified, then committed."""
+
+    def __init__(self, entry: FileEntry, want_crc: int | None, obj: str, cache: Cache) -> None:
+        self.entry = entry
+        self.check = _Check(entry, want_crc, obj)
+        self.writer: ObjectWriter = cache.object_writer()
+
+    def add(self, piece: bytes | memoryview) -> None:
+        self.check.update(piece)
+        self.writer.write(piece)
 
     def commit(self) -> None:
-        assert self.fd is not None
-        os.close(self.fd)
-        self.fd = None
-        want_crc = self.header.crc32 if self.check_crc else None
-        problem = _problem(self.entry, self.size, want_crc, self.crc, self.sha.hexdigest())
-        if problem:
-            raise Integrity(f"{self.obj}: entry {self.entry.path!r} {problem}", obj=self.obj)
-        self.cache.commit_temp(self.tmp, self.entry.sha256)
-        self.tmp = ""
+        self.check.verify()
+        self.writer.commit(self.entry.sha256)
 
     def abort(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        if self.tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(self.tmp)
-            self.tmp = ""
+        self.writer.abort()

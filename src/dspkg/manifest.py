@@ -12,7 +12,8 @@ Stored at ``datasets/<dataset>/versions/<version>.json``, written with sorted ke
       "from": null,
       "packages": [
         {"entries": 2100,
-         "key": "packages/imagenet-subset/train-v1/imagenet-subset.train-v1.vhpkgzip",
+         "key": "packages/imagenet-subset/train-v1/5f0c2a9e4b7d1c83/imagenet-subset.train-v1\
+.vhpkgzip",
          "name": "imagenet-subset.train-v1.vhpkgzip", "sha256": "2c26b4...", "size": 21874990}
       ],
       "blobs": true,
@@ -35,16 +36,16 @@ import gc
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dspkg import zipformat as zf
 from dspkg.errors import UnsafePackage
+from dspkg.layout import package_key_problem
 from dspkg.names import VersionUri, check_name
 from dspkg.paths import all_paths_ok, path_problem, tree_problem
 
 SCHEMA_VERSION = 1
-PACKAGE_SUFFIX = ".vhpkgzip"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA256_LINES = re.compile(r"(?:[0-9a-f]{64}\n)*[0-9a-f]{64}")
 
@@ -87,7 +88,6 @@ class Manifest:
     created_at: str = ""
     blobs: bool = True
     schema_version: int = SCHEMA_VERSION
-    _by_path: dict[str, FileEntry] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def uri(self) -> VersionUri:
@@ -104,11 +104,6 @@ class Manifest:
     def same_content(self, other: Manifest) -> bool:
         """Same files with the same bytes (what republishing must not change)."""
         return [f[:3] for f in self.files] == [f[:3] for f in other.files]
-
-    def get(self, path: str) -> FileEntry | None:
-        if not self._by_path and self.files:
-            self._by_path.update((f.path, f) for f in self.files)
-        return self._by_path.get(path)
 
     def to_json(self) -> bytes:
         # Records are formatted directly (keys in sorted order, as json.dumps would put
@@ -138,24 +133,24 @@ class Manifest:
 
     @classmethod
     def from_json(
-        cls, data: bytes, *, obj: str, max_files: int = 10**7, checked: bool = False
+        cls, data: bytes, *, obj: str, max_files: int = 10**7, trusted: bool = False
     ) -> Manifest:
         """Parse and validate a manifest from the store; raise UnsafePackage naming ``obj``.
 
-        ``checked`` skips validating the files: only for bytes known to be exactly
+        ``trusted`` skips validating the files: only for bytes known to be exactly
         ones validated before (the cache's own copy, whose hash it recorded).
         """
         # The collector would otherwise rescan a million fresh dicts several times.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return _parse(data, obj=obj, max_files=max_files, checked=checked)
+            return _parse(data, obj=obj, max_files=max_files, trusted=trusted)
         finally:
             if gc_was_enabled:
                 gc.enable()
 
 
-def _parse(data: bytes, *, obj: str, max_files: int, checked: bool) -> Manifest:
+def _parse(data: bytes, *, obj: str, max_files: int, trusted: bool) -> Manifest:
     def bad(message: str, entry: str | None = None) -> UnsafePackage:
         return UnsafePackage(f"manifest {obj}: {message}", obj=obj, entry=entry)
 
@@ -190,7 +185,7 @@ def _parse(data: bytes, *, obj: str, max_files: int, checked: bool) -> Manifest:
         raise bad(f"'files' must be a list of at most {max_files} entries")
     if not isinstance(created_at, str) or not isinstance(blobs, bool):
         raise bad("malformed created_at or blobs")
-    files = _trusted_files(raw_files) if checked else _parse_files(raw_files, packages, bad)
+    files = _trusted_files(raw_files) if trusted else _parse_files(raw_files, packages, bad)
     return Manifest(
         dataset=dataset,
         version=version,
@@ -206,14 +201,9 @@ def _parse_package(raw: Any, bad: Any) -> PackageInfo:
     key = raw["key"]
     name = raw["name"]
     size, sha, entries = raw["size"], raw["sha256"], raw["entries"]
-    if (
-        not isinstance(key, str)
-        or not key.startswith("packages/")
-        or path_problem(key)
-        or not key.endswith(PACKAGE_SUFFIX)
-        or key.rpartition("/")[2] != name
-    ):
-        raise bad(f"package key {key!r} is not a package path")
+    problem = package_key_problem(key, name)
+    if problem:
+        raise bad(f"package key {key!r} is not a package path ({problem})")
     if not _is_count(size) or not _is_count(entries) or not isinstance(sha, str):
         raise bad(f"package {name!r} has malformed size or entries")
     if not _SHA256.fullmatch(sha):

@@ -122,7 +122,6 @@ class TreeBuilder:
         self.requested = mode
         self.mode = mode
         self.staging = dest / f"{STAGING_PREFIX}{secrets.token_hex(4)}"
-        self._objects = str(cache.objects)
         self._base = str(self.staging)
 
     def begin(self, plan: TreePlan) -> None:
@@ -173,10 +172,10 @@ class TreeBuilder:
     def link(self, files: Sequence[FileEntry]) -> list[FileEntry]:
         """Make ``files`` appear in the staging tree; return those whose object is gone."""
         linker = _LINKERS[self.mode]
-        objects, base = self._objects, self._base
+        object_path, base = self.cache.object_path, self._base
         missing: list[FileEntry] = []
         for f in files:
-            src = f"{objects}/{f.sha256[:2]}/{f.sha256[2:]}"
+            src = object_path(f.sha256)
             dst = f"{base}/{f.path}"
             try:
                 _link_retrying(linker, src, dst)
@@ -199,12 +198,12 @@ class TreeBuilder:
         one link per file, nothing else."""
         linker = _LINKERS[self.mode]
         stat = os.stat
-        objects, base = self._objects, self._base
+        object_path, base = self.cache.object_path, self._base
         absent: list[str] = []
         for group in groups:
             first = group[0]
             sha = first.sha256
-            src = f"{objects}/{sha[:2]}/{sha[2:]}"
+            src = object_path(sha)
             try:
                 info = stat(src)
             except FileNotFoundError:
@@ -244,21 +243,6 @@ class TreeBuilder:
         return DestinationError(
             f"cannot write to destination {self.dest} ({exc.strerror})", path=str(self.dest)
         )
-
-
-def materialize(plan: TreePlan, cache: Cache, dest: Path, mode: LinkMode) -> LinkMode:
-    """Build the whole tree in DEST from cached objects; return the link mode used."""
-    builder = TreeBuilder(cache, dest, mode)
-    builder.begin(plan)
-    try:
-        missing = builder.link(plan.files)
-        if missing:
-            raise MissingObject(missing[0])
-    except BaseException:
-        builder.abort()
-        raise
-    builder.commit()
-    return builder.mode
 
 
 def _link_retrying(linker: Callable[[str, str], None], src: str, dst: str) -> None:

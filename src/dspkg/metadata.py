@@ -15,6 +15,7 @@ and line.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -22,9 +23,10 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dspkg.errors import InvalidMetadata, InvalidName
+from dspkg.layout import LATEST
 from dspkg.names import VersionUri, check_name
 from dspkg.paths import path_problem
 
@@ -51,7 +53,7 @@ class VersionRequest:
 @dataclass
 class _Draft:
     uri: VersionUri
-    source: str
+    source: Where
     files: set[str] = field(default_factory=set)
     packaging: bool = False
     parent: VersionUri | None = None
@@ -67,11 +69,23 @@ class Outputs:
 
     root: Path
     versions: tuple[VersionRequest, ...]
-    sizes: dict[str, int] = field(default_factory=dict)  # of every file metadata names
+    # Of every file the metadata names: its size, and its real path (inside the root).
+    sizes: dict[str, int] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
 
     def files(self) -> list[str]:
         """Every data file under the root (metadata files aside), sorted, as relative paths."""
         return sorted(_walk_data_files(self.root))
+
+
+class Where(NamedTuple):
+    """Where a metadata record comes from: a file, and its line in a ``.jsonl``."""
+
+    path: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return self.path if self.line is None else f"{self.path}, line {self.line}"
 
 
 def read_outputs(root: Path) -> Outputs:
@@ -80,11 +94,12 @@ def read_outputs(root: Path) -> Outputs:
         raise InvalidMetadata("not a directory; give the directory of outputs", path=str(root))
     root = root.resolve()
     sizes: dict[str, int] = {}
+    paths: dict[str, str] = {}
     drafts: dict[VersionUri, _Draft] = {}
-    last: tuple[Any, _Draft] = (None, _Draft(VersionUri("_", "_"), ""))
+    last: tuple[Any, _Draft] = (None, _Draft(VersionUri("_", "_"), Where("")))
     for rel, meta, where in _read_sources(root):
         if rel not in sizes:
-            sizes[rel] = _check_file(root, rel, where)
+            paths[rel], sizes[rel] = _check_file(root, rel, where)
         entries = meta.get(VERSIONS_KEY, [])
         if not isinstance(entries, list):
             raise _invalid(where, f"{VERSIONS_KEY} must be a list")
@@ -94,21 +109,20 @@ def read_outputs(root: Path) -> Outputs:
                 continue
             last = (entry, _merge_entry(drafts, rel, entry, where))
     versions = tuple(_finish(d) for d in sorted(drafts.values(), key=lambda d: d.uri))
-    return Outputs(root=root, versions=versions, sizes=sizes)
+    return Outputs(root=root, versions=versions, sizes=sizes, paths=paths)
 
 
-def _read_sources(root: Path) -> Iterator[tuple[str, dict[str, Any], str]]:
-    """(relative file path, its metadata, "file, line N") for every metadata record."""
+def _read_sources(root: Path) -> Iterator[tuple[str, dict[str, Any], Where]]:
+    """(relative file path, its metadata, where it was said) for every metadata record."""
     jsonl = root / JSONL_NAME
-    if jsonl.exists():
-        try:
-            text = jsonl.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidMetadata(f"cannot be read ({exc})", path=str(jsonl)) from None
-        for number, line in enumerate(text.splitlines(), start=1):
+    if os.path.lexists(jsonl):
+        text = _read_inside(root, JSONL_NAME, Where(str(jsonl)))
+        # Lines end at "\n" only: str.splitlines would also split at U+2028, U+0085 and
+        # other characters that JSON allows raw inside strings, and shift line numbers.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
-            where = f"{jsonl}\0{number}"
+            where = Where(str(jsonl), number)
             try:
                 record = json.loads(line)
             except ValueError as exc:
@@ -120,44 +134,60 @@ def _read_sources(root: Path) -> Iterator[tuple[str, dict[str, Any], str]]:
                 raise _invalid(where, '"metadata" must be a JSON object')
             yield record["file"], meta, where
     for rel in sorted(_walk(root, sidecars=True)):
-        sidecar = root / rel
-        where = f"{sidecar}\0"
+        where = Where(str(root / rel))
         try:
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            meta = json.loads(_read_inside(root, rel, where))
+        except ValueError as exc:
             raise _invalid(where, f"not valid JSON ({exc})") from None
         if not isinstance(meta, dict):
             raise _invalid(where, "must hold one JSON object")
         yield rel[: -len(SIDECAR_SUFFIX)], meta, where
 
 
-def _invalid(where: str, message: str) -> InvalidMetadata:
-    path, _, line = where.partition("\0")
-    return InvalidMetadata(message, path=path, line=int(line) if line else None)
+def _read_inside(root: Path, rel: str, where: Where) -> str:
+    """The text of a metadata file that is (or whose links lead) inside ``root``."""
+    path = _inside(root, rel, where, "metadata file")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _invalid(where, f"cannot be read ({exc})") from None
 
 
-def _check_file(root: Path, rel: str, where: str) -> int:
-    """Validate one named file; return its size."""
+def _invalid(where: Where, message: str) -> InvalidMetadata:
+    return InvalidMetadata(message, path=where.path, line=where.line)
+
+
+def _inside(root: Path, rel: str, where: Where, what: str) -> str:
+    """The real path of ``root/rel``, which must stay inside ``root`` at every component:
+    a link to a directory elsewhere (``dirlink -> /etc``) publishes nothing of it."""
+    try:
+        real = os.path.realpath(f"{root}/{rel}", strict=True)
+    except FileNotFoundError:
+        raise _invalid(where, f"{what} {rel!r} does not exist in {root}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _invalid(where, f"{what} {rel!r} is a symbolic link loop") from None
+        raise _invalid(where, f"{what} {rel!r} cannot be read ({exc.strerror})") from None
+    if not Path(real).is_relative_to(root):
+        raise _invalid(where, f"{what} {rel!r} leads outside {root} through a link")
+    return real
+
+
+def _check_file(root: Path, rel: str, where: Where) -> tuple[str, int]:
+    """Validate one named file; return its real path and size."""
     problem = path_problem(rel)
     if problem:
         raise _invalid(where, f"file {rel!r} cannot be published: {problem}")
-    path = f"{root}/{rel}"
+    real = _inside(root, rel, where, "file")
     try:
-        info = os.lstat(path)
-        if stat.S_ISLNK(info.st_mode):
-            target = Path(path).resolve()
-            if not target.is_relative_to(root):
-                raise _invalid(where, f"file {rel!r} is a link that points outside {root}")
-            info = target.stat()
-    except FileNotFoundError:
-        raise _invalid(where, f"file {rel!r} does not exist in {root}") from None
+        info = os.stat(real)
     except OSError as exc:
         raise _invalid(where, f"file {rel!r} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
         raise _invalid(where, f"file {rel!r} is not a regular file")
-    if not os.access(path, os.R_OK):
+    if not os.access(real, os.R_OK):
         raise _invalid(where, f"file {rel!r} is not readable")
-    return info.st_size
+    return real, info.st_size
 
 
 # The same entry repeats on every line of a version: parse and check each text once.
@@ -181,15 +211,15 @@ def _check_aliases(values: tuple[str, ...]) -> None:
         check_name(value, what="alias")
 
 
-def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: str) -> _Draft:
+def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: Where) -> _Draft:
     try:
         if isinstance(entry, str):
             entry = {"uri": entry}
         if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
             raise _invalid(where, f"each {VERSIONS_KEY} item must be a URI or an object with 'uri'")
         uri = _parse_uri(entry["uri"])
-        if uri.version == "latest":
-            raise _invalid(where, f"{uri}: 'latest' is kept by dspkg and cannot name a version")
+        if uri.version == LATEST:
+            raise _invalid(where, f"{uri}: '{LATEST}' is kept by dspkg and cannot name a version")
         draft = drafts.setdefault(uri, _Draft(uri=uri, source=where))
         draft.files.add(rel)
         if entry.get("packaging") is True:
@@ -226,7 +256,6 @@ def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: 
 
 
 def _finish(draft: _Draft) -> VersionRequest:
-    path, _, line = draft.source.partition("\0")
     return VersionRequest(
         uri=draft.uri,
         files=tuple(sorted(draft.files)),
@@ -235,13 +264,20 @@ def _finish(draft: _Draft) -> VersionRequest:
         exclude=tuple(sorted(draft.exclude)),
         start_fresh=draft.start_fresh,
         aliases=tuple(sorted(draft.aliases)),
-        source=f"{path}, line {line}" if line else path,
+        source=str(draft.source),
     )
 
 
 def _walk(root: Path, *, sidecars: bool) -> Iterator[str]:
-    """Relative paths of sidecars (or of data files) under ``root``, not following links."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    """Relative paths of sidecars (or of data files) under ``root``, not following links.
+    A directory that cannot be listed is an error: its sidecars would be missed silently."""
+
+    def refuse(exc: OSError) -> None:
+        raise InvalidMetadata(
+            f"cannot be listed ({exc.strerror}); fix its permissions", path=str(exc.filename)
+        )
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=refuse):
         dirnames.sort()
         base = os.path.relpath(dirpath, root)
         for name in filenames:

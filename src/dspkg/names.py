@@ -6,15 +6,21 @@ import re
 from dataclasses import dataclass
 
 from dspkg.errors import InvalidName
+from dspkg.paths import path_problem
 
 SCHEME = "dataset://"
-NAME_RULE = "1-100 characters of A-Z a-z 0-9 . _ -, not starting with '.'"
+NAME_RULE = (
+    "1-100 characters of A-Z a-z 0-9 . _ -, not starting or ending with '.', "
+    "not a device name such as con, nul, com1 or lpt1"
+)
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 def check_name(name: str, *, what: str = "name") -> str:
     """Return ``name`` if it follows the naming rule, else raise :class:`InvalidName`."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    # A name is also a component of store keys and paths: the path rule applies too,
+    # so that no name publishes what a pull would then refuse.
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or path_problem(name):
         raise InvalidName(f"invalid {what} {name!r}: use {NAME_RULE}", name=str(name))
     return name
 

@@ -14,15 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dspkg import zipformat as zf
-from dspkg.catalog import package_key, package_name
+from dspkg.layout import package_key, package_name
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
 from dspkg.metadata import VersionRequest
 from dspkg.sources import LocalFile
 from dspkg.zipwriter import PackageWriter
-
-# Bytes a package spends per entry besides data: local header plus central record.
-_CENTRAL_FIXED = 46
-_END_RECORDS = 22 + 56 + 20
 
 
 @dataclass(frozen=True)
@@ -54,25 +50,9 @@ class VersionPlan:
         return sum(f.size for f in self.inherited) + sum(f.size for f in self.local)
 
 
-def entry_cost(rel: str, size: int) -> int:
-    """Upper bound of the bytes one entry adds to a package (data, headers, directory)."""
-    name = len(rel.encode())
-    return zf.LOCAL.size + name + 20 + size + _CENTRAL_FIXED + name + 28
-
-
 def package_bytes(files: Sequence[LocalFile]) -> int:
     """The exact size of the package :class:`~dspkg.zipwriter.PackageWriter` makes of ``files``."""
-    position = directory = 0
-    for f in files:
-        name = f.rel.encode()
-        big_size = f.size >= zf.MAX32
-        big_offset = position >= zf.MAX32
-        directory += _CENTRAL_FIXED + len(name)
-        if big_size or big_offset:
-            directory += 4 + 8 * (2 * big_size + big_offset)
-        position += zf.local_header_size(name, f.size) + f.size
-    zip64 = len(files) >= zf.MAX16 or directory >= zf.MAX32 or position >= zf.MAX32
-    return position + directory + (_END_RECORDS if zip64 else zf.EOCD.size)
+    return zf.package_size((len(f.rel.encode()), f.size) for f in files)
 
 
 def split_packages(files: Sequence[LocalFile], package_size: int) -> list[list[LocalFile]]:
@@ -82,12 +62,12 @@ def split_packages(files: Sequence[LocalFile], package_size: int) -> list[list[L
     """
     groups: list[list[LocalFile]] = []
     current: list[LocalFile] = []
-    used = _END_RECORDS
+    used = zf.END_RECORDS_MAX
     for f in files:
-        cost = entry_cost(f.rel, f.size)
+        cost = zf.entry_cost_max(len(f.rel.encode()), f.size)
         if current and used + cost > package_size:
             groups.append(current)
-            current, used = [], _END_RECORDS
+            current, used = [], zf.END_RECORDS_MAX
         current.append(f)
         used += cost
     if current:
@@ -111,7 +91,9 @@ def plan_version(
     *,
     packaging: bool,
     package_size: int,
+    attempt: str,
 ) -> VersionPlan:
+    """``attempt`` names this publish's packages apart from any other's (see layout)."""
     own = tuple(local[rel] for rel in sorted(request.files))
     own_paths = {f.rel for f in own}
     inherited: list[FileEntry] = []
@@ -128,7 +110,9 @@ def plan_version(
         for index, group in enumerate(groups):
             name = package_name(uri.dataset, uri.version, index, len(groups))
             packages.append(
-                PackagePlan(name, package_key(uri.dataset, uri.version, name), tuple(group))
+                PackagePlan(
+                    name, package_key(uri.dataset, uri.version, attempt, name), tuple(group)
+                )
             )
     return VersionPlan(
         request=request,

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dspkg.catalog import LATEST, Catalog, blob_key, now_iso
+from dspkg.catalog import Catalog, now_iso
+from dspkg.concurrency import BoundedTasks
 from dspkg.errors import AlreadyExists, DspkgError, InvalidMetadata, NotFound
+from dspkg.layout import LATEST, blob_key, new_attempt
 from dspkg.manifest import Manifest
 from dspkg.metadata import VersionRequest, read_outputs
 from dspkg.names import VersionUri
@@ -38,7 +40,6 @@ from dspkg.publish_plan import (
 from dspkg.sizes import format_size
 from dspkg.sources import FileReader, LocalFile, ReadFile
 from dspkg.store import Store
-from dspkg.transfer import BoundedTasks
 
 
 @dataclass(frozen=True)
@@ -115,17 +116,22 @@ class PublishResult:
 
 
 @dataclass
-class _Run:
+class _Session:
+    """What one publish shares across its versions: the store, the blobs known to be
+    there, and the packages it uploaded that no manifest names yet (only these may be
+    deleted when it fails: their keys hold this publish's own ``attempt``)."""
+
     store: Store
     catalog: Catalog
     options: PublishOptions
     progress: Progress
     reader: FileReader
+    attempt: str = field(default_factory=new_attempt)
     known_blobs: set[str] = field(default_factory=set)
     uploaded_packages: list[str] = field(default_factory=list)
 
 
-async def publish_outputs(
+async def publish_directory(
     root: Path,
     store: Store,
     options: PublishOptions = PublishOptions(),
@@ -140,11 +146,10 @@ async def publish_outputs(
         progress.warn(f"no file in {outputs.root} names a dataset version; nothing to publish")
     requests = _in_dependency_order(outputs.versions)
     all_rels = sorted({rel for req in requests for rel in req.files})
-    base = str(outputs.root)
-    local = {rel: LocalFile(rel, f"{base}/{rel}", outputs.sizes[rel]) for rel in all_rels}
+    local = {rel: LocalFile(rel, outputs.paths[rel], outputs.sizes[rel]) for rel in all_rels}
     catalog = Catalog(store)
     with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
-        run = _Run(store, catalog, options, progress, FileReader(executor))
+        run = _Session(store, catalog, options, progress, FileReader(executor))
         parents, existing = await _validate(run, requests)
         packaging = {req.uri: _packaging(req, options, progress) for req in requests}
         results: list[VersionResult] = []
@@ -158,6 +163,7 @@ async def publish_outputs(
                     local,
                     packaging=packaging[req.uri],
                     package_size=options.package_size,
+                    attempt=run.attempt,
                 )
                 for path in plan.unmatched_excludes:
                     progress.warn(f"{req.uri}: excluded path {path!r} is not in {req.parent}")
@@ -205,7 +211,7 @@ def _in_dependency_order(requests: Sequence[VersionRequest]) -> list[VersionRequ
 
 
 async def _validate(
-    run: _Run, requests: Sequence[VersionRequest]
+    run: _Session, requests: Sequence[VersionRequest]
 ) -> tuple[dict[VersionUri, Manifest], dict[VersionUri, Manifest]]:
     """Parents outside this run, and versions that already exist; nothing is uploaded."""
     in_run = {r.uri for r in requests}
@@ -264,7 +270,7 @@ def _packaging(req: VersionRequest, options: PublishOptions, progress: Progress)
     return req.packaging
 
 
-async def _confirm_same(run: _Run, plan: VersionPlan, existing: Manifest) -> VersionResult:
+async def _confirm_same(run: _Session, plan: VersionPlan, existing: Manifest) -> VersionResult:
     """Republishing: identical content is a no-op, anything else an error."""
     hashes: dict[str, tuple[int, str]] = {}
     async for read in run.reader.read_all(plan.local):
@@ -283,68 +289,85 @@ async def _confirm_same(run: _Run, plan: VersionPlan, existing: Manifest) -> Ver
     return _result(existing, created=False, uploaded=set(), aliases=())
 
 
-async def _build(run: _Run, plan: VersionPlan) -> tuple[Manifest, VersionResult]:
-    req = plan.request
-    options = run.options
+async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionResult]:
+    """Read every new file once: its blob and its package go up together; then commit."""
     if plan.parent is not None and plan.parent.blobs:
         run.known_blobs.update(f.sha256 for f in plan.parent.files)
     hashes: dict[str, tuple[int, str]] = {}
-    blobs = BoundedTasks(options.jobs)
-    want_blobs = not options.packages_only
-    total = sum(f.size for f in plan.local)
-    run.progress.start(f"publishing {req.uri}", len(plan.local), total)
-
-    async def on_file(read: ReadFile) -> None:
-        hashes[read.file.rel] = (read.file.size, read.sha256)
-        if want_blobs and read.sha256 not in run.known_blobs:
-            run.known_blobs.add(read.sha256)
-            await blobs.spawn(_put_blob(run, read))
-        run.progress.advance(1, read.file.size)
-
-    built: list[BuiltPackage] = []
-    digests: dict[str, tuple[str, str]] = {}  # package key -> (shape, content digest)
+    want_blobs = not run.options.packages_only
+    run.progress.start(
+        f"publishing {plan.request.uri}", len(plan.local), sum(f.size for f in plan.local)
+    )
     try:
-        count = len(plan.packages)
-        packaged = {f.rel for p in plan.packages for f in p.files}
-        for index, package in enumerate(plan.packages, start=1):
-            prefix = f"(dataset version package {index}/{count})"
-            shape = shape_digest(package.files)
-            reused = await _reusable(run, package, shape, on_file)
-            if reused is not None:
-                run.progress.log(
-                    f"{prefix} {package.name} is identical to {reused.info.key}; not uploading it"
-                )
-                built.append(reused)
-                continue
-            run.progress.log(
-                f"{prefix} uploading {package.name} ({format_size(package.estimated_size)})"
-            )
-            run.uploaded_packages.append(package.key)
-            done = await upload_package(
-                run.store,
-                package,
-                run.reader,
-                on_file=on_file,
-                concurrency=max(2, min(options.jobs, 8)),
-            )
-            built.append(done)
-            entries = [(f.rel, *hashes[f.rel]) for f in package.files]
-            digests[package.key] = (shape, content_digest(entries))
-            run.progress.log(f"{prefix} upload complete")
-        rest = [f for f in plan.local if f.rel not in packaged]
-        async for read in run.reader.read_all(rest):
-            await on_file(read)
-        await blobs.join()
-    except BaseException:
-        await blobs.cancel()
-        raise
+        async with BoundedTasks(run.options.jobs) as blobs:
+
+            async def on_file(read: ReadFile) -> None:
+                hashes[read.file.rel] = (read.file.size, read.sha256)
+                if want_blobs and read.sha256 not in run.known_blobs:
+                    run.known_blobs.add(read.sha256)
+                    await blobs.spawn(_put_blob(run, read))
+                run.progress.advance(1, read.file.size)
+
+            built, uploaded = await _upload_packages(run, plan, hashes, on_file)
+            packaged = {f.rel for p in plan.packages for f in p.files}
+            async for read in run.reader.read_all([f for f in plan.local if f.rel not in packaged]):
+                await on_file(read)
     finally:
         run.progress.done()
     manifest = assemble_manifest(
-        plan, hashes, built, created_at=now_iso(), blobs=not options.packages_only
+        plan, hashes, built, created_at=now_iso(), blobs=not run.options.packages_only
     )
+    return await _commit_version(run, plan, manifest, uploaded)
+
+
+async def _upload_packages(
+    run: _Session,
+    plan: VersionPlan,
+    hashes: dict[str, tuple[int, str]],
+    on_file: Callable[[ReadFile], Awaitable[None]],
+) -> tuple[list[BuiltPackage], dict[str, tuple[str, str]]]:
+    """Every package of the plan, reused when an identical one is in the store, else
+    streamed up as its files are read. Returns the packages and, for those uploaded here,
+    ``key -> (shape, content digest)`` for the reuse index."""
+    built: list[BuiltPackage] = []
+    uploaded: dict[str, tuple[str, str]] = {}
+    count = len(plan.packages)
+    for index, package in enumerate(plan.packages, start=1):
+        prefix = f"(dataset version package {index}/{count})"
+        shape = shape_digest(package.files)
+        reused = await _reusable(run, package, shape, on_file)
+        if reused is not None:
+            run.progress.log(
+                f"{prefix} {package.name} is identical to {reused.info.key}; not uploading it"
+            )
+            built.append(reused)
+            continue
+        run.progress.log(
+            f"{prefix} uploading {package.name} ({format_size(package.estimated_size)})"
+        )
+        run.uploaded_packages.append(package.key)
+        done = await upload_package(
+            run.store,
+            package,
+            run.reader,
+            on_file=on_file,
+            concurrency=max(2, min(run.options.jobs, 8)),
+        )
+        built.append(done)
+        entries = [(f.rel, *hashes[f.rel]) for f in package.files]
+        uploaded[package.key] = (shape, content_digest(entries))
+        run.progress.log(f"{prefix} upload complete")
+    return built, uploaded
+
+
+async def _commit_version(
+    run: _Session, plan: VersionPlan, manifest: Manifest, uploaded: dict[str, tuple[str, str]]
+) -> tuple[Manifest, VersionResult]:
+    """Create the manifest (the one commit point), then note the packages and move aliases."""
+    req = plan.request
     if not await run.catalog.write_manifest(manifest):
-        # Another publisher created it meanwhile; same content is fine.
+        # Another publisher created it meanwhile; same content is fine, and then the
+        # packages this one uploaded are named by nothing: remove them.
         other = await run.catalog.find_manifest(req.uri)
         if other is None or not other.same_content(manifest):
             raise AlreadyExists(
@@ -352,20 +375,20 @@ async def _build(run: _Run, plan: VersionPlan) -> tuple[Manifest, VersionResult]
                 "while this one ran; publish under a new version name",
                 uri=str(req.uri),
             )
+        await _discard_packages(run)
         return other, _result(other, created=False, uploaded=set(), aliases=())
     run.uploaded_packages.clear()  # referenced by a manifest now: never discard them
-    for done in built:
-        if done.info.key in digests:
-            await run.catalog.remember_package(*digests[done.info.key], done.info)
+    for done in manifest.packages:
+        if done.key in uploaded:
+            await run.catalog.remember_package(*uploaded[done.key], done)
     aliases = (LATEST, *req.aliases)
     for alias in aliases:
         await run.catalog.set_alias(req.uri.dataset, alias, req.uri.version)
-    uploaded = set(digests)  # packages uploaded by this run, not reused ones
-    return manifest, _result(manifest, created=True, uploaded=uploaded, aliases=aliases)
+    return manifest, _result(manifest, created=True, uploaded=set(uploaded), aliases=aliases)
 
 
 async def _reusable(
-    run: _Run, package: PackagePlan, shape: str, on_file: Callable[[ReadFile], Awaitable[None]]
+    run: _Session, package: PackagePlan, shape: str, on_file: Callable[[ReadFile], Awaitable[None]]
 ) -> BuiltPackage | None:
     """An identical package already in the store, found by layout, then confirmed by
     hashing this package's files; None (without reading anything) when there is none."""
@@ -388,7 +411,7 @@ async def _reusable(
     return None
 
 
-async def _put_blob(run: _Run, read: ReadFile) -> None:
+async def _put_blob(run: _Session, read: ReadFile) -> None:
     key = blob_key(read.sha256)
     if read.data is not None:
         await run.store.put(key, read.data, create=True)
@@ -397,7 +420,7 @@ async def _put_blob(run: _Run, read: ReadFile) -> None:
         await run.store.put_stream(key, run.reader.stream(read))
 
 
-async def _discard_packages(run: _Run) -> None:
+async def _discard_packages(run: _Session) -> None:
     """Best effort: a failed publish leaves no package that no manifest names."""
     for key in run.uploaded_packages:
         with contextlib.suppress(DspkgError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dspkg import zipformat as zf
@@ -22,21 +22,27 @@ from dspkg.manifest import FileEntry, Manifest
 
 @dataclass(frozen=True)
 class Tuning:
-    """Network assumptions behind range coalescing and the dry-run estimates."""
+    """How a pull uses the network: the one owner of its concurrency, used by the plan,
+    its estimates and the fetcher alike."""
 
     rtt: float = 0.030  # seconds per round trip
     bandwidth: float = 125e6  # bytes per second
     min_range: int = 8 << 20  # a long run of files is cut into ranges of at least this
     max_range: int = 256 << 20  # ... and at most this
-    concurrency: int = 8  # ranged GETs in flight
-    blob_concurrency: int = 64  # per-file GETs in flight
+    range_requests: int = 8  # ranged GETs in flight
+    blob_requests: int = 128  # per-file GETs in flight
+
+    def with_jobs(self, jobs: int) -> Tuning:
+        """``--jobs N``: at most N requests in flight of either kind."""
+        jobs = max(jobs, 1)
+        return replace(self, blob_requests=jobs, range_requests=min(self.range_requests, jobs))
 
     def range_limit(self, span: int) -> int:
         """How long one ranged GET may be when ``span`` bytes of a package are wanted:
-        long enough that about ``concurrency`` requests cover it (every request costs
+        long enough that about ``range_requests`` requests cover it (every request costs
         a round trip, and some servers a pass over the whole object), short enough
         that they run in parallel."""
-        return min(max(math.ceil(span / self.concurrency), self.min_range), self.max_range)
+        return min(max(math.ceil(span / self.range_requests), self.min_range), self.max_range)
 
     @property
     def gap_bytes(self) -> int:
@@ -162,19 +168,19 @@ def estimate(plan: FetchPlan, manifest: Manifest, tuning: Tuning = Tuning()) -> 
     nbytes = sum(f.size for f in missing)
     per_file = max(
         nbytes / tuning.bandwidth,
-        math.ceil(len(missing) / tuning.blob_concurrency) * tuning.rtt,
+        math.ceil(len(missing) / tuning.blob_requests) * tuning.rtt,
     ) + (tuning.rtt if missing else 0)
     package_bytes = sum(manifest.packages[i].size for i in plan.packages)
     blob_bytes = sum(f.size for f in plan.blobs)
     whole = (
         (package_bytes + blob_bytes) / tuning.bandwidth
-        + math.ceil(len(plan.blobs) / tuning.blob_concurrency) * tuning.rtt
+        + math.ceil(len(plan.blobs) / tuning.blob_requests) * tuning.rtt
         + (tuning.rtt if plan.requests else 0)
     )
     ranged = (
         plan.bytes_to_fetch / tuning.bandwidth
-        + math.ceil(len(plan.ranges) / tuning.concurrency) * tuning.rtt
-        + math.ceil(len(plan.blobs) / tuning.blob_concurrency) * tuning.rtt
+        + math.ceil(len(plan.ranges) / tuning.range_requests) * tuning.rtt
+        + math.ceil(len(plan.blobs) / tuning.blob_requests) * tuning.rtt
         + (tuning.rtt if plan.requests else 0)
     )
     return {

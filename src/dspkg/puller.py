@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -12,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from dspkg.cache import Cache
-from dspkg.catalog import Catalog, manifest_key
-from dspkg.errors import DspkgError, Integrity, NotFound
 from dspkg.fetcher import Fetcher
+from dspkg.loader import load_manifest
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, plan_tree, prepare_destination
 from dspkg.names import VersionUri
@@ -32,7 +30,6 @@ LINK_BATCH = 2000
 @dataclass(frozen=True)
 class PullOptions:
     link: LinkMode = LinkMode.AUTO
-    jobs: int = 128
     disk_threads: int = 2
     dry_run: bool = False
     refetch: bool = False  # ignore what the cache holds (VH_NO_DATA_CACHE)
@@ -55,6 +52,7 @@ class PullResult:
     packaged: bool
     fallbacks: tuple[str, ...] = ()
     plan: dict[str, Any] | None = None
+    manifest: Manifest | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -78,60 +76,6 @@ class PullResult:
         return doc
 
 
-def _cached_manifest(cache: Cache, store: str, uri: VersionUri) -> Manifest | None:
-    found = cache.load_manifest(store, uri)
-    if found is not None:
-        data, checked = found
-        with contextlib.suppress(DspkgError, KeyError, TypeError):  # damaged: a cache miss
-            manifest = Manifest.from_json(data, obj=f"cached manifest of {uri}", checked=checked)
-            if manifest.uri == uri:
-                if not checked:
-                    cache.save_manifest(store, uri, data)  # note it: no checks next time
-                return manifest
-    return None
-
-
-async def load_manifest(store: Store, cache: Cache, uri: VersionUri) -> Manifest:
-    """The manifest of ``uri``: from the cache when this exact version was pulled before
-    (versions are immutable), else from the store, then kept in the cache."""
-    manifest = _cached_manifest(cache, store.url, uri)
-    if manifest is None:
-        manifest = await _fetch_manifest(store, cache, uri)
-    if manifest is None:  # not a version: an alias, such as "latest"
-        resolved = await Catalog(store).resolve(uri)
-        manifest = _cached_manifest(cache, store.url, resolved)
-        if manifest is None:
-            manifest = await _fetch_manifest(store, cache, resolved)
-        if manifest is None:
-            raise NotFound(f"dataset version {resolved} not found in {store.url}", uri=str(uri))
-    return manifest
-
-
-async def _fetch_manifest(store: Store, cache: Cache, uri: VersionUri) -> Manifest | None:
-    """The manifest from the store, saved in the cache; None if there is no such version.
-
-    Processes pulling the same version at once download its manifest once: the others
-    wait for the lock and find it in the cache.
-    """
-    key = manifest_key(uri.dataset, uri.version)
-    lock = cache.lock(store.url, key)
-    await lock.acquire_async()
-    try:
-        manifest = _cached_manifest(cache, store.url, uri)
-        if manifest is not None:
-            return manifest
-        data = await store.get_optional(key)
-        if data is None:
-            return None
-        manifest = Manifest.from_json(data, obj=store.describe(key))
-        if manifest.uri != uri:
-            raise Integrity(f"manifest of {uri} describes {manifest.uri}", obj=str(uri))
-        cache.save_manifest(store.url, uri, data)
-        return manifest
-    finally:
-        lock.release()
-
-
 async def pull_version(
     uri: VersionUri,
     dest: Path,
@@ -140,18 +84,22 @@ async def pull_version(
     options: PullOptions = PullOptions(),
     progress: Progress | None = None,
 ) -> PullResult:
+    """Make ``uri`` appear in ``dest``; with ``options.dry_run``, only plan it.
+
+    A dry run reads the cache without opening it and writes nothing anywhere.
+    """
     progress = progress or Progress()
     started = time.monotonic()
     before = (store.stats.bytes_down, store.stats.requests)
-    manifest = await load_manifest(store, cache, uri)
+    manifest = await load_manifest(store, cache, uri, read_only=options.dry_run)
+    if options.dry_run:
+        present = set() if options.refetch else _cached(manifest, cache)
+        plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
+        return _result(manifest, dest, store, before, started, plan, tuning=options.tuning)
     with (
         cache.pin(store.url, manifest.uri),
         ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
     ):
-        if options.dry_run:
-            present = set() if options.refetch else _cached(manifest, cache)
-            plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
-            return _result(manifest, dest, store, before, started, plan, tuning=options.tuning)
         prepare_destination(dest)
         builder = TreeBuilder(cache, dest, options.link)
         builder.begin(plan_tree(manifest.files))
@@ -178,9 +126,9 @@ async def pull_version(
 
 
 def _cached(manifest: Manifest, cache: Cache) -> set[str]:
-    """The objects of ``manifest`` the cache holds intact (one ``stat`` each)."""
+    """The objects of ``manifest`` the cache holds intact (one ``stat`` each; read only)."""
     unique = {f.sha256: f.size for f in manifest.files}
-    return {sha for sha, size in unique.items() if cache.lookup(sha, size)}
+    return {sha for sha, size in unique.items() if cache.lookup(sha, size, drop=False)}
 
 
 async def _fill(
@@ -234,11 +182,9 @@ async def _fill(
                 cache,
                 manifest,
                 disk,
-                jobs=options.jobs,
+                tuning=options.tuning,
                 progress=progress,
                 on_insert=link_fetched,
-                tuning=options.tuning,
-                range_jobs=options.tuning.concurrency,
             )
             outcome = await fetcher.run(plan)
         finally:
@@ -293,4 +239,5 @@ def _result(
         packaged=manifest.packaged,
         fallbacks=fallbacks,
         plan=plan_doc,
+        manifest=manifest,
     )

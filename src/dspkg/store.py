@@ -24,7 +24,7 @@ import obstore
 from obstore import exceptions as obx
 from obstore.store import AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
 
-from dspkg.errors import DspkgError, InvalidArgument, NotFound, RetriesExceeded, StoreError
+from dspkg.errors import DspkgError, InvalidArgument, RetriesExceeded, StoreError
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore, RetryConfig
@@ -438,7 +438,3 @@ def _endpoint(
         if endpoint.startswith("http://"):
             client["allow_http"] = True
     return endpoint
-
-
-def not_found(uri: str, what: str) -> NotFound:
-    return NotFound(f"{what} {uri} not found", uri=uri)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -22,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dspkg.cache import Cache, VersionRecord, fingerprint_ok, store_id
+from dspkg.cache import Cache, VersionRecord, fingerprint_ok
+from dspkg.loader import cached_manifest
 from dspkg.names import VersionUri
 
 
@@ -140,10 +140,10 @@ def _pinned_objects(
         record = by_key.get((store, uri))
         if record is not None:
             objects.update(record.objects)
-        found = cache.load_manifest(store, VersionUri.parse(uri))
-        if found is not None:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                objects.update(f["sha256"] for f in json.loads(found[0])["files"])
+        # A pull still running has no record yet: its cached manifest tells.
+        manifest = cached_manifest(cache, store, VersionUri.parse(uri), read_only=True)
+        if manifest is not None:
+            objects.update(f.sha256 for f in manifest.files)
     return pins, objects
 
 
@@ -243,9 +243,7 @@ def prune(cache: Cache, max_size: int) -> PruneResult:
 
 def _record_bytes(cache: Cache, record: VersionRecord) -> int:
     total = 0
-    uri = VersionUri.parse(record.uri)
-    for base in (cache.versions, cache.manifests):
-        path = base / store_id(record.store) / uri.dataset / f"{uri.version}.json"
+    for path in cache.record_files(record.store, VersionUri.parse(record.uri)):
         with contextlib.suppress(OSError):
             total += _disk_bytes(path.stat())
     return total

@@ -8,6 +8,7 @@ comments, a single disk.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 LOCAL_SIG = 0x04034B50
 CENTRAL_SIG = 0x02014B50
@@ -40,6 +41,53 @@ S_IFMT = 0o170000
 S_IFREG = 0o100000
 
 
+# A ZIP64 extra field: tag and length (4 bytes), then 8 bytes per value it carries.
+_EXTRA_HEADER = 4
+_VALUE = 8
+LOCAL_ZIP64_EXTRA = _EXTRA_HEADER + 2 * _VALUE  # both sizes
+CENTRAL_ZIP64_EXTRA_MAX = _EXTRA_HEADER + 3 * _VALUE  # both sizes and the offset
+# The end records: EOCD, preceded by the ZIP64 record and locator when needed.
+END_RECORDS_MAX = EOCD.size + ZIP64_LOCATOR.size + ZIP64_EOCD.size
+
+
 def local_header_size(name: bytes, size: int) -> int:
     """Bytes of the local header dspkg writes before an entry's data."""
-    return LOCAL.size + len(name) + (20 if size >= MAX32 else 0)
+    return LOCAL.size + len(name) + (LOCAL_ZIP64_EXTRA if size >= MAX32 else 0)
+
+
+def central_record_size(name_len: int, size: int, header_offset: int) -> int:
+    """Bytes of the central directory record dspkg writes for an entry."""
+    values = 2 * (size >= MAX32) + (header_offset >= MAX32)
+    return CENTRAL.size + name_len + (_EXTRA_HEADER + _VALUE * values if values else 0)
+
+
+def needs_zip64_end(count: int, directory_size: int, directory_offset: int) -> bool:
+    return count >= MAX16 or directory_size >= MAX32 or directory_offset >= MAX32
+
+
+def end_records_size(count: int, directory_size: int, directory_offset: int) -> int:
+    if needs_zip64_end(count, directory_size, directory_offset):
+        return END_RECORDS_MAX
+    return EOCD.size
+
+
+def entry_cost_max(name_len: int, size: int) -> int:
+    """An upper bound of the bytes one entry adds to a package: headers, data, directory."""
+    return (
+        LOCAL.size
+        + LOCAL_ZIP64_EXTRA
+        + CENTRAL.size
+        + CENTRAL_ZIP64_EXTRA_MAX
+        + 2 * name_len
+        + size
+    )
+
+
+def package_size(entries: Iterable[tuple[int, int]]) -> int:
+    """The exact size of the package dspkg writes of entries ``(name length, size)``."""
+    position = directory = count = 0
+    for name_len, size in entries:
+        directory += central_record_size(name_len, size, position)
+        position += LOCAL.size + name_len + (LOCAL_ZIP64_EXTRA if size >= MAX32 else 0) + size
+        count += 1
+    return position + directory + end_records_size(count, directory, position)

@@ -259,10 +259,6 @@ class DirectoryLocation:
     size: int
 
 
-# The end records dspkg writes take at most this many bytes at the end of a package.
-END_RECORDS_MAX = zf.EOCD.size + zf.ZIP64_LOCATOR.size + zf.ZIP64_EOCD.size
-
-
 def locate_central_directory(
     read_range: ReadRange, package_size: int, *, obj: str = "package", max_entries: int = 10**7
 ) -> DirectoryLocation:

@@ -18,8 +18,6 @@ Example::
 from __future__ import annotations
 
 import struct
-import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dspkg import zipformat as zf
@@ -98,7 +96,7 @@ class PackageWriter:
         cd_size = len(directory)
         count = len(self._entries)
         tail = bytearray()
-        if count >= zf.MAX16 or cd_size >= zf.MAX32 or cd_offset >= zf.MAX32:
+        if zf.needs_zip64_end(count, cd_size, cd_offset):
             zip64_offset = cd_offset + cd_size
             tail += zf.ZIP64_EOCD.pack(
                 zf.ZIP64_EOCD_SIG,
@@ -161,15 +159,3 @@ def _central_record(entry: WrittenEntry) -> bytes:
         zf.MAX32 if big_offset else entry.header_offset,
     )
     return header + encoded + extra
-
-
-def build_package(files: Iterable[tuple[str, bytes]]) -> tuple[bytes, list[WrittenEntry]]:
-    """A whole package in memory from ``(name, data)`` pairs (sorted here); for small cases."""
-    writer = PackageWriter()
-    out = bytearray()
-    for name, data in sorted(files):
-        out += writer.add(name, len(data), zlib.crc32(data))
-        out += data
-    entries = writer.entries
-    out += writer.finish()
-    return bytes(out), entries

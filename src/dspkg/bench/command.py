@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from dspkg.bench.settings import FILE_SIZE, MBIT, PUBLISH_FILES, PULL_FILES, RTT_MS
+from dspkg.cli_args import non_negative_float, non_negative_int, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,24 +40,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--files",
-        type=_positive_int,
+        type=positive_int,
         help=f"files to generate (default {PULL_FILES:,}; {PUBLISH_FILES:,} with --publish)",
     )
     p.add_argument(
-        "--size", type=_non_negative_int, default=FILE_SIZE, help="bytes per file (default 10000)"
+        "--size", type=non_negative_int, default=FILE_SIZE, help="bytes per file (default 10000)"
     )
     p.add_argument(
-        "--rtt-ms", type=_non_negative_float, default=RTT_MS, help="added round trip (default 30)"
+        "--rtt-ms", type=non_negative_float, default=RTT_MS, help="added round trip (default 30)"
     )
     p.add_argument(
         "--mbit",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=MBIT,
         help="bandwidth cap in Mbit/s, 0 for unlimited (default 1000)",
     )
     p.add_argument(
         "--repeat",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="measure every row N times and report the median (default 1)",
     )
@@ -151,30 +152,3 @@ def _say(started: float) -> Callable[[str], None]:
         print(f"[bench {time.monotonic() - started:6.1f} s] {line}", file=sys.stderr, flush=True)
 
     return say
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be at least 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be a finite number >= 0")
-    return value

@@ -27,6 +27,7 @@ from dspkg.bench.scenario import (
 )
 from dspkg.bench.settings import DATASET, BenchSettings
 from dspkg.bench.tools import S5CMD_MISSING, find_s5cmd, require
+from dspkg.layout import PACKAGE_SUFFIX
 
 PACKAGED = f"dataset://{DATASET}/packaged"
 PLAIN = f"dataset://{DATASET}/plain"
@@ -179,7 +180,7 @@ class PullBench:
         measured = self.lab.measure(argv, self.lab.env())
         unzips = [
             self.lab.run(["unzip", "-q", str(p), "-d", str(dest)])
-            for p in sorted(download.iterdir())
+            for p in sorted(download.rglob(f"*{PACKAGE_SUFFIX}"))
         ]
         check_tree(dest, self.s.files, self.s.total_bytes, method)
         row = store_row(key, method, self.s.files, measured, "down")

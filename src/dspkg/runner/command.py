@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dspkg.errors import InvalidArgument
-from dspkg.progress import LinePrinter, Progress, TerminalProgress
+from dspkg.cli_args import add_store, multi_pairs, pairs_option, progress, store_options
 
 if TYPE_CHECKING:
     from dspkg.runner.step import StepSpec
@@ -61,13 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=_DEFAULT_ROOT,
         help="where inputs/, outputs/ and config/ live (default /valohai)",
     )
-    p.add_argument("--store", help="store URL (default: $DSPKG_STORE or a local file:// store)")
-    p.add_argument(
-        "--store-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="obstore configuration for the store (repeatable), e.g. region=eu-west-1",
-    )
+    add_store(p)
     p.set_defaults(handler=_cmd_run, run_parser=p)
 
 
@@ -84,37 +76,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     request = RunRequest(
         step=args.step,
         config=Path(args.file),
-        inputs=_multi_pairs("--input", args.input, "NAME=URI"),
-        parameters=_multi_pairs("--param", args.param, "NAME=VALUE"),
-        env=_pairs("--env", args.env),
+        inputs=multi_pairs("--input", args.input, "NAME=URI"),
+        parameters=multi_pairs("--param", args.param, "NAME=VALUE"),
+        env=pairs_option("--env", args.env),
         root=Path(args.root),
         store=args.store,
-        store_options=_pairs("--store-option", args.store_option),
+        store_options=store_options(args.store_option),
     )
-    result = run_step(request, progress=_progress())
+    result = run_step(request, progress=progress())
     if result.publish_error:
         print(f"dspkg: error: {result.publish_error}", file=sys.stderr, flush=True)
     return result.exit_status
-
-
-def _progress() -> Progress:
-    if sys.stderr.isatty():
-        return TerminalProgress()
-    return LinePrinter()
-
-
-def _pairs(option: str, pairs: Sequence[str] | None) -> dict[str, str]:
-    return {key: values[-1] for key, values in _multi_pairs(option, pairs, "KEY=VALUE").items()}
-
-
-def _multi_pairs(option: str, pairs: Sequence[str] | None, form: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidArgument(f"{option} {pair!r}: expected {form}")
-        out.setdefault(key.strip(), []).append(value)
-    return out
 
 
 def _list_steps(path: Path) -> int:

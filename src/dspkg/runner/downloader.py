@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
+from dspkg.concurrency import BoundedTasks
 from dspkg.errors import NotFound, RunError, StoreError
 from dspkg.paths import path_problem
 from dspkg.store import Store, open_store
-from dspkg.transfer import BoundedTasks
 
 OBJECT_SCHEMES = ("s3", "gs", "az", "azure", "file")
 HTTP_SCHEMES = ("http", "https")
@@ -169,14 +169,9 @@ async def fetch_plain(
         sha256 = await _fetch_object(store, key, size, dest / name)
         found.append(InputFile(name, source.object_uri(key), size, sha256))
 
-    tasks = BoundedTasks(jobs)
-    try:
+    async with BoundedTasks(jobs) as tasks:
         for key, size in matches:
             await tasks.spawn(one(key, size))
-        await tasks.join()
-    except BaseException:
-        await tasks.cancel()
-        raise
     return sorted(found, key=lambda f: f.name)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from dspkg.api import resolve_store
 from dspkg.cache import Cache
+from dspkg.concurrency import run_sync
 from dspkg.config import Settings
 from dspkg.errors import DspkgError, RunError
 from dspkg.names import VersionUri
@@ -46,9 +47,8 @@ from dspkg.runner.inputs import (
     uses_datasets,
     write_inputs_json,
 )
-from dspkg.runner.outputs import OutputsResult, publish_outputs
+from dspkg.runner.outputs import OutputsResult, store_and_publish
 from dspkg.runner.step import Project, StepSpec, load_project
-from dspkg.transfer import run_sync
 
 DEFAULT_ROOT = Path("/valohai")
 STATE_FILE = ".dspkg-run.json"
@@ -193,7 +193,7 @@ def run_step(
     outputs = None
     error = None
     try:
-        outputs = publish_outputs(layout.outputs, execution_id, store, env=env, progress=progress)
+        outputs = store_and_publish(layout.outputs, execution_id, store, env=env, progress=progress)
         _write_state(layout, execution_id, published=True)
     except (DspkgError, OSError) as exc:
         error = str(exc) if isinstance(exc, DspkgError) else _os_error(exc)

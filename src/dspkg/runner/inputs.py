@@ -23,7 +23,7 @@ from dspkg.cache import Cache
 from dspkg.errors import InvalidName, RunError
 from dspkg.names import SCHEME, VersionUri
 from dspkg.progress import Progress
-from dspkg.puller import PullOptions, load_manifest, pull_version
+from dspkg.puller import PullOptions, pull_version
 from dspkg.runner.downloader import InputFile, PlainSource, fetch_plain, is_plain
 from dspkg.runner.step import InputSpec, StepSpec
 from dspkg.sizes import format_size
@@ -184,8 +184,8 @@ async def _pull(uri: str, dest: Path, datasets: DatasetSource, progress: Progres
     pulled = await pull_version(
         VersionUri.parse(uri), dest, datasets.store, datasets.cache, datasets.options, progress
     )
-    # Versions are immutable and the pull just cached this manifest: no request.
-    manifest = await load_manifest(datasets.store, datasets.cache, VersionUri.parse(pulled.uri))
+    manifest = pulled.manifest
+    assert manifest is not None  # every pull that is not a dry run has one
     files = tuple(InputFile(f.path, pulled.uri, f.size, f.sha256) for f in manifest.files)
     return SourceResult(
         uri=uri,

@@ -18,23 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from dspkg import api
+from dspkg.concurrency import BoundedTasks, run_sync
+from dspkg.layout import execution_prefix
 from dspkg.metadata import JSONL_NAME, SIDECAR_SUFFIX, read_outputs
 from dspkg.paths import path_problem
 from dspkg.progress import Progress
 from dspkg.publisher import VersionResult
 from dspkg.sizes import format_size
 from dspkg.store import Store
-from dspkg.transfer import BoundedTasks, run_sync
 
-EXECUTIONS_PREFIX = "executions"
 # Files up to this size go up in one PUT; larger ones stream as multipart uploads.
 SINGLE_PUT_LIMIT = 16 << 20
 READ_CHUNK = 8 << 20
-
-
-def execution_prefix(execution_id: str) -> str:
-    """Where an execution's outputs live in the store (ends with ``/``)."""
-    return f"{EXECUTIONS_PREFIX}/{execution_id}/outputs/"
 
 
 @dataclass(frozen=True)
@@ -104,7 +99,6 @@ async def store_outputs(
 ) -> None:
     """Upload ``files`` under the execution's prefix, ``jobs`` at a time."""
     prefix = execution_prefix(execution_id)
-    tasks = BoundedTasks(jobs)
 
     async def one(f: OutputFile) -> None:
         key = prefix + f.rel
@@ -114,13 +108,9 @@ async def store_outputs(
         else:
             await store.put_stream(key, _chunks(f.path))
 
-    try:
+    async with BoundedTasks(jobs) as tasks:
         for f in files:
             await tasks.spawn(one(f))
-        await tasks.join()
-    except BaseException:
-        await tasks.cancel()
-        raise
 
 
 async def _chunks(path: Path) -> AsyncIterator[bytes]:
@@ -129,7 +119,7 @@ async def _chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
-def publish_outputs(
+def store_and_publish(
     root: Path,
     execution_id: str,
     store: Store,

@@ -3,7 +3,10 @@
 :class:`BoundedTasks` keeps at most ``limit`` coroutines in flight; spawning waits
 for a free slot, which gives natural back-pressure to whatever produces the work.
 The first failure cancels the rest and is raised as itself (not as an
-``ExceptionGroup``), so callers see one of our one-line errors.
+``ExceptionGroup``), so callers see one of our one-line errors. It is used as
+``async with BoundedTasks(n) as tasks:``, which waits for every task when the block
+ends and cancels (and awaits) them all when it ends with an error: no task outlives
+its block, whatever happens.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import concurrent.futures
 import functools
 import time
 from collections.abc import Coroutine
+from types import TracebackType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,6 +30,20 @@ class BoundedTasks:
         self._slots = asyncio.Semaphore(limit)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._error: BaseException | None = None
+
+    async def __aenter__(self) -> BoundedTasks:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.join()
+        else:
+            await self.cancel()
 
     async def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Start ``coro`` once a slot is free; raise at once if an earlier task failed."""
@@ -64,6 +82,7 @@ class BoundedTasks:
             raise self._error
 
     async def cancel(self) -> None:
+        """Cancel every task and wait until all have finished."""
         for task in self._tasks:
             task.cancel()
         while self._tasks:

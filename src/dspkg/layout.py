@@ -1,0 +1,96 @@
+"""Where everything lives in a store: the one owner of every key (pure).
+
+::
+
+    blobs/sha256/<hex[0:2]>/<hex[2:]>                                  a file's content
+    packages/<dataset>/<version>/<attempt>/<dataset>.<version>.vhpkgzip      one package
+    packages/<dataset>/<version>/<attempt>/<dataset>.<version>.<i>-of-<n>.vhpkgzip
+    packages/.index/<shape>.json                                       packages by layout, for reuse
+    datasets/<dataset>/versions/<version>.json                         the manifest
+    datasets/<dataset>/aliases/<alias>.json                            {"version": "..."}
+    executions/<execution-id>/outputs/<path>                           outputs of ``dspkg run``
+
+``<attempt>`` is a random name each publish draws for the packages it uploads: two
+publishers racing for one version never write (or clean up) the same object, and the
+manifest, written last with a conditional create, is the only commit point.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from dspkg.paths import path_problem
+
+LATEST = "latest"
+PACKAGE_SUFFIX = ".vhpkgzip"
+PACKAGES_PREFIX = "packages/"
+DATASETS_PREFIX = "datasets/"
+_INDEX_PREFIX = "packages/.index/"
+
+
+def blob_key(sha256: str) -> str:
+    return f"blobs/sha256/{sha256[:2]}/{sha256[2:]}"
+
+
+def manifest_key(dataset: str, version: str) -> str:
+    return f"{versions_prefix(dataset)}{version}.json"
+
+
+def versions_prefix(dataset: str) -> str:
+    return f"{DATASETS_PREFIX}{dataset}/versions/"
+
+
+def alias_key(dataset: str, alias: str) -> str:
+    return f"{aliases_prefix(dataset)}{alias}.json"
+
+
+def aliases_prefix(dataset: str) -> str:
+    return f"{DATASETS_PREFIX}{dataset}/aliases/"
+
+
+def name_from_key(key: str, prefix: str) -> str | None:
+    """``<name>`` of ``<prefix><name>.json``, or None for any other key."""
+    rest = key.removeprefix(prefix)
+    if rest == key or "/" in rest or not rest.endswith(".json"):
+        return None
+    return rest.removesuffix(".json")
+
+
+def new_attempt() -> str:
+    """A name no other publish will draw, for the packages of one publish."""
+    return secrets.token_hex(8)
+
+
+def package_name(dataset: str, version: str, index: int, count: int) -> str:
+    """``ds.ver.vhpkgzip``, or ``ds.ver.<i>-of-<n>.vhpkgzip`` (1-based) when split."""
+    if count == 1:
+        return f"{dataset}.{version}{PACKAGE_SUFFIX}"
+    return f"{dataset}.{version}.{index + 1}-of-{count}{PACKAGE_SUFFIX}"
+
+
+def package_key(dataset: str, version: str, attempt: str, name: str) -> str:
+    return f"{PACKAGES_PREFIX}{dataset}/{version}/{attempt}/{name}"
+
+
+def package_key_problem(key: object, name: object) -> str | None:
+    """Why ``key`` cannot be the key of package ``name`` (read from a manifest or an
+    index: untrusted), or None. The one rule for publishing, reusing and pulling."""
+    if not isinstance(key, str) or not isinstance(name, str):
+        return "not a string"
+    if not key.startswith(PACKAGES_PREFIX) or key.startswith(_INDEX_PREFIX):
+        return f"not under {PACKAGES_PREFIX}"
+    problem = path_problem(key)
+    if problem:
+        return problem
+    if not key.endswith(PACKAGE_SUFFIX) or key.rpartition("/")[2] != name:
+        return f"does not end in the package's name {name!r}"
+    return None
+
+
+def package_index_key(shape: str) -> str:
+    # Dataset names cannot start with ".", so this never meets a dataset's packages.
+    return f"{_INDEX_PREFIX}{shape}.json"
+
+
+def execution_prefix(execution_id: str) -> str:
+    return f"executions/{execution_id}/outputs/"
