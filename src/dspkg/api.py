@@ -27,18 +27,20 @@ from dspkg.cache import Cache
 from dspkg.catalog import Catalog
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
-from dspkg.errors import InvalidArgument
+from dspkg.errors import InvalidArgument, NotFound
 from dspkg.materialize import LinkMode
 from dspkg.names import SCHEME, VersionUri, parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.publisher import PublishOptions, PublishResult, publish_directory
 from dspkg.pull_plan import Tuning
 from dspkg.puller import PullOptions, PullResult, pull_version
-from dspkg.sizes import parse_size
+from dspkg.sizes import format_size, parse_size
 from dspkg.store import Store, open_store
 from dspkg.upkeep import CacheInfo, PruneResult, VerifyResult
 
 StoreLike = Store | str | None
+# Smaller packages hold hardly more than their headers; a usage mistake, not a choice.
+MIN_PACKAGE_SIZE = 4096
 
 
 def resolve_store(
@@ -72,11 +74,21 @@ def publish(
         packaging=packaging,
         gate=settings.packaging_gate,
         packages_only=packages_only,
-        package_size=max(parse_size(package_size), 1),
+        package_size=_package_size(package_size),
         jobs=max(jobs, 1),
     )
     target = resolve_store(store, settings, store_options)
     return run_sync(publish_directory(Path(outputs_dir), target, options, progress))
+
+
+def _package_size(text: int | str) -> int:
+    size = parse_size(text)
+    if size < MIN_PACKAGE_SIZE:
+        raise InvalidArgument(
+            f"package size {text!r} is too small: use at least {format_size(MIN_PACKAGE_SIZE)} "
+            "(the default, 1GiB, suits most datasets)"
+        )
+    return size
 
 
 def pull(
@@ -132,10 +144,16 @@ def versions(
     store_options: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> list[VersionSummary]:
-    """The versions of ``dataset`` (a name or ``dataset://name``), oldest first."""
+    """The versions of ``dataset`` (a name or ``dataset://name``), oldest first;
+    :class:`~dspkg.errors.NotFound` when the dataset has none."""
     name = parse_dataset_uri(dataset if dataset.startswith(SCHEME) else SCHEME + dataset)
     source = resolve_store(store, Settings.from_env(env), store_options)
-    return run_sync(list_versions(Catalog(source), name))
+    found = run_sync(list_versions(Catalog(source), name))
+    if not found:
+        known = run_sync(Catalog(source).datasets())
+        hint = f"datasets: {', '.join(known[:10])}" if known else "the store holds no datasets"
+        raise NotFound(f"dataset://{name} has no versions in {source.url} ({hint})", uri=name)
+    return found
 
 
 def show(

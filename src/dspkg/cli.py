@@ -20,6 +20,7 @@ from dspkg.cli_args import add_store, positive_int, store_options
 from dspkg.cli_args import progress as progress_for
 from dspkg.errors import DspkgError
 from dspkg.materialize import LinkMode
+from dspkg.names import parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.pull_plan import Tuning
 from dspkg.runner.command import register as register_run
@@ -138,8 +139,9 @@ def _print_plan(uri: str, plan: dict[str, Any]) -> None:
 
 def _cmd_ls(args: argparse.Namespace) -> int:
     if args.dataset:
+        name = parse_dataset_uri(args.dataset)  # the command line takes the URI form only
         versions = api.versions(
-            args.dataset, store=args.store, store_options=store_options(args.store_option)
+            name, store=args.store, store_options=store_options(args.store_option)
         )
         if args.json:
             _print_json({"dataset": args.dataset, "versions": [v.to_json() for v in versions]})
@@ -147,8 +149,6 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         for v in versions:
             aliases = f"  ({', '.join(v.aliases)})" if v.aliases else ""
             print(f"{v.uri}  {v.created or '-'}{aliases}")
-        if not versions:
-            print(f"no versions of {args.dataset}")
         return 0
     datasets = api.datasets(store=args.store, store_options=store_options(args.store_option))
     if args.json:
@@ -227,14 +227,27 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         pruned = api.cache_prune(args.max_size)
         if args.json:
             _print_json(pruned.to_json())
-            return 0
-        print(
-            f"pruned to {format_size(pruned.after)} (limit {format_size(pruned.max_size)}, "
-            f"was {format_size(pruned.before)}): {len(pruned.evicted)} version(s) evicted, "
-            f"{pruned.objects_removed:,} objects removed"
-        )
-        for uri in pruned.evicted:
-            print(f"  evicted {uri}")
+        else:
+            print(
+                f"pruned to {format_size(pruned.after)} (limit {format_size(pruned.max_size)}, "
+                f"was {format_size(pruned.before)}): {len(pruned.evicted)} version(s) evicted, "
+                f"{pruned.objects_removed:,} objects removed"
+            )
+            for uri in pruned.evicted:
+                print(f"  evicted {uri}")
+        if not pruned.reached:
+            in_use = len(pruned.in_use)
+            _error(
+                f"the cache still takes {format_size(pruned.after)}, above the limit of "
+                f"{format_size(pruned.max_size)}: "
+                + (
+                    f"{in_use} version(s) in use by running pulls or jobs cannot be evicted; "
+                    "prune again when they end"
+                    if in_use
+                    else "what remains is not evictable (records and directories)"
+                )
+            )
+            return 1
         return 0
     cleared = api.cache_clear()
     if args.json:

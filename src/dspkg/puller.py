@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dspkg.cache import Cache
+from dspkg.errors import DestinationError
 from dspkg.fetcher import Fetcher
 from dspkg.loader import load_manifest
 from dspkg.manifest import FileEntry, Manifest
@@ -97,6 +100,7 @@ async def pull_version(
         plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
         return _result(manifest, dest, store, before, started, plan, tuning=options.tuning)
     with (
+        _destination_lock(cache, dest),
         cache.pin(store.url, manifest.uri),
         ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
     ):
@@ -123,6 +127,29 @@ async def pull_version(
     return _result(
         manifest, dest, store, before, started, None, builder.mode.value, fallbacks, fetched
     )
+
+
+@contextlib.contextmanager
+def _destination_lock(cache: Cache, dest: Path) -> Iterator[None]:
+    """One pull at a time into a DEST, which must not lie inside the cache."""
+    real = Path(os.path.realpath(dest))
+    if real.is_relative_to(os.path.realpath(cache.root)):
+        raise DestinationError(
+            f"destination {dest} is inside the cache directory {cache.root}; "
+            "pull into a directory outside it",
+            path=str(dest),
+        )
+    lock = cache.lock("destination", str(real))
+    if not lock.try_acquire():
+        raise DestinationError(
+            f"another dspkg pull is writing into {dest} right now; wait for it to finish "
+            "or pull into another directory",
+            path=str(dest),
+        )
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _cached(manifest: Manifest, cache: Cache) -> set[str]:

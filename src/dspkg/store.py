@@ -81,6 +81,11 @@ class Store:
     def describe(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
+    def _no_container(self, exc: BaseException) -> None:
+        """A "not found" that means the bucket or container is missing is final."""
+        if missing_container(exc):
+            raise StoreError(_no_container_message(self.url), key=None) from exc
+
     async def _call(self, key: str, op: Callable[[], Awaitable[T]]) -> T:
         last: BaseException | None = None
         for attempt in range(self.retry.attempts):
@@ -119,7 +124,8 @@ class Store:
             try:
                 result = await obstore.get_async(self.inner, key)
                 data = bytes(await result.bytes_async())
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                self._no_container(exc)
                 return None
             self.stats.bytes_down += len(data)
             return data
@@ -249,7 +255,8 @@ class Store:
         async def op() -> ObjectInfo | None:
             try:
                 meta = await obstore.head_async(self.inner, key)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                self._no_container(exc)
                 return None
             return ObjectInfo(key=meta["path"], size=meta["size"], etag=meta.get("e_tag"))
 
@@ -282,16 +289,35 @@ class Store:
         async def op() -> None:
             try:
                 await obstore.delete_async(self.inner, key)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                self._no_container(exc)
                 return
 
         await self._call(key, op)
+
+
+# How S3, GCS and Azure say that the bucket or container itself does not exist.
+_NO_CONTAINER = ("NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist")
+
+
+def missing_container(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(code in text for code in _NO_CONTAINER)
+
+
+def _no_container_message(url: str) -> str:
+    return (
+        f"the bucket or container of {url} does not exist; create it, "
+        "or fix the store URL (--store or DSPKG_STORE) and the endpoint"
+    )
 
 
 def translate(exc: BaseException, where: str) -> StoreError:
     """Our error for an obstore (or OS) error raised while working on ``where``."""
     if isinstance(exc, StoreError):
         return exc
+    if missing_container(exc):
+        return StoreError(_no_container_message(where), key=where)
     detail = _first_line(exc)
     code = exc.errno if isinstance(exc, OSError) else _os_error(str(exc))
     if isinstance(exc, FileNotFoundError | obx.NotFoundError):
@@ -313,8 +339,9 @@ def translate(exc: BaseException, where: str) -> StoreError:
 
 
 def transient(exc: BaseException) -> bool:
-    """Worth another try: network and server trouble, not a local disk error."""
-    return isinstance(exc, TRANSIENT) and _os_error(str(exc)) is None
+    """Worth another try: network and server trouble, not a local disk error nor a
+    missing bucket."""
+    return isinstance(exc, TRANSIENT) and _os_error(str(exc)) is None and not missing_container(exc)
 
 
 def _os_error(text: str) -> int | None:

@@ -98,6 +98,11 @@ class PruneResult:
     after: int = 0
     evicted: list[str] = field(default_factory=list)
     objects_removed: int = 0
+    in_use: list[str] = field(default_factory=list)  # kept: pinned by a running pull or job
+
+    @property
+    def reached(self) -> bool:
+        return self.after <= self.max_size
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,6 +111,8 @@ class PruneResult:
             "disk_bytes_after": self.after,
             "evicted_versions": self.evicted,
             "objects_removed": self.objects_removed,
+            "versions_in_use": self.in_use,
+            "limit_reached": self.reached,
         }
 
 
@@ -228,6 +235,7 @@ def prune(cache: Cache, max_size: int) -> PruneResult:
             if total <= max_size:
                 break
             if (record.store, record.uri) in pins:
+                result.in_use.append(record.uri)
                 continue
             before = _record_bytes(cache, record)
             cache.forget_version(path, record)

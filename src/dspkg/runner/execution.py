@@ -229,6 +229,15 @@ def command_environment(
 
 
 def _prepare(layout: Layout) -> None:
+    for directory in (layout.inputs, layout.outputs, layout.config):
+        # These are emptied before the run: through a link that would delete elsewhere.
+        if directory.is_symlink():
+            raise RunError(
+                f"{directory} is a symbolic link (to {os.readlink(directory)}); dspkg run "
+                "empties it before the command runs, so it must be a real directory: "
+                "remove the link or give another --root",
+                path=str(directory),
+            )
     try:
         for directory in (layout.inputs, layout.outputs, layout.config):
             directory.mkdir(parents=True, exist_ok=True)
