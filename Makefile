@@ -11,7 +11,7 @@ AZURITE := .cache/azurite/.installed-$(AZURITE_VERSION)
 
 .PHONY: demo test lint types unit sysdeps azurite bench clean
 
-$(BASE): pyproject.toml
+$(BASE): pyproject.toml src/dspkg/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .

@@ -153,24 +153,42 @@ def test_kill_9_at_random_moments_never_corrupts(
         wan.stop()
 
 
+def count_objects(cache: Path) -> int:
+    total = 0
+    for sub in os.scandir(cache / "objects"):
+        with os.scandir(sub.path) as entries:
+            total += sum(1 for _ in entries)
+    return total
+
+
 def test_kill_9_during_prune(tmp_path: Path) -> None:
+    """SIGKILL while prune is deleting (seen: the object count dropped), not at start-up."""
     env = local_env(tmp_path)
-    versions = {f"dataset://shared/p{i}": dataset(400, seed=20 + i) for i in range(4)}
+    versions = {
+        f"dataset://shared/p{i}": dataset(2500, seed=20 + i, size=(50, 300)) for i in range(4)
+    }
     for uri, files in versions.items():
         publish(tmp_path, env, files, uri)
         assert run_cli(["pull", uri, str(tmp_path / uri.rpartition("/")[2])], env).returncode == 0
-    rng = random.Random(3)
+    cache = tmp_path / "cache"
+    midway = 0
     for _ in range(3):
+        before = count_objects(cache)
         proc = subprocess.Popen(
             [sys.executable, "-m", "dspkg.cli", "cache", "prune", "--max-size", "1MB"],
             env={**os.environ, **env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.2, 0.6))
+        while proc.poll() is None and count_objects(cache) == before:
+            pass  # deletion has not started yet
         proc.kill()
         proc.wait()
+        after = count_objects(cache)
+        if 0 < before - after < before:
+            midway += 1
         assert run_cli(["cache", "verify"], env).returncode == 0
+    assert midway >= 1  # at least one kill landed while objects were being removed
     for uri, files in versions.items():
         dest = tmp_path / f"after-{uri.rpartition('/')[2]}"
         assert run_cli(["pull", uri, str(dest)], env).returncode == 0
@@ -194,15 +212,55 @@ def test_file_changed_through_a_hardlink_is_fetched_again(tmp_path: Path) -> Non
     assert run_cli(["cache", "verify"], env).returncode == 0
 
 
+def test_cp_p_through_a_hardlink_as_root_is_caught(tmp_path: Path) -> None:
+    """Issue 17: ``cp -p`` of one pulled file onto another of the same size writes through
+    the hardlink into the cache and puts back mtime and mode; the ctime still tells."""
+    env = local_env(tmp_path)
+    files = {f"c/{i:03d}.bin": bytes([i]) * 3000 for i in range(40)}
+    publish(tmp_path, env, files)
+    dest = tmp_path / "first"
+    assert run_cli(["pull", URI, str(dest), "--link", "hardlink"], env).returncode == 0
+    victim, source = dest / "c/007.bin", dest / "c/008.bin"
+    time.sleep(1.2)  # beyond the second in which dspkg itself touched the objects
+    subprocess.run(["cp", "-p", str(source), str(victim)], check=True)
+    assert victim.read_bytes() == files["c/008.bin"]  # the cache object changed too
+    second = run_cli(["pull", URI, str(tmp_path / "second"), "--json"], env)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["files_fetched"] == 1
+    assert read_tree(tmp_path / "second") == files
+    assert run_cli(["cache", "verify"], env).returncode == 0
+
+
+def test_a_deleted_destination_costs_a_hash_not_a_download(tmp_path: Path) -> None:
+    env = local_env(tmp_path)
+    files = dataset(200, seed=11)
+    publish(tmp_path, env, files)
+    first = tmp_path / "first"
+    assert run_cli(["pull", URI, str(first), "--link", "hardlink"], env).returncode == 0
+    time.sleep(1.2)
+    subprocess.run(["rm", "-rf", str(first)], check=True)  # moves every object's ctime
+    second = run_cli(["pull", URI, str(tmp_path / "second"), "--json", "--link", "hardlink"], env)
+    doc = json.loads(second.stdout)
+    assert doc["files_fetched"] == 0 and doc["requests"] == 0
+    assert read_tree(tmp_path / "second") == files
+    # Checked again and linked: objects are trusted by one stat from now on.
+    objects = [p for p in (tmp_path / "cache" / "objects").rglob("*") if p.is_file()]
+    assert objects and all(
+        0 <= p.stat().st_ctime_ns - p.stat().st_mtime_ns <= 10**9 for p in objects
+    )
+
+
 def test_verify_reports_and_drops_bad_objects(tmp_path: Path) -> None:
     env = local_env(tmp_path)
     files = dataset(20, seed=7)
     publish(tmp_path, env, files)
     assert run_cli(["pull", URI, str(tmp_path / "d")], env).returncode == 0
     objects = sorted(p for p in (tmp_path / "cache" / "objects").rglob("*") if p.is_file())
+    before = objects[0].stat()
     objects[0].chmod(0o644)
     objects[0].write_bytes(b"rot")
-    os.utime(objects[0], ns=(946_684_800 * 10**9, 946_684_800 * 10**9))  # hide the change
+    os.chmod(objects[0], 0o444)
+    os.utime(objects[0], ns=(before.st_atime_ns, before.st_mtime_ns))  # hide the change
     result = run_cli(["cache", "verify", "--json"], env)
     assert result.returncode == 1
     bad = json.loads(result.stdout)["bad"]

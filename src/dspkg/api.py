@@ -81,6 +81,25 @@ def publish(
     return run_sync(publish_directory(Path(outputs_dir), target, options, progress))
 
 
+def pull_options(
+    settings: Settings,
+    *,
+    link: str | LinkMode = LinkMode.AUTO,
+    jobs: int = Tuning().blob_requests,
+    dry_run: bool = False,
+    refetch: bool | None = None,
+) -> PullOptions:
+    """How to pull, from the settings of the environment and the caller's choices."""
+    return PullOptions(
+        link=LinkMode.parse(str(link)),
+        dry_run=dry_run,
+        refetch=settings.no_data_cache if refetch is None else refetch,
+        max_cache_size=settings.cache_max_size,
+        tuning=Tuning().with_jobs(jobs),
+        speedups=settings.speedups,
+    )
+
+
 def _package_size(text: int | str) -> int:
     size = parse_size(text)
     if size < MIN_PACKAGE_SIZE:
@@ -111,13 +130,7 @@ def pull(
     """
     settings = Settings.from_env(env)
     version = VersionUri.parse(uri)
-    options = PullOptions(
-        link=LinkMode.parse(str(link)),
-        dry_run=dry_run,
-        refetch=settings.no_data_cache if refetch is None else refetch,
-        max_cache_size=settings.cache_max_size,
-        tuning=Tuning().with_jobs(jobs),
-    )
+    options = pull_options(settings, link=link, jobs=jobs, dry_run=dry_run, refetch=refetch)
     source = resolve_store(store, settings, store_options)
     cache = _cache(cache_dir, settings)
     if dry_run:  # reads the cache as it is: nothing is created, locked or written

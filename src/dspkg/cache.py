@@ -9,12 +9,21 @@ Layout under the cache root (``$DSPKG_CACHE`` or the user cache directory)::
     pins/<host>-<pid>-<rand>.json    a version a running pull or job uses (flock held)
     locks/<name>.lock                advisory locks: one download of a package at a time
 
-Correctness never depends on a lock: every file is written under a private temp
-name and renamed into place, so a reader sees a whole object or none, and a
-process killed at any moment leaves only its temp directory, which the next
-process sweeps. A cached object carries a fixed mtime and no write bits; anything
-that wrote to it (through a hardlink, say) changed its mtime or size, so
-:meth:`Cache.lookup` drops it and the pull fetches it again.
+Correctness never depends on a lock: every object appears whole under its name at
+once (a rename of a private temp file, or a link of a finished file), so a reader
+sees a whole object or none, and a process killed at any moment leaves only its temp
+directory, which the next process sweeps.
+
+The tamper check. A pull may hardlink an object into DEST, and then anything that
+writes to the DEST file writes to the object. Objects have no write bits, but root
+ignores them, and tools like ``cp -p`` or ``rsync --inplace -t`` restore the mtime
+after writing. What no tool can set is the inode's change time (ctime): every write,
+chmod, utime, link or unlink moves it to "now". dspkg keeps an object's mtime and
+ctime together: it sets the mtime whenever it creates, links or checks an object, and
+those acts set the ctime too. An object whose ctime has moved away from its mtime has
+been touched by something else since, so it is hashed again before use: kept if its
+bytes still match its name (a DEST deleted, a link added: the common, harmless case),
+dropped and fetched again if not. See :func:`fingerprint_ok`.
 """
 
 from __future__ import annotations
@@ -39,8 +48,9 @@ from dspkg.errors import CacheError, DspkgError
 from dspkg.locks import FileLock, holder_alive
 from dspkg.names import VersionUri
 
-# 2000-01-01T00:00:00Z: every cached object carries this mtime (see module docstring).
-SENTINEL_NS = 946_684_800 * 10**9
+# How far an object's ctime may run ahead of its mtime when only dspkg touched it: its
+# own acts (write then link, link then utime) follow each other within milliseconds.
+CTIME_SLACK_NS = 1_000_000_000
 STALE_FOREIGN_TEMP = 24 * 3600
 
 
@@ -179,9 +189,11 @@ class Cache:
         """Where the object ``sha256`` lives (a plain string: hot loops build millions)."""
         return f"{self._objects_str}/{sha256[:2]}/{sha256[2:]}"
 
-    def lookup(self, sha256: str, size: int, *, drop: bool = True) -> bool:
-        """True if the object is cached and untouched; a changed object is dropped
-        (unless ``drop`` is false: a dry run changes nothing)."""
+    def lookup(self, sha256: str, size: int, *, read_only: bool = False) -> bool:
+        """True if the object is cached with exactly its bytes. One ``stat`` when nothing
+        else touched it since dspkg did; else its bytes are hashed again and the object
+        kept (and marked checked) or dropped. ``read_only`` (a dry run) changes nothing
+        and trusts only untouched objects."""
         path = self.object_path(sha256)
         try:
             info = os.stat(path)
@@ -191,9 +203,23 @@ class Cache:
             raise cache_error(exc, path) from None
         if fingerprint_ok(info, size):
             return True
-        if drop:
-            self.drop(sha256)
+        return not read_only and self.recheck(sha256, size)
+
+    def recheck(self, sha256: str, size: int) -> bool:
+        """Hash an object that something touched: keep it if its bytes match its name
+        (marking it checked now), drop it otherwise. True when kept."""
+        path = self.object_path(sha256)
+        if object_problem(path, sha256, size) is None:
+            self.touch(sha256)
+            return True
+        self.drop(sha256)
         return False
+
+    def touch(self, sha256: str) -> None:
+        """Mark an object as checked now: its mtime and ctime meet again (see module doc).
+        Called after dspkg itself links the object, which moves its ctime."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.object_path(sha256))
 
     def drop(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -216,7 +242,6 @@ class Cache:
             try:
                 for piece in pieces:
                     _write_all(fd, piece)
-                os.utime(fd, ns=(SENTINEL_NS, SENTINEL_NS))
             finally:
                 os.close(fd)
             os.rename(tmp, self.object_path(sha256))
@@ -404,7 +429,7 @@ class ObjectWriter:
         try:
             try:
                 os.fchmod(fd, 0o444)
-                os.utime(fd, ns=(SENTINEL_NS, SENTINEL_NS))
+                os.utime(fd)  # mtime and ctime together (see module doc)
             finally:
                 os.close(fd)
             os.rename(self._tmp, self._cache.object_path(sha256))
@@ -448,12 +473,36 @@ def _temp_owner_alive(entry: Path, host: str) -> bool:
 
 
 def fingerprint_ok(info: os.stat_result, size: int) -> bool:
+    """Whether an object is as dspkg left it: a read-only regular file of the right size
+    whose ctime has not moved away from its mtime (see the module docstring)."""
     return (
         info.st_size == size
-        and info.st_mtime_ns == SENTINEL_NS
         and stat.S_ISREG(info.st_mode)
         and not info.st_mode & 0o222
+        and 0 <= info.st_ctime_ns - info.st_mtime_ns <= CTIME_SLACK_NS
     )
+
+
+def object_problem(path: str, sha256: str, size: int | None = None) -> str | None:
+    """Why the file at ``path`` is not exactly the object ``sha256`` (of ``size`` bytes,
+    when known); None when it is."""
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return "not a regular file"
+            if size is not None and info.st_size != size:
+                return f"has {info.st_size} bytes, expected {size}"
+            digest = hashlib.sha256()
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if digest.hexdigest() != sha256:
+        return "content does not match its sha256"
+    return None
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -14,6 +14,7 @@ from dspkg.errors import InvalidArgument
 from dspkg.sizes import parse_size
 
 TRUTHY = {"1", "yes", "true", "on"}
+FALSY = {"0", "no", "false", "off"}
 
 
 def truthy(value: str | None) -> bool:
@@ -27,6 +28,7 @@ class Settings:
     packaging_gate: bool
     no_data_cache: bool
     cache_max_size: int | None
+    speedups: bool  # the compiled extractor (DSPKG_SPEEDUPS=0 turns it off)
     env: Mapping[str, str]
 
     @classmethod
@@ -47,6 +49,7 @@ class Settings:
             packaging_gate=truthy(env.get("VH_ENABLE_DATASET_VERSION_PACKAGING")),
             no_data_cache=truthy(env.get("VH_NO_DATA_CACHE")),
             cache_max_size=max_size,
+            speedups=(env.get("DSPKG_SPEEDUPS") or "1").strip().lower() not in FALSY,
             env=env,
         )
 

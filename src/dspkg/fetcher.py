@@ -8,9 +8,13 @@ coalesced range) are parsed and dropped. If a package turns out corrupt or hosti
 its files come from their blobs instead when the version has them; otherwise the
 pull fails naming the package and entry.
 
-The event loop only parses; hashing and writing happen in the disk threads, in
-batches of the entries that one network chunk completed, so that file creation runs
-alongside the download instead of after it.
+The event loop only moves bytes: each range's chunks are queued to a
+:class:`_RangeExtractor` that parses, hashes and writes them in a disk thread, one chunk
+after another, so that file creation runs alongside the download instead of after it.
+Verified objects go to a :class:`Sink`: the cache alone by default, or a pull's tree
+builder, which writes each file once where it ends up (see :mod:`dspkg.materialize`).
+A CRC-32 in a local header is not checked: the manifest's SHA-256, which every entry
+must match, already says more.
 """
 
 from __future__ import annotations
@@ -18,20 +22,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import zlib
-from collections import deque
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from dspkg import zipformat as zf
-from dspkg.cache import Cache, ObjectWriter
+from dspkg.cache import Cache, ObjectWriter, cache_error
 from dspkg.concurrency import BoundedTasks
-from dspkg.errors import Integrity, UnsafePackage
+from dspkg.errors import DspkgError, Integrity, UnsafePackage
 from dspkg.layout import blob_key
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.progress import Progress
 from dspkg.pull_plan import FetchPlan, RangeFetch, Tuning, coalesce, header_start
+from dspkg.speedups import bad_entry_type, extractor_type
 from dspkg.store import Store
 from dspkg.zipreader import (
     LocalEntryParser,
@@ -42,24 +47,65 @@ from dspkg.zipreader import (
 
 # Entries at least this big are written to a temp file as they arrive, not held in memory.
 BIG_ENTRY = 8 << 20
-# Bytes handed to the disk threads and not yet written, per range.
-PENDING_BYTES = 4 << 20
+# Chunks of a range downloaded and not yet written (about 1 MiB each).
+PENDING_CHUNKS = 4
 
-OnInsert = Callable[[FileEntry], None]
-
-
-def _nothing(_: FileEntry) -> None:
-    return None
+Pieces = Sequence[bytes | memoryview]
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """A complete small entry waiting to be verified and written."""
+class Sink(Protocol):
+    """Where verified objects go (called from the disk threads)."""
 
-    entry: FileEntry
-    crc32: int | None  # from the local header; None for blobs
-    pieces: Sequence[bytes | memoryview]
-    obj: str
+    # For the compiled extractor: True when it writes each entry where it ends up and
+    # links the cache's name to it; False when it writes a temp file and renames it.
+    links_targets: bool
+
+    def put(self, entry: FileEntry, pieces: Pieces) -> None:
+        """A whole object, verified."""
+
+    def open_object(self, entry: FileEntry) -> ObjectWriter:
+        """A writer for a big object, streamed and verified as it arrives."""
+
+    def committed(self, entry: FileEntry) -> None:
+        """A big object is in the cache now."""
+
+    def targets(self, entry: FileEntry) -> tuple[str, str]:
+        """For the compiled extractor: the file to write, and the cache object it becomes."""
+
+    def placed(self, entry: FileEntry) -> None:
+        """The compiled extractor wrote, verified and placed ``entry``."""
+
+    def os_error(self, exc: OSError) -> DspkgError:
+        """Our error for a failed write or link of the compiled extractor."""
+
+
+class CacheSink:
+    """The cache only: what fills the cache without a tree (mount, prefetch)."""
+
+    links_targets = False
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def targets(self, entry: FileEntry) -> tuple[str, str]:
+        return self.cache.temp_name(), self.cache.object_path(entry.sha256)
+
+    def placed(self, entry: FileEntry) -> None:
+        return None
+
+    def os_error(self, exc: OSError) -> DspkgError:
+        return cache_error(exc, self.cache.root)
+
+    def put(self, entry: FileEntry, pieces: Pieces) -> None:
+        """A whole object, verified."""
+        self.cache.write_object(entry.sha256, pieces)
+
+    def open_object(self, entry: FileEntry) -> ObjectWriter:
+        """A writer for a big object, streamed and verified as it arrives."""
+        return self.cache.object_writer()
+
+    def committed(self, entry: FileEntry) -> None:
+        """A big object is in the cache now."""
 
 
 @dataclass
@@ -80,12 +126,16 @@ class Fetcher:
     disk: Executor
     tuning: Tuning = field(default_factory=Tuning)
     progress: Progress = field(default_factory=Progress)
-    on_insert: OnInsert = _nothing
+    sink: Sink | None = None  # default: the cache alone
+    speedups: bool = True  # the compiled extractor, where it is built
     result: FetchResult = field(default_factory=FetchResult)
     # Ranges of packages found unusable, with why: their files come from blobs instead.
     _failed: list[tuple[RangeFetch, Exception]] = field(default_factory=list)
     _size_checks: dict[int, asyncio.Task[Exception | None]] = field(default_factory=dict)
     _range_slots: asyncio.Semaphore | None = None
+
+    def __post_init__(self) -> None:
+        self._sink: Sink = self.sink or CacheSink(self.cache)
 
     async def run(self, plan: FetchPlan) -> FetchResult:
         # Each package's size is checked alongside its first ranges, not before them: a
@@ -263,86 +313,33 @@ class Fetcher:
     # --- ranges -----------------------------------------------------------------------
 
     async def _fetch_range(self, r: RangeFetch) -> None:
+        """Download a range while a disk thread extracts it, chunk after chunk."""
         loop = asyncio.get_running_loop()
         name = self.store.describe(r.key)
-        wanted = {f.offset: f for f in r.files}
-        parser = LocalEntryParser(r.start, obj=name)
-        current: LocalHeader | None = None
-        entry: FileEntry | None = None
-        pieces: list[memoryview] = []
-        big: _StreamedEntry | None = None
-        pending: deque[tuple[asyncio.Future[tuple[int, int]], int]] = deque()
-        pending_bytes = 0
-        try:
+        compiled = extractor_type() if self.speedups else None
+        extractor: _RangeExtractor | _CompiledExtractor = (
+            _CompiledExtractor(r, name, self._sink, compiled)
+            if compiled is not None
+            else _RangeExtractor(r, name, self._sink)
+        )
+        chunks: asyncio.Queue[memoryview | None] = asyncio.Queue(PENDING_CHUNKS)
+
+        async def download() -> None:
             async for chunk in self.store.stream_range(r.key, r.start, r.end):
-                batch: list[_Item] = []
-                for header, piece, last in parser.feed(chunk):
-                    if header is not current:
-                        current = header
-                        entry = wanted.pop(header.data_offset, None)
-                        pieces = []
-                        big = None
-                        if entry is not None:
-                            _check_header(header, entry, name)
-                            if entry.size >= BIG_ENTRY:
-                                big = _StreamedEntry(entry, header.crc32, name, self.cache)
-                    if entry is not None:
-                        if big is not None:
-                            big.add(piece)
-                            if last:
-                                big.commit()
-                                big = None
-                                self.on_insert(entry)
-                                self._count(1, entry.size)
-                        else:
-                            pieces.append(piece)
-                            if last:
-                                batch.append(_Item(entry, header.crc32, pieces, name))
-                    if last:
-                        current = None
-                if batch:
-                    size = sum(item.entry.size for item in batch)
-                    future = loop.run_in_executor(self.disk, self._insert_batch, batch)
-                    pending.append((future, size))
-                    pending_bytes += size
-                    while pending_bytes > PENDING_BYTES:
-                        pending_bytes -= await self._settle(pending)
-            parser.close()
-            while pending:
-                await self._settle(pending)
+                await chunks.put(chunk)
+            await chunks.put(None)
+
+        async def extract() -> None:
+            while (chunk := await chunks.get()) is not None:
+                self._count(*await loop.run_in_executor(self.disk, extractor.feed, chunk))
+            extractor.close()
+
+        try:
+            async with BoundedTasks(2) as both:
+                await both.spawn(download())
+                await both.spawn(extract())
         finally:
-            if big is not None:
-                big.abort()
-            for future, _ in pending:
-                future.cancel()
-            # Let cancelled or failing writes finish before this range reports back.
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(*(f for f, _ in pending), return_exceptions=True)
-        if wanted:
-            missing = next(iter(wanted.values()))
-            raise UnsafePackage(
-                f"package {name}: no entry for {missing.path!r} at offset {missing.offset}",
-                obj=name,
-                entry=missing.path,
-            )
-
-    async def _settle(self, pending: deque[tuple[asyncio.Future[tuple[int, int]], int]]) -> int:
-        future, size = pending.popleft()
-        self._count(*await future)
-        return size
-
-    def _insert_batch(self, batch: Sequence[_Item]) -> tuple[int, int]:
-        """In a disk thread: verify each entry, insert it into the cache, hand it on."""
-        nbytes = 0
-        for item in batch:
-            check = _Check(item.entry, item.crc32, item.obj)
-            for piece in item.pieces:
-                check.update(piece)
-            check.verify()
-            self.cache.write_object(item.entry.sha256, item.pieces)
-            self.on_insert(item.entry)
-            nbytes += item.entry.size
-        return len(batch), nbytes
+            extractor.abort()
 
     # --- blobs ------------------------------------------------------------------------
 
@@ -350,19 +347,22 @@ class Fetcher:
         key = blob_key(f.sha256)
         name = self.store.describe(key)
         if f.size >= BIG_ENTRY:
-            big = _StreamedEntry(f, None, name, self.cache)
+            big = _StreamedEntry(f, name, self._sink)
             try:
                 async for chunk in self.store.stream_range(key, 0, f.size):
                     big.add(chunk)
                 big.commit()
             finally:
                 big.abort()
-            self.on_insert(f)
             self._count(1, f.size)
             return
         data = await self.store.get_range(key, 0, f.size) if f.size else b""
         # Small enough to write right here: a hand-off to a disk thread costs more.
-        self._count(*self._insert_batch([_Item(f, None, [data], name)]))
+        check = _Check(f, name)
+        check.update(data)
+        check.verify()
+        self._sink.put(f, [data])
+        self._count(1, f.size)
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
@@ -383,18 +383,149 @@ def _check_header(header: LocalHeader, entry: FileEntry, obj: str) -> None:
         )
 
 
+class _RangeExtractor:
+    """Parses, verifies and writes one range's bytes; fed its chunks in order, in a disk
+    thread (one chunk at a time: the caller awaits each before the next)."""
+
+    def __init__(self, r: RangeFetch, obj: str, sink: Sink) -> None:
+        self.obj = obj
+        self.sink = sink
+        self.parser = LocalEntryParser(r.start, obj=obj)
+        self.wanted = {f.offset: f for f in r.files}
+        self.current: LocalHeader | None = None
+        self.entry: FileEntry | None = None
+        self.check: _Check | None = None
+        self.pieces: list[memoryview] = []
+        self.big: _StreamedEntry | None = None
+
+    def feed(self, chunk: memoryview) -> tuple[int, int]:
+        """Extract what ``chunk`` completes; return the files and bytes written."""
+        files = nbytes = 0
+        for header, piece, last in self.parser.feed(chunk):
+            if header is not self.current:
+                self._start(header)
+            entry = self.entry
+            if entry is not None:
+                if self.big is not None:
+                    self.big.add(piece)
+                    if last:
+                        self.big.commit()
+                        self.big = None
+                else:
+                    assert self.check is not None
+                    self.check.update(piece)
+                    self.pieces.append(piece)
+                    if last:
+                        self.check.verify()
+                        self.sink.put(entry, self.pieces)
+                if last:
+                    files += 1
+                    nbytes += entry.size
+            if last:
+                self.current = self.entry = self.check = None
+                self.pieces = []
+        return files, nbytes
+
+    def _start(self, header: LocalHeader) -> None:
+        self.current = header
+        self.entry = entry = self.wanted.pop(header.data_offset, None)
+        if entry is None:
+            return  # a file the plan does not need, inside a coalesced range
+        _check_header(header, entry, self.obj)
+        if entry.size >= BIG_ENTRY:
+            self.big = _StreamedEntry(entry, self.obj, self.sink)
+        else:
+            self.check = _Check(entry, self.obj)
+
+    def close(self) -> None:
+        """Raise unless the range held every entry the plan expects, whole."""
+        self.parser.close()
+        if self.wanted:
+            missing = next(iter(self.wanted.values()))
+            raise UnsafePackage(
+                f"package {self.obj}: no entry for {missing.path!r} at offset {missing.offset}",
+                obj=self.obj,
+                entry=missing.path,
+            )
+
+    def abort(self) -> None:
+        if self.big is not None:
+            self.big.abort()
+            self.big = None
+
+
+class _CompiledExtractor:
+    """:class:`_RangeExtractor`'s work done by ``_speedups.Extractor`` (C): each chunk is
+    parsed, hashed, written and placed without the interpreter, four system calls per
+    file. Same checks, same errors."""
+
+    def __init__(self, r: RangeFetch, obj: str, sink: Sink, compiled: Any) -> None:
+        self.obj = obj
+        self.sink = sink
+        self.files = sorted(r.files, key=lambda f: f.offset or 0)
+        entries = []
+        for f in self.files:
+            target, final = sink.targets(f)
+            entries.append(
+                (
+                    f.offset,
+                    f.size,
+                    bytes.fromhex(f.sha256),
+                    f.path.encode(),
+                    os.fsencode(target),
+                    os.fsencode(final),
+                )
+            )
+        self.native = compiled(r.start, entries, not sink.links_targets)
+        self.done = [False] * len(self.files)
+
+    def feed(self, chunk: memoryview) -> tuple[int, int]:
+        try:
+            finished = self.native.feed(chunk)
+        except bad_entry_type() as exc:
+            raise self._error(exc) from None
+        except OSError as exc:
+            raise self.sink.os_error(exc) from None
+        nbytes = 0
+        for i in finished:
+            f = self.files[i]
+            self.done[i] = True
+            self.sink.placed(f)
+            nbytes += f.size
+        return len(finished), nbytes
+
+    def close(self) -> None:
+        try:
+            self.native.close()
+        except bad_entry_type() as exc:
+            raise self._error(exc) from None
+        if not all(self.done):
+            missing = self.files[self.done.index(False)]
+            raise UnsafePackage(
+                f"package {self.obj}: no entry for {missing.path!r} at offset {missing.offset}",
+                obj=self.obj,
+                entry=missing.path,
+            )
+
+    def abort(self) -> None:
+        self.native.abort()
+
+    def _error(self, exc: Exception) -> Integrity | UnsafePackage:
+        kind, message = exc.args
+        if kind == "integrity":
+            return Integrity(f"{self.obj}: {message}", obj=self.obj)
+        return UnsafePackage(f"package {self.obj}: {message}", obj=self.obj)
+
+
 class _Check:
-    """Size, CRC-32 (from a local header; None for blobs) and sha256 of an entry's bytes,
-    as they arrive, against what the manifest promises."""
+    """Size and sha256 of an entry's bytes, as they arrive, against the manifest."""
 
-    __slots__ = ("crc", "entry", "obj", "sha", "size", "want_crc")
+    __slots__ = ("entry", "obj", "sha", "size")
 
-    def __init__(self, entry: FileEntry, want_crc: int | None, obj: str) -> None:
+    def __init__(self, entry: FileEntry, obj: str) -> None:
         self.entry = entry
-        self.want_crc = want_crc
         self.obj = obj
         self.sha = hashlib.sha256()
-        self.crc = 0
         self.size = 0
 
     def update(self, piece: bytes | memoryview) -> None:
@@ -402,14 +533,10 @@ class _Check:
         if self.size > self.entry.size:
             raise self._error(f"is longer than {self.entry.size} bytes")
         self.sha.update(piece)
-        if self.want_crc is not None:
-            self.crc = zlib.crc32(piece, self.crc)
 
     def verify(self) -> None:
         if self.size != self.entry.size:
             raise self._error(f"has {self.size} bytes, expected {self.entry.size}")
-        if self.want_crc is not None and self.crc != self.want_crc:
-            raise self._error("fails its CRC-32 check")
         if self.sha.hexdigest() != self.entry.sha256:
             raise self._error("does not match its sha256 in the manifest")
 
@@ -418,12 +545,14 @@ class _Check:
 
 
 class _StreamedEntry:
-    """A big entry streamed into a new cache object as it arrives, verified, then committed."""
+    """A big entry streamed into a new cache object as it arrives, verified, committed,
+    then handed to the sink."""
 
-    def __init__(self, entry: FileEntry, want_crc: int | None, obj: str, cache: Cache) -> None:
+    def __init__(self, entry: FileEntry, obj: str, sink: Sink) -> None:
         self.entry = entry
-        self.check = _Check(entry, want_crc, obj)
-        self.writer: ObjectWriter = cache.object_writer()
+        self.sink = sink
+        self.check = _Check(entry, obj)
+        self.writer: ObjectWriter = sink.open_object(entry)
 
     def add(self, piece: bytes | memoryview) -> None:
         self.check.update(piece)
@@ -432,6 +561,7 @@ class _StreamedEntry:
     def commit(self) -> None:
         self.check.verify()
         self.writer.commit(self.entry.sha256)
+        self.sink.committed(self.entry)
 
     def abort(self) -> None:
         self.writer.abort()

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from dspkg.cache import Cache, fingerprint_ok
-from dspkg.errors import DestinationError, InvalidArgument
+from dspkg.cache import Cache, ObjectWriter, cache_error, fingerprint_ok
+from dspkg.errors import DestinationError, DspkgError, InvalidArgument
 from dspkg.manifest import FileEntry
 
 STAGING_PREFIX = ".dspkg-staging-"
@@ -111,10 +111,17 @@ class TreeBuilder:
     """Builds a version's tree in a staging directory inside DEST, then moves it into place.
 
     ``begin`` creates every directory and settles the link mode with a probe (for
-    ``auto``: reflink, then hardlink, then copy); ``link`` may then be called from
-    several threads as objects reach the cache; ``commit`` renames the staged
-    top-level entries into DEST, ``abort`` removes the staging directory.
+    ``auto``: reflink, then hardlink, then copy). The builder is then the fetcher's
+    sink: ``put`` receives the verified bytes of each fetched object (from the disk
+    threads) and makes them appear both in the cache and in the tree; ``link_cached``
+    links objects the cache already holds. ``commit`` renames the staged top-level
+    entries into DEST, ``abort`` removes the staging directory.
+
+    With hardlinks, a fetched file is written once, where it ends up, and the cache's
+    name is a link to it: four system calls per file (open, write, close, link).
     """
+
+    links_targets = False  # settled by the probe: True with hardlinks
 
     def __init__(self, cache: Cache, dest: Path, mode: LinkMode) -> None:
         self.cache = cache
@@ -123,13 +130,18 @@ class TreeBuilder:
         self.mode = mode
         self.staging = dest / f"{STAGING_PREFIX}{secrets.token_hex(4)}"
         self._base = str(self.staging)
+        self._by_sha: dict[str, list[FileEntry]] = {}
+        self.placed_objects: set[str] = set()  # objects put into the tree by this builder
 
     def begin(self, plan: TreePlan) -> None:
+        for f in plan.files:
+            self._by_sha.setdefault(f.sha256, []).append(f)
         try:
             self.staging.mkdir()
             for d in plan.dirs:
                 os.mkdir(f"{self._base}/{d}")
             self.mode = self._probe()
+            self.links_targets = self.mode is LinkMode.HARDLINK
         except OSError as exc:
             self.abort()
             raise self._error(exc) from None
@@ -169,6 +181,71 @@ class TreeBuilder:
             probe.unlink(missing_ok=True)
         raise AssertionError("copy always works")
 
+    # --- the fetcher's sink (called from the disk threads) ------------------------------
+
+    def put(self, entry: FileEntry, pieces: Sequence[bytes | memoryview]) -> None:
+        """Verified bytes of a fetched object: into the cache and into the tree."""
+        group = self._by_sha[entry.sha256]
+        try:
+            if self.mode is LinkMode.HARDLINK:
+                self._write_then_link(entry, group, pieces)
+            else:
+                self.cache.write_object(entry.sha256, pieces)
+                for f in self.link(group):  # gone already (a concurrent prune): write it
+                    _write_file(f"{self._base}/{f.path}", pieces)
+        except OSError as exc:
+            raise self.os_error(exc) from None
+        self.placed_objects.add(entry.sha256)
+
+    def _write_then_link(
+        self, entry: FileEntry, group: Sequence[FileEntry], pieces: Sequence[bytes | memoryview]
+    ) -> None:
+        first = f"{self._base}/{group[0].path}"
+        try:
+            _write_file(first, pieces)
+        except FileExistsError:
+            return  # put in an earlier round
+        with contextlib.suppress(FileExistsError):  # another process cached it meanwhile
+            os.link(first, self.cache.object_path(entry.sha256))
+        for f in group[1:]:
+            os.link(first, f"{self._base}/{f.path}")
+
+    def open_object(self, entry: FileEntry) -> ObjectWriter:
+        """A writer for a big object; once committed, :meth:`committed` links it."""
+        return self.cache.object_writer()
+
+    def committed(self, entry: FileEntry) -> None:
+        missing = self.link(self._by_sha[entry.sha256])
+        if missing:
+            raise MissingObject(missing[0])
+        if self.mode is LinkMode.HARDLINK:
+            self.cache.touch(entry.sha256)
+        self.placed_objects.add(entry.sha256)
+
+    def targets(self, entry: FileEntry) -> tuple[str, str]:
+        """With hardlinks, the compiled extractor writes the entry where it ends up and
+        links the cache's name to it; else it writes a temp file that becomes the object."""
+        final = self.cache.object_path(entry.sha256)
+        if self.links_targets:
+            return f"{self._base}/{self._by_sha[entry.sha256][0].path}", final
+        return self.cache.temp_name(), final
+
+    def placed(self, entry: FileEntry) -> None:
+        group = self._by_sha[entry.sha256]
+        try:
+            if self.links_targets:
+                first = f"{self._base}/{group[0].path}"
+                for f in group[1:]:
+                    with contextlib.suppress(FileExistsError):
+                        os.link(first, f"{self._base}/{f.path}")
+            elif self.link(group):
+                raise MissingObject(entry)  # pruned right away: the next round fetches it
+        except OSError as exc:
+            raise self.os_error(exc) from None
+        self.placed_objects.add(entry.sha256)
+
+    # --- linking what the cache holds ---------------------------------------------------
+
     def link(self, files: Sequence[FileEntry]) -> list[FileEntry]:
         """Make ``files`` appear in the staging tree; return those whose object is gone."""
         linker = _LINKERS[self.mode]
@@ -193,10 +270,12 @@ class TreeBuilder:
         return missing
 
     def link_cached(self, groups: Sequence[Sequence[FileEntry]]) -> list[str]:
-        """Link each group (the files of one object) whose object is cached and intact;
-        return the sha256 of the others. The hot loop of a warm pull: one ``stat`` and
-        one link per file, nothing else."""
+        """Link each group (the files of one object) whose object is cached with its
+        bytes; return the sha256 of the others. The hot loop of a warm pull: a ``stat``
+        and a link per file, and with hardlinks a ``utime`` that marks the object
+        checked again (the link moved its ctime; see the tamper check in the cache)."""
         linker = _LINKERS[self.mode]
+        touch = self.cache.touch if self.mode is LinkMode.HARDLINK else None
         stat = os.stat
         object_path, base = self.cache.object_path, self._base
         absent: list[str] = []
@@ -209,8 +288,7 @@ class TreeBuilder:
             except FileNotFoundError:
                 absent.append(sha)
                 continue
-            if not fingerprint_ok(info, first.size):
-                self.cache.drop(sha)
+            if not fingerprint_ok(info, first.size) and not self.cache.recheck(sha, first.size):
                 absent.append(sha)
                 continue
             for f in group:
@@ -220,6 +298,9 @@ class TreeBuilder:
                     if self.link([f]):  # the careful path: retries, fallbacks, errors
                         absent.append(sha)
                         break
+            else:
+                if touch is not None:
+                    touch(sha)
         return absent
 
     def commit(self) -> None:
@@ -234,6 +315,13 @@ class TreeBuilder:
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
 
+    def os_error(self, exc: OSError) -> DspkgError:
+        """A failed write or link: the cache's fault or DEST's, by the path it names."""
+        where = os.fsdecode(exc.filename) if exc.filename else ""
+        if where.startswith(f"{self.cache.root}/"):
+            return cache_error(exc, self.cache.root)
+        return self._error(exc)
+
     def _error(self, exc: OSError) -> DestinationError:
         if exc.errno == errno.ENOSPC:
             return DestinationError(
@@ -243,6 +331,18 @@ class TreeBuilder:
         return DestinationError(
             f"cannot write to destination {self.dest} ({exc.strerror})", path=str(self.dest)
         )
+
+
+def _write_file(path: str, pieces: Sequence[bytes | memoryview]) -> None:
+    """A new read-only file holding ``pieces`` (it must not exist)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    try:
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _link_retrying(linker: Callable[[str, str], None], src: str, dst: str) -> None:

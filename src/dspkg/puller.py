@@ -37,6 +37,7 @@ class PullOptions:
     dry_run: bool = False
     refetch: bool = False  # ignore what the cache holds (VH_NO_DATA_CACHE)
     max_cache_size: int | None = None  # evict down to this after pulling
+    speedups: bool = True  # the compiled extractor, where it is built
     tuning: Tuning = field(default_factory=Tuning)
 
 
@@ -155,7 +156,7 @@ def _destination_lock(cache: Cache, dest: Path) -> Iterator[None]:
 def _cached(manifest: Manifest, cache: Cache) -> set[str]:
     """The objects of ``manifest`` the cache holds intact (one ``stat`` each; read only)."""
     unique = {f.sha256: f.size for f in manifest.files}
-    return {sha for sha, size in unique.items() if cache.lookup(sha, size, drop=False)}
+    return {sha for sha, size in unique.items() if cache.lookup(sha, size, read_only=True)}
 
 
 async def _fill(
@@ -167,11 +168,12 @@ async def _fill(
     options: PullOptions,
     progress: Progress,
 ) -> tuple[int, tuple[str, ...]]:
-    """Link every cached file into the staging tree, then fetch and link the rest.
+    """Link every cached file into the staging tree, then fetch the rest into both.
 
     Checking and linking cached files is one pass in the disk threads (a warm pull is
-    just that pass); fetched files are linked the moment they enter the cache. An
-    object that vanishes before it is linked (a concurrent prune) is fetched again.
+    just that pass); the builder is the fetcher's sink, so fetched files land in the
+    tree and the cache the moment they are verified. An object that vanishes before it
+    is linked (a concurrent prune) is fetched again.
     """
     loop = asyncio.get_running_loop()
     paths: dict[str, list[FileEntry]] = {}
@@ -187,13 +189,6 @@ async def _fill(
             *(loop.run_in_executor(disk, builder.link_cached, part) for part in parts)
         )
         return {sha for part in done for sha in part}
-
-    inserted: set[str] = set()
-
-    def link_fetched(entry: FileEntry) -> None:
-        if builder.link(paths[entry.sha256]):
-            raise MissingObject(entry)
-        inserted.add(entry.sha256)
 
     missing = set(paths) if options.refetch else await link_cached(list(paths))
     fetched = 0
@@ -211,7 +206,8 @@ async def _fill(
                 disk,
                 tuning=options.tuning,
                 progress=progress,
-                on_insert=link_fetched,
+                sink=builder,
+                speedups=options.speedups,
             )
             outcome = await fetcher.run(plan)
         finally:
@@ -219,7 +215,7 @@ async def _fill(
         fetched += outcome.files
         fallbacks.extend(outcome.fallbacks)
         # Objects another process fetched while this one waited for it, or that vanished.
-        missing = await link_cached([sha for sha in missing if sha not in inserted])
+        missing = await link_cached([sha for sha in missing if sha not in builder.placed_objects])
     raise MissingObject(paths[next(iter(missing))][0])
 
 

@@ -31,14 +31,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from dspkg.api import resolve_store
+from dspkg.api import pull_options, resolve_store
 from dspkg.cache import Cache
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
 from dspkg.errors import DspkgError, RunError
 from dspkg.names import VersionUri
 from dspkg.progress import Progress
-from dspkg.puller import PullOptions
 from dspkg.runner.inputs import (
     DatasetSource,
     InputResult,
@@ -169,10 +168,7 @@ def run_step(
         datasets = None
         if uses_datasets(planned):
             cache = stack.enter_context(Cache(settings.cache_dir))
-            options = PullOptions(
-                refetch=settings.no_data_cache, max_cache_size=settings.cache_max_size
-            )
-            datasets = DatasetSource(store, cache, options)
+            datasets = DatasetSource(store, cache, pull_options(settings))
         inputs = run_sync(
             fetch_inputs(planned, layout.inputs, datasets=datasets, env=env, progress=progress)
         )
