@@ -22,6 +22,7 @@ from dspkg.manifest import Manifest
 from dspkg.store import open_store
 from dspkg.transfer import run_sync
 from dspkg.web.app import create_app
+from dspkg.web.measure import measure
 from dspkg.web.screenshots import png, serve_in_thread
 from dspkg.web.security import check_bind, host_name, is_loopback
 from dspkg.web.views import Limits
@@ -590,3 +591,33 @@ def test_versions_are_read_once_and_aliases_each_time(pets: Published) -> None:
         assert store.stats.requests == before  # a cached exact version needs no request
         c.get("/api/datasets/pets/latest/tree/images")
         assert store.stats.requests > before  # an alias is resolved again
+
+
+def test_pages_and_api_agree(client: TestClient) -> None:
+    """Each page shows what its JSON twin says (both come from one function)."""
+    folder = client.get("/api/datasets/pets/v1/tree/images/cat").json()["folder"]
+    page = client.get("/datasets/pets/v1/tree/images/cat").text
+    for item in folder["items"]:
+        assert f">{html.escape(item['name'])}</a>" in page
+        assert f'title="{item["sha256"]}"' in page
+    version = client.get("/api/datasets/pets/v1").json()
+    page = client.get("/datasets/pets/v1").text
+    assert f"{version['files']:,} (" in page
+    for item in version["folder"]["items"]:
+        assert html.escape(item["name"]) in page
+    diff = client.get("/api/diff?a=dataset://pets/v1&b=dataset://pets/v2").json()
+    page = client.get("/diff?a=dataset://pets/v1&b=dataset://pets/v2").text
+    for item in diff["items"]:
+        assert html.escape(item["path"]) in page
+    for kind in ("added", "removed", "changed", "unchanged"):
+        assert f"{diff[kind]['files']:,} files" in page
+
+
+def test_measure_runs_and_pages_stay_light() -> None:
+    # The million-file measurement at a small size: every page answers, and a folder
+    # page weighs the same at any size (200 entries), far below 200 KB.
+    result = run_sync(measure(3000, repeat=1))
+    assert len(result["pages"]) == 8
+    for page in result["pages"]:
+        assert page["bytes"] < 200_000, page
+    assert sum(result["assets_bytes"].values()) < 20_000

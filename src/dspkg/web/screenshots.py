@@ -62,7 +62,7 @@ def launch(playwright: Playwright, user_data_dir: Path) -> BrowserContext:
         executable_path=CHROMIUM,
         headless=True,
         args=CHROMIUM_ARGS,
-        viewport={"width": 1100, "height": 760},
+        viewport={"width": 1000, "height": 600},
     )
 
 
@@ -179,7 +179,7 @@ def publish_sample(store_url: str, work: Path, env: dict[str, str] | None = None
 PAGES = [
     ("datasets", "/"),
     ("dataset", "/datasets/pets"),
-    ("version", "/datasets/pets/v2#packages"),
+    ("version", "/datasets/pets/v2"),
     ("folder", "/datasets/pets/v2/tree/images/cat"),
     ("file-image", "/datasets/pets/v2/files/images/cat/cat-0002.png"),
     ("file-csv", "/datasets/pets/v2/files/labels.csv"),
@@ -201,8 +201,10 @@ def take(out_dir: Path, work: Path) -> list[Path]:
             page = context.new_page()
             for name, path in PAGES:
                 page.goto(base + path)
+                if name == "version":
+                    page.locator("details#packages summary").click()
                 target = out_dir / f"web-{name}.png"
-                page.screenshot(path=str(target), full_page=False)
+                page.screenshot(path=str(target), full_page=True)
                 written.append(target)
         finally:
             context.close()

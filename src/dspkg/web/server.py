@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
+import sys
 from collections.abc import Callable
 
 import uvicorn
@@ -37,10 +39,12 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     token: str | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the pages of ``store`` until interrupted."""
+    """Serve the pages of ``store`` until interrupted (Ctrl-C or SIGTERM)."""
+    say = say or _say
     check_bind(host, token)
+    _log_to_stderr()
     app = create_app(store, token=token, hosts=None if token else LOOPBACK_NAMES)
     sock = listen(host, port)
     bound_port = sock.getsockname()[1]
@@ -48,4 +52,25 @@ def serve(
     needs = " (every request needs the token)" if token else ""
     say(f"serving {store.url} on http://{shown}:{bound_port}/{needs}; Ctrl-C stops")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises Ctrl-C once it has shut down: a normal stop
+    finally:
+        sock.close()
+    say("stopped")
+
+
+def _log_to_stderr() -> None:
+    """The app's own warnings (an aborted download, an internal error) as one line each."""
+    log = logging.getLogger("dspkg.web")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("dspkg serve: %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def _say(line: str) -> None:
+    # Flushed: uvicorn ends the process with the signal that stopped it, skipping buffers.
+    print(line, flush=True)

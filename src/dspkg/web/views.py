@@ -31,8 +31,9 @@ from dspkg.web.preview import (
 
 T = TypeVar("T")
 MAX_LINEAGE = 50
-# Manifests read at once for the lists of versions (each can be large).
-READ_AT_ONCE = 4
+# Manifests read at once for the lists of versions: each can take hundreds of MB while
+# it is parsed, and parsing holds the GIL anyway.
+READ_AT_ONCE = 2
 
 
 @dataclass(frozen=True)
