@@ -30,6 +30,9 @@ from tests.helpers import write_outputs
 
 HOSTILE_DIR = "<script>alert(1)</script>.jpg"  # a folder "<script>alert(1)<" and a file
 HOSTILE = "<img src=x onerror=alert(1)>.png"
+ODD = "with space/naïve #1?&.txt"  # characters that mean something in a URL
+# Starlette's TestClient decodes "%2520" twice; a real server does not (checked over HTTP).
+PERCENT = "with space/100%20.txt"
 PNG = png(8, 6, lambda x, y: (x * 30, y * 40, 200))
 CSV = b"id,label\n1,cat\n2,dog\n3,<b>bird</b>\n"
 PACKAGING = {"VH_ENABLE_DATASET_VERSION_PACKAGING": "1"}
@@ -48,6 +51,8 @@ def v1_files() -> dict[str, bytes]:
         "empty.txt": b"",
         HOSTILE_DIR: b"<script>alert(2)</script>",
         HOSTILE: b"hostile",
+        ODD: b"odd name\n",
+        PERCENT: b"percent\n",
     }
 
 
@@ -186,7 +191,11 @@ def test_version_page_summary_packages_and_root_folder(pets: Published, client: 
     items = doc["folder"]["items"]
     names = [(i["type"], i["name"]) for i in items]
     # Subfolders first, then files, each by name.
-    assert names[:2] == [("folder", "<script>alert(1)<"), ("folder", "images")]
+    assert names[:3] == [
+        ("folder", "<script>alert(1)<"),
+        ("folder", "images"),
+        ("folder", "with space"),
+    ]
     assert ("file", "labels.csv") in names
     images = next(i for i in items if i["name"] == "images")
     assert images["files"] == 3
@@ -206,11 +215,11 @@ def test_alias_in_the_url_shows_its_version(client: TestClient) -> None:
 def test_folder_pages_are_paged(pets: Published) -> None:
     with pets.client(limits=Limits(per_page=4)) as c:
         root = c.get("/api/datasets/pets/v1").json()["folder"]
-        assert root["entries"] == 2 + 7 and root["pages"] == 3 and len(root["items"]) == 4
+        assert root["entries"] == 3 + 7 and root["pages"] == 3 and len(root["items"]) == 4
         second = c.get("/api/datasets/pets/v1?page=2").json()["folder"]
         third = c.get("/api/datasets/pets/v1?page=3").json()["folder"]
         every = [i["path"] for i in root["items"] + second["items"] + third["items"]]
-        assert every == sorted(every[:2]) + sorted(every[2:]) and len(set(every)) == 9
+        assert every == sorted(every[:3]) + sorted(every[3:]) and len(set(every)) == 10
         page = c.get("/datasets/pets/v1?page=2").text
         assert 'href="?page=1"' in page and 'href="?page=3"' in page
         for item in second["items"]:
@@ -260,6 +269,10 @@ def test_file_page_previews(client: TestClient) -> None:
     assert fake["kind"] == "text"  # decided by the bytes, not the name
     empty = client.get("/api/datasets/pets/v1/files/empty.txt").json()["preview"]
     assert empty["kind"] == "empty"
+    odd = client.get(f"/api/datasets/pets/v1/files/{quote_path(ODD)}").json()
+    assert odd["path"] == ODD and odd["preview"]["lines"] == ["odd name"]
+    folder = client.get("/datasets/pets/v1/tree/with%20space").text
+    assert f'href="/datasets/pets/v1/files/{html.escape(quote_path(ODD))}"' in folder
 
 
 def test_blob_preview_and_download(client: TestClient) -> None:
@@ -279,12 +292,22 @@ def test_large_files_are_not_previewed(pets: Published) -> None:
 
 def test_downloads_are_the_verified_bytes(client: TestClient) -> None:
     files = v1_files()
-    for path in ("images/cat/1.png", "labels.csv", "empty.txt", HOSTILE):
+    for path in ("images/cat/1.png", "labels.csv", "empty.txt", HOSTILE, ODD):
         got = client.get(f"/datasets/pets/v1/download/{quote_path(path)}")
         assert got.status_code == 200, path
         assert got.content == files[path]
         assert got.headers["content-type"] == "application/octet-stream"
         assert got.headers["x-content-type-options"] == "nosniff"
+
+
+def test_percent_in_a_name_over_real_http(pets: Published) -> None:
+    with serve_in_thread(create_app(open_store(pets.url))) as base:
+        folder = httpx.get(f"{base}/datasets/pets/v1/tree/with%20space").text
+        link = f"/datasets/pets/v1/files/{quote_path(PERCENT)}"
+        assert f'href="{link}"' in folder
+        assert httpx.get(base + link.replace("/files/", "/download/")).content == b"percent\n"
+        doc = httpx.get(f"{base}/api{link}").json()
+        assert doc["path"] == PERCENT
 
 
 def test_package_download_is_the_package(pets: Published, client: TestClient) -> None:

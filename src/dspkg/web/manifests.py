@@ -23,7 +23,6 @@ from typing import Any
 
 from dspkg.browse import files_per_package
 from dspkg.catalog import Catalog
-from dspkg.errors import NotFound
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.names import VersionUri
 from dspkg.transfer import run_sync
@@ -84,7 +83,8 @@ class VersionFacts:
 @dataclass
 class Folder:
     """One folder of a version: its subfolders, and its own files as indexes into the
-    manifest (an ``array``: a folder of a million files costs 8 MB, not 36)."""
+    manifest (an ``array``: a folder of a million files costs 8 MB, not 36). Filled in by
+    :func:`build_folders`, then only read."""
 
     path: str
     subfolders: list[str] = field(default_factory=list)
@@ -281,13 +281,3 @@ def _read_view(catalog: Catalog, uri: VersionUri) -> VersionView:
 
 def _read_facts(catalog: Catalog, uri: VersionUri) -> VersionFacts:
     return VersionFacts.of(_read_manifest(catalog, uri))
-
-
-async def dataset_exists(catalog: Catalog, dataset: str) -> bool:
-    return bool(await catalog.versions(dataset)) or bool(await catalog.aliases(dataset))
-
-
-def missing_dataset(catalog: Catalog, dataset: str) -> NotFound:
-    return NotFound(
-        f"dataset {dataset} not found in {catalog.store.url}", uri=f"dataset://{dataset}"
-    )
