@@ -3,6 +3,7 @@ verified previews and downloads, the token and the Host check."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import html
 import json
@@ -17,11 +18,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from dspkg import api
-from dspkg.catalog import blob_key, manifest_key
+from dspkg.catalog import Catalog, blob_key, manifest_key
 from dspkg.manifest import Manifest
+from dspkg.names import VersionUri
 from dspkg.store import open_store
 from dspkg.transfer import run_sync
 from dspkg.web.app import create_app
+from dspkg.web.manifests import ManifestCache
 from dspkg.web.measure import measure
 from dspkg.web.screenshots import png, serve_in_thread
 from dspkg.web.security import check_bind, host_name, is_loopback
@@ -644,3 +647,31 @@ def test_measure_runs_and_pages_stay_light() -> None:
     for page in result["pages"]:
         assert page["bytes"] < 200_000, page
     assert sum(result["assets_bytes"].values()) < 20_000
+
+
+def test_requests_at_once_share_one_manifest_read(pets: Published) -> None:
+    store = open_store(pets.url)
+    cache, catalog = ManifestCache(), Catalog(store)
+
+    async def at_once() -> list[object]:
+        uri = VersionUri("pets", "v1")
+        return list(await asyncio.gather(*(cache.view(catalog, uri) for _ in range(4))))
+
+    views = run_sync(at_once())
+    assert all(v is views[0] for v in views)
+    manifest_bytes = store_file(pets, manifest_key("pets", "v1")).stat().st_size
+    assert store.stats.bytes_down == manifest_bytes  # read once, not four times
+
+
+def test_cache_keeps_recent_versions_within_its_file_budget(pets: Published) -> None:
+    store = open_store(pets.url)
+    catalog = Catalog(store)
+    v1_files_count = len(manifest_of(pets, "pets", "v1").files)
+    cache = ManifestCache(max_files=v1_files_count + 1)
+    for version in ("v1", "v2", "v1"):
+        run_sync(cache.view(catalog, VersionUri("pets", version)))
+    # v2 pushed v1 out (they do not fit together), so v1 was read twice.
+    assert store.stats.bytes_down == (
+        2 * store_file(pets, manifest_key("pets", "v1")).stat().st_size
+        + store_file(pets, manifest_key("pets", "v2")).stat().st_size
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import threading
 from array import array
 from collections import OrderedDict
@@ -195,8 +196,13 @@ class ManifestCache:
         self._views: OrderedDict[Key, VersionView] = OrderedDict()
         self._facts: dict[Key, VersionFacts] = {}
         self._diffs: OrderedDict[tuple[Key, Key], VersionDiff] = OrderedDict()
-        # Requests may run on several threads (test clients, to_thread); keep updates whole.
-        self._lock = threading.Lock()
+        # Requests may run on several threads and event loops (test clients, workers):
+        # keep updates whole. Reads in progress are shared, so that two requests for a
+        # version not yet cached parse its manifest once; they run on this pool, apart
+        # from any request, so a client that goes away does not cancel the others' read.
+        self._lock = threading.RLock()  # re-entered when a read ends before it is awaited
+        self._loading: dict[object, concurrent.futures.Future[Any]] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="dspkg-web")
 
     async def view(self, catalog: Catalog, uri: VersionUri) -> VersionView:
         """The version ``uri`` names (its version part may be an alias)."""
@@ -208,8 +214,7 @@ class ManifestCache:
         cached = self._cached_view(key)
         if cached is not None:
             return cached
-        view = await asyncio.to_thread(_read_view, catalog, exact)
-        self._remember(key, view)
+        view: VersionView = await self._shared(("view", key), _read_view, catalog, exact)
         return view
 
     async def facts(self, catalog: Catalog, dataset: str, version: str) -> VersionFacts:
@@ -222,9 +227,9 @@ class ManifestCache:
             return known
         if view is not None:
             return view.facts
-        facts = await asyncio.to_thread(_read_facts, catalog, VersionUri(dataset, version))
-        with self._lock:
-            self._facts[key] = facts
+        facts: VersionFacts = await self._shared(
+            ("facts", key), _read_facts, catalog, VersionUri(dataset, version)
+        )
         return facts
 
     async def diff(self, catalog: Catalog, a: VersionUri, b: VersionUri) -> VersionDiff:
@@ -247,6 +252,28 @@ class ManifestCache:
             while len(self._diffs) > self.max_diffs:
                 self._diffs.popitem(last=False)
         return result
+
+    async def _shared(self, job: tuple[str, Key], read: Any, *args: Any) -> Any:
+        """``read(*args)`` on the pool, once for all requests asking at the same time."""
+        with self._lock:
+            future = self._loading.get(job)
+            if future is None:
+                future = self._pool.submit(read, *args)
+                self._loading[job] = future
+                future.add_done_callback(lambda done: self._finished(job, done))
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    def _finished(self, job: tuple[str, Key], done: concurrent.futures.Future[Any]) -> None:
+        kind, key = job
+        if not done.cancelled() and done.exception() is None:
+            result = done.result()
+            if kind == "view":
+                self._remember(key, result)
+            else:
+                with self._lock:
+                    self._facts[key] = result
+        with self._lock:
+            self._loading.pop(job, None)
 
     def _cached_view(self, key: Key) -> VersionView | None:
         with self._lock:
