@@ -18,11 +18,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from dspkg import api
-from dspkg.catalog import Catalog, blob_key, manifest_key
+from dspkg.catalog import Catalog
+from dspkg.concurrency import run_sync
+from dspkg.layout import blob_key, manifest_key
 from dspkg.manifest import Manifest
 from dspkg.names import VersionUri
 from dspkg.store import open_store
-from dspkg.transfer import run_sync
 from dspkg.web.app import create_app
 from dspkg.web.manifests import ManifestCache
 from dspkg.web.measure import measure

@@ -24,9 +24,10 @@ from typing import Any
 
 from dspkg.browse import files_per_package
 from dspkg.catalog import Catalog
+from dspkg.concurrency import run_sync
+from dspkg.layout import manifest_key
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.names import VersionUri
-from dspkg.transfer import run_sync
 from dspkg.versiondiff import VersionDiff, diff_files
 
 Key = tuple[str, str, str]
@@ -209,7 +210,7 @@ class ManifestCache:
         cached = self._cached_view(_key(catalog, uri))
         if cached is not None:
             return cached
-        exact = await catalog.resolve(uri)
+        exact = await _resolve(catalog, uri)
         key = _key(catalog, exact)
         cached = self._cached_view(key)
         if cached is not None:
@@ -291,6 +292,14 @@ class ManifestCache:
             while total > self.max_files and len(self._views) > 1:
                 _, dropped = self._views.popitem(last=False)
                 total -= len(dropped.manifest.files)
+
+
+async def _resolve(catalog: Catalog, uri: VersionUri) -> VersionUri:
+    """The exact version ``uri`` names: itself if that version exists (one HEAD, no
+    download), else what its alias says (as :meth:`Catalog.read_manifest` decides)."""
+    if await catalog.store.head(manifest_key(uri.dataset, uri.version)) is not None:
+        return uri
+    return await catalog.resolve_alias(uri)
 
 
 def _key(catalog: Catalog, uri: VersionUri) -> Key:

@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message
 
-from dspkg.catalog import alias_key, manifest_key, package_name
+from dspkg.concurrency import run_sync
+from dspkg.layout import alias_key, manifest_key, package_key, package_name
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
 from dspkg.store import Store, open_store
-from dspkg.transfer import run_sync
 from dspkg.web.app import create_app
 from dspkg.web.manifests import ManifestCache
 
@@ -64,7 +64,7 @@ def make_manifest(version: str, files: int, *, flat: bool, changed_every: int = 
     packages = tuple(
         PackageInfo(
             name=(name := package_name(DATASET, version, k, count)),
-            key=f"packages/{DATASET}/{version}/{name}",
+            key=package_key(DATASET, version, "0" * 16, name),
             size=PER_PACKAGE * (FILE_SIZE + 100) + 1000,
             sha256=digest,
             entries=PER_PACKAGE,

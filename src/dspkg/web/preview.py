@@ -17,8 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dspkg.catalog import blob_key
 from dspkg.errors import Integrity
+from dspkg.layout import blob_key
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.sizes import format_size
 from dspkg.store import Store
