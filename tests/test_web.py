@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from dspkg import api
@@ -29,7 +31,7 @@ from dspkg.web.manifests import ManifestCache
 from dspkg.web.measure import measure
 from dspkg.web.screenshots import png, serve_in_thread
 from dspkg.web.security import check_bind, host_name, is_loopback
-from dspkg.web.views import Limits
+from dspkg.web.views import Limits, lineage_tree
 from tests.helpers import write_outputs
 
 HOSTILE_DIR = "<script>alert(1)</script>.jpg"  # a folder "<script>alert(1)<" and a file
@@ -676,3 +678,42 @@ def test_cache_keeps_recent_versions_within_its_file_budget(pets: Published) -> 
         2 * store_file(pets, manifest_key("pets", "v1")).stat().st_size
         + store_file(pets, manifest_key("pets", "v2")).stat().st_size
     )
+
+
+def _rows(parents: dict[str, str | None]) -> list[dict[str, Any]]:
+    return [
+        {"version": v, "created_at": f"2026-01-{i + 1:02d}", "from": p and f"dataset://d/{p}"}
+        for i, (v, p) in enumerate(parents.items())
+    ]
+
+
+def test_lineage_tree_indents_only_at_branches() -> None:
+    chain = lineage_tree(_rows({"v1": None, "v2": "v1", "v3": "v2"}), "d")
+    assert [(n["version"], n["depth"]) for n in chain] == [("v1", 0), ("v2", 0), ("v3", 0)]
+    fork = lineage_tree(_rows({"v1": None, "a": "v1", "b": "v1", "a2": "a"}), "d")
+    assert [(n["version"], n["depth"]) for n in fork] == [
+        ("v1", 0),
+        ("a", 1),
+        ("a2", 1),
+        ("b", 1),
+    ]
+    cycle = lineage_tree(_rows({"x": "y", "y": "x", "z": "gone"}), "d")
+    assert sorted(n["version"] for n in cycle) == ["x", "y", "z"]
+
+
+@given(st.lists(st.integers(-1, 11), min_size=1, max_size=12))
+def test_lineage_tree_lists_every_version_once(parents: list[int]) -> None:
+    names = [f"v{i}" for i in range(len(parents))]
+    rows = _rows({n: (f"v{p}" if p >= 0 else None) for n, p in zip(names, parents, strict=True)})
+    tree = lineage_tree(rows, "d")
+    assert sorted(n["version"] for n in tree) == sorted(names)
+    where = {n["version"]: i for i, n in enumerate(tree)}
+    for n in tree:  # a parent in the dataset comes before its child, unless in a cycle
+        parent = n["from"] and n["from"].rpartition("/")[2]
+        if parent in where and parent != n["version"] and where[parent] > where[n["version"]]:
+            chain, seen = parent, set()
+            while chain in where and chain not in seen:
+                seen.add(chain)
+                chain = next(r["from"] for r in rows if r["version"] == chain)
+                chain = chain and chain.rpartition("/")[2]
+            assert chain in seen  # only a cycle puts a child first
