@@ -19,6 +19,7 @@ from dspkg.browse import (
     DatasetSummary,
     VersionDetails,
     VersionSummary,
+    compare_versions,
     describe_version,
     list_datasets,
     list_versions,
@@ -37,6 +38,7 @@ from dspkg.puller import PullOptions, PullResult, pull_version
 from dspkg.sizes import format_size, parse_size
 from dspkg.store import Store, open_store
 from dspkg.upkeep import CacheInfo, PruneResult, VerifyResult
+from dspkg.versiondiff import VersionDiff
 
 StoreLike = Store | str | None
 # Smaller packages hold hardly more than their headers; a usage mistake, not a choice.
@@ -180,6 +182,23 @@ def show(
     version = VersionUri.parse(uri)
     source = resolve_store(store, Settings.from_env(env), store_options)
     return run_sync(describe_version(Catalog(source), version))
+
+
+def diff(
+    uri_a: str,
+    uri_b: str,
+    *,
+    store: StoreLike = None,
+    store_options: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> VersionDiff:
+    """Added, removed and changed files from version ``uri_a`` to ``uri_b``, and bytes each way.
+
+    ``uri_a`` and ``uri_b`` may name different datasets, and either may be an alias.
+    """
+    a, b = VersionUri.parse(uri_a), VersionUri.parse(uri_b)
+    source = resolve_store(store, Settings.from_env(env), store_options)
+    return run_sync(compare_versions(Catalog(source), a, b))
 
 
 def _cache(cache_dir: str | Path | None, settings: Settings) -> Cache:

@@ -1,8 +1,9 @@
-"""What ``ls`` and ``show`` report: datasets, their versions, and one version in detail."""
+"""What ``ls``, ``show`` and ``diff`` report: datasets, their versions, one version in detail,
+and what changed between two versions."""
 
 from __future__ import annotations
 
-from collections import Counter
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from dspkg.catalog import Catalog
 from dspkg.layout import LATEST, name_from_key, versions_prefix
 from dspkg.manifest import Manifest
 from dspkg.names import VersionUri
+from dspkg.versiondiff import VersionDiff, diff_files
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class VersionDetails:
 
     def to_json(self, *, files: bool = False) -> dict[str, Any]:
         m = self.manifest
-        used = Counter(f.package for f in m.files if f.package is not None)
+        used = files_per_package(m)
         doc: dict[str, Any] = {
             "uri": str(m.uri),
             "dataset": m.dataset,
@@ -57,7 +59,7 @@ class VersionDetails:
             "bytes": m.total_bytes,
             "aliases": list(self.aliases),
             "blobs": m.blobs,
-            "packaged_files": sum(used.values()),
+            "packaged_files": sum(used),
             "packages": [
                 {
                     "name": p.name,
@@ -82,6 +84,25 @@ class VersionDetails:
                 for f in m.files
             ]
         return doc
+
+
+def files_per_package(manifest: Manifest) -> list[int]:
+    """How many of the version's files each package holds, by package index.
+
+    A package reused from an identical earlier version may hold files of others too,
+    so this can be less than its ``entries``.
+    """
+    used = [0] * len(manifest.packages)
+    for f in manifest.files:
+        if f.package is not None:
+            used[f.package] += 1
+    return used
+
+
+async def compare_versions(catalog: Catalog, a: VersionUri, b: VersionUri) -> VersionDiff:
+    """Added, removed and changed files from ``a`` to ``b`` (either may be an alias)."""
+    first, second = await asyncio.gather(catalog.read_manifest(a), catalog.read_manifest(b))
+    return diff_files(first.files, second.files, a=str(first.uri), b=str(second.uri))
 
 
 async def list_datasets(catalog: Catalog) -> list[DatasetSummary]:

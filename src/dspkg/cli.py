@@ -16,7 +16,7 @@ from typing import Any
 from dspkg import api
 from dspkg._version import __version__
 from dspkg.bench.command import register as register_bench
-from dspkg.cli_args import add_store, positive_int, store_options
+from dspkg.cli_args import add_store, non_negative_int, positive_int, store_options
 from dspkg.cli_args import progress as progress_for
 from dspkg.errors import DspkgError
 from dspkg.materialize import LinkMode
@@ -266,6 +266,74 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(files=args.files, root=args.root)
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    result = api.diff(
+        args.uri_a, args.uri_b, store=args.store, store_options=store_options(args.store_option)
+    )
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    marks = {"added": "+", "removed": "-", "changed": "~"}
+    for c in result.changes:
+        before = format_size(c.a.size) if c.a else ""
+        after = format_size(c.b.size) if c.b else ""
+        sizes = f"{before} -> {after}" if before and after else before or after
+        print(f"{marks[c.kind]} {c.path}  ({sizes})")
+    print(
+        f"{result.a} -> {result.b}: {result.added.files:,} added "
+        f"({format_size(result.added.bytes)}), {result.removed.files:,} removed "
+        f"({format_size(result.removed.bytes)}), {result.changed.files:,} changed, "
+        f"{result.unchanged.files:,} unchanged; {format_size(result.bytes_a_to_b)} new in "
+        f"{result.b}, {format_size(result.bytes_b_to_a)} of {result.a} gone"
+    )
+    return 0
+
+
+def _add_diff_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("diff", help="added, removed and changed files between two versions")
+    p.add_argument("uri_a", help="dataset://<dataset>/<version or alias>: the older one")
+    p.add_argument("uri_b", help="dataset://<dataset>/<version or alias>: the newer one")
+    add_store(p)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_cmd_diff)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dspkg.config import Settings
+    from dspkg.errors import MissingDependency
+    from dspkg.web import WEB_MODULES
+
+    try:
+        from dspkg.web.server import serve
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in WEB_MODULES:
+            raise
+        raise MissingDependency(
+            f"dspkg serve needs the web extra ({exc.name} is missing): pip install 'dspkg[web]'",
+            extra="web",
+        ) from None
+    settings = Settings.from_env()
+    token = args.token or settings.env.get("DSPKG_SERVE_TOKEN") or None
+    store = api.resolve_store(args.store, settings, store_options(args.store_option))
+    serve(store, host=args.host, port=args.port, token=token)
+    return 0
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="web pages and a JSON API for the store's datasets")
+    add_store(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=non_negative_int, default=8000, help="port (default 8000; 0: any free one)"
+    )
+    p.add_argument(
+        "--token",
+        help="require this token on every request (default $DSPKG_SERVE_TOKEN); "
+        "needed with a --host other than loopback",
+    )
+    p.set_defaults(handler=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dspkg",
@@ -328,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_store(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_show)
+
+    _add_diff_parser(sub)
+    _add_serve_parser(sub)
 
     register_bench(sub)
 

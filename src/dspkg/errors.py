@@ -115,3 +115,11 @@ class RunError(DspkgError):
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class MissingDependency(DspkgError):
+    """A command needs an optional part of dspkg that is not installed (an extra)."""
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
