@@ -702,3 +702,35 @@ def test_execution_ids_are_unique_and_time_ordered() -> None:
     assert all(uuid.UUID(i).version == 7 for i in ids)
     first, later = ids[0], new_execution_id()
     assert first[:8] <= later[:8]
+
+
+def test_include_takes_part_of_a_dataset_input(
+    tmp_path: Path, project: Path, run_env: dict[str, str]
+) -> None:
+    root = tmp_path / "vh"
+    make_small(project, run_env, root)  # part/000.txt ... part/019.txt
+    show = ["show", "--root", str(root)]
+    subset = ["--include", "data=part/00*", "--include", "data=part/010.txt"]
+    shown = ok(dspkg_run([*show, *subset, "--exclude", "data=*5.txt"], run_env, cwd=project))
+    assert "input data: 10 files" in shown
+    assert "  part/010.txt = v1-10" in shown and "part/005.txt" not in shown
+    files = json.loads((root / "config" / "inputs.json").read_text())["data"]["files"]
+    names = [f["name"] for f in files]
+    assert names == [f"part/00{i}.txt" for i in range(10) if i != 5] + ["part/010.txt"]
+    assert "-> 10 files" in shown  # the runner's line counts what the input got
+
+    # With filename: a subset of one file is renamed, as a one-file input is.
+    single = ["single", "--root", str(root), "--input", "table=dataset://small/v1"]
+    renamed = ok(dspkg_run([*single, "--include", "table=part/003.txt"], run_env, cwd=project))
+    assert "  table.csv = v1-3" in renamed
+
+    nothing = dspkg_run([*show, "--include", "data=nope/**"], run_env, cwd=project)
+    assert_one_line_error(nothing, "--include 'nope/**' matches no file of dataset://small/v1")
+    unknown = dspkg_run([*show, "--include", "nope=*"], run_env, cwd=project)
+    assert_one_line_error(unknown, "--include nope=...: step 'show' has no input 'nope'")
+    bad = dspkg_run([*show, "--include", "data=[oops"], run_env, cwd=project)
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.strip() == (
+        "dspkg: error: --include '[oops': '[' at position 1 is never closed; "
+        "write '\\[' for a literal ["
+    )

@@ -16,6 +16,7 @@ from dspkg.api import (
     diff,
     publish,
     pull,
+    select,
     show,
     versions,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "errors",
     "publish",
     "pull",
+    "select",
     "show",
     "versions",
 ]

@@ -11,7 +11,7 @@ prints, and raises the errors of :mod:`dspkg.errors`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from dspkg import upkeep
@@ -29,18 +29,25 @@ from dspkg.catalog import Catalog
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
 from dspkg.errors import InvalidArgument, NotFound
+from dspkg.loader import load_manifest
 from dspkg.materialize import LinkMode
 from dspkg.names import SCHEME, VersionUri, parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.publisher import PublishOptions, PublishResult, publish_directory
 from dspkg.pull_plan import Tuning
 from dspkg.puller import PullOptions, PullResult, pull_version
+from dspkg.selection import Selection
+from dspkg.sharding import Shard, parse_shard
 from dspkg.sizes import format_size, parse_size
 from dspkg.store import Store, open_store
+from dspkg.subset import Selected, Subset
 from dspkg.upkeep import CacheInfo, PruneResult, VerifyResult
 from dspkg.versiondiff import VersionDiff
 
 StoreLike = Store | str | None
+Patterns = str | Iterable[str]
+# (rank, world), "RANK/WORLD", or "auto": RANK and WORLD_SIZE from the environment.
+ShardLike = tuple[int, int] | str | None
 # Smaller packages hold hardly more than their headers; a usage mistake, not a choice.
 MIN_PACKAGE_SIZE = 4096
 
@@ -122,6 +129,12 @@ def pull(
     dry_run: bool = False,
     cache_dir: str | Path | None = None,
     refetch: bool | None = None,
+    include: Patterns = (),
+    exclude: Patterns = (),
+    files: Iterable[str] | None = None,
+    shard: ShardLike = None,
+    allow_empty: bool = False,
+    files_name: str = "files",
     store_options: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
@@ -129,16 +142,89 @@ def pull(
     """Make ``dataset://<dataset>/<version-or-alias>`` appear in ``dest`` (absent or empty).
 
     ``refetch`` (default: ``VH_NO_DATA_CACHE``) downloads again what the cache holds.
+    ``include``/``exclude`` (globs), ``files`` (paths of the version) and ``shard``
+    (``(rank, world)``, ``"RANK/WORLD"`` or ``"auto"``) take part of the version, as
+    :func:`select` says; only those files are fetched and linked. ``files_name`` names
+    the list in messages (the command line passes ``--files-from FILE``).
     """
     settings = Settings.from_env(env)
     version = VersionUri.parse(uri)
+    subset = make_subset(include, exclude, files, shard, allow_empty, settings.env, files_name)
     options = pull_options(settings, link=link, jobs=jobs, dry_run=dry_run, refetch=refetch)
     source = resolve_store(store, settings, store_options)
     cache = _cache(cache_dir, settings)
+    pulling = pull_version(version, Path(dest), source, cache, options, progress, subset=subset)
     if dry_run:  # reads the cache as it is: nothing is created, locked or written
-        return run_sync(pull_version(version, Path(dest), source, cache, options, progress))
+        return run_sync(pulling)
     with cache:
-        return run_sync(pull_version(version, Path(dest), source, cache, options, progress))
+        return run_sync(pulling)
+
+
+def select(
+    uri: str,
+    *,
+    include: Patterns = (),
+    exclude: Patterns = (),
+    files: Iterable[str] | None = None,
+    shard: ShardLike = None,
+    allow_empty: bool = False,
+    store: StoreLike = None,
+    cache_dir: str | Path | None = None,
+    store_options: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Selected:
+    """The files of a version that :func:`pull` with the same arguments would take,
+    without fetching them: only the manifest is read (from the cache when it holds it),
+    and nothing is written.
+
+    Globs follow ``.gitignore``: ``*`` stays within a folder, ``**`` crosses folders, a
+    pattern with a ``/`` is anchored at the root, one without matches at any depth, and a
+    matched folder brings everything under it. Includes (patterns and ``files``) pick,
+    then excludes remove. ``shard`` splits the result into contiguous runs balanced by
+    bytes, the same on every machine. A pattern or path that matches nothing, or an
+    empty result, raises :class:`~dspkg.errors.SelectionError` unless ``allow_empty``.
+    """
+    settings = Settings.from_env(env)
+    version = VersionUri.parse(uri)
+    subset = make_subset(include, exclude, files, shard, allow_empty, settings.env)
+    source = resolve_store(store, settings, store_options)
+    cache = _cache(cache_dir, settings)
+    manifest = run_sync(load_manifest(source, cache, version, read_only=True))
+    return Selected.of(manifest, subset)
+
+
+def make_subset(
+    include: Patterns,
+    exclude: Patterns,
+    files: Iterable[str] | None,
+    shard: ShardLike,
+    allow_empty: bool,
+    env: Mapping[str, str],
+    files_name: str = "files",
+) -> Subset:
+    """Check and compile a selection and a shard (a :class:`~dspkg.errors.UsageError`
+    when malformed), before anything is fetched."""
+    selection = Selection.build(
+        _patterns(include),
+        _patterns(exclude),
+        None if files is None else [files] if isinstance(files, str) else list(files),
+        list_name=files_name,
+        allow_empty=allow_empty,
+    )
+    return Subset(selection, _shard(shard, env))
+
+
+def _patterns(patterns: Patterns) -> list[str]:
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def _shard(shard: ShardLike, env: Mapping[str, str]) -> Shard | None:
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        return parse_shard(shard, env)
+    rank, world = shard
+    return Shard(int(rank), int(world))
 
 
 def datasets(

@@ -6,6 +6,7 @@ Layout under the cache root (``$DSPKG_CACHE`` or the user cache directory)::
     tmp/<host>-<pid>-<rand>/         one private directory per running process (.lock inside)
     manifests/<store-id>/<dataset>/<version>.json    copies of immutable manifests
     versions/<store-id>/<dataset>/<version>.json     what a pulled version uses, last use
+    versions/<store-id>/<dataset>/<version>.partial  beside a record of subset pulls only
     pins/<host>-<pid>-<rand>.json    a version a running pull or job uses (flock held)
     locks/<name>.lock                advisory locks: one download of a package at a time
 
@@ -40,9 +41,10 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from dspkg.errors import CacheError, DspkgError
 from dspkg.locks import FileLock, holder_alive
@@ -84,21 +86,21 @@ class VersionRecord:
     nbytes: int
     objects: tuple[str, ...]
     last_used: float
+    partial: bool = False  # only subsets were pulled: these objects are part of the version
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "bytes": self.nbytes,
-                "files": self.files,
-                "last_used": self.last_used,
-                "objects": list(self.objects),
-                "schema_version": 1,
-                "store": self.store,
-                "uri": self.uri,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
+        doc: dict[str, Any] = {
+            "bytes": self.nbytes,
+            "files": self.files,
+            "last_used": self.last_used,
+            "objects": list(self.objects),
+            "schema_version": 1,
+            "store": self.store,
+            "uri": self.uri,
+        }
+        if self.partial:
+            doc["partial"] = True
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> VersionRecord:
@@ -110,6 +112,7 @@ class VersionRecord:
             nbytes=int(doc["bytes"]),
             objects=tuple(str(o) for o in doc["objects"]),
             last_used=float(doc["last_used"]),
+            partial=doc.get("partial") is True,
         )
 
 
@@ -310,11 +313,8 @@ class Cache:
     def record_files(self, store: str, uri: VersionUri) -> tuple[Path, ...]:
         """The files the cache keeps about a version besides its objects."""
         manifest = self._record_path(self.manifests, store, uri)
-        return (
-            self._record_path(self.versions, store, uri),
-            manifest,
-            manifest.with_suffix(".checked"),
-        )
+        record = self._record_path(self.versions, store, uri)
+        return (record, _part_marker(record), manifest, manifest.with_suffix(".checked"))
 
     def load_manifest(self, store: str, uri: VersionUri) -> tuple[bytes, bool] | None:
         """A cached manifest, and whether it is byte for byte the one checked when saved.
@@ -344,24 +344,88 @@ class Cache:
     def record_version(
         self, store: str, uri: VersionUri, *, files: int, nbytes: int, objects: Iterable[str]
     ) -> None:
-        """Note that ``uri`` was used now; its object list is written the first time only."""
+        """Note that ``uri`` was used now; its object list is written the first time only
+        (and again over a record of subsets, see :meth:`record_part`)."""
         path = self._record_path(self.versions, store, uri)
         try:
             os.utime(path)
-            return
+            if not _part_marker(path).exists():
+                return
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise cache_error(exc, self.versions) from None
+        with self.lock(store, "record", str(uri)):
+            self._write_record(path, store, uri, files, nbytes, set(objects), partial=False)
+
+    def record_part(
+        self,
+        store: str,
+        uri: VersionUri,
+        *,
+        objects: Iterable[str],
+        tally: Callable[[set[str]], tuple[int, int, bool]],
+    ) -> None:
+        """Note that a subset of ``uri`` (its ``objects``) was used now.
+
+        The record then lists what every subset pulled so far linked, with a
+        ``.partial`` file beside it, so eviction counts only those objects as held and
+        ``cache info`` says the version is partly held. ``tally(objects)`` gives the
+        version's files and bytes those objects hold and whether that is all of it
+        (then the record becomes a whole one). A record of the whole version already
+        covers any subset: it is only touched.
+        """
+        path = self._record_path(self.versions, store, uri)
+        marker = _part_marker(path)
+        with self.lock(store, "record", str(uri)):
+            held: set[str] = set()
+            try:
+                if not marker.exists():
+                    os.utime(path)  # a whole record
+                    return
+                held = set(VersionRecord.from_json(path.read_bytes()).objects)
+            except FileNotFoundError:
+                pass
+            except (ValueError, KeyError, TypeError):
+                pass  # a damaged record: start again from this subset
+            except OSError as exc:
+                raise cache_error(exc, self.versions) from None
+            union = held | set(objects)
+            if held and union == held:
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+                return
+            files, nbytes, whole = tally(union)
+            if not whole:
+                # The marker first: a crash between the two leaves a marker beside an
+                # older record, which the next pull of either kind rewrites.
+                self._write_atomic(marker, b"")
+            self._write_record(path, store, uri, files, nbytes, union, partial=not whole)
+
+    def _write_record(
+        self,
+        path: Path,
+        store: str,
+        uri: VersionUri,
+        files: int,
+        nbytes: int,
+        objects: set[str],
+        *,
+        partial: bool,
+    ) -> None:
         record = VersionRecord(
             store=store,
             uri=str(uri),
             files=files,
             nbytes=nbytes,
-            objects=tuple(sorted(set(objects))),
+            objects=tuple(sorted(objects)),
             last_used=time.time(),
+            partial=partial,
         )
-        self._write_atomic(self._record_path(self.versions, store, uri), record.to_json())
+        self._write_atomic(path, record.to_json())
+        if not partial:
+            with contextlib.suppress(FileNotFoundError):
+                _part_marker(path).unlink()
 
     def forget_version(self, path: Path, record: VersionRecord) -> None:
         """Remove a version's record and cached manifest (its objects stay)."""
@@ -470,6 +534,11 @@ def _temp_owner_alive(entry: Path, host: str) -> bool:
         return time.time() - entry.stat().st_mtime < STALE_FOREIGN_TEMP
     except OSError:
         return False
+
+
+def _part_marker(record: Path) -> Path:
+    """The file beside a version record that says only subsets were pulled."""
+    return record.with_suffix(".partial")
 
 
 def fingerprint_ok(info: os.stat_result, size: int) -> bool:

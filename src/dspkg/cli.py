@@ -18,12 +18,14 @@ from dspkg._version import __version__
 from dspkg.bench.command import register as register_bench
 from dspkg.cli_args import add_store, non_negative_int, positive_int, store_options
 from dspkg.cli_args import progress as progress_for
-from dspkg.errors import DspkgError
+from dspkg.errors import DspkgError, UsageError
 from dspkg.materialize import LinkMode
 from dspkg.names import parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.pull_plan import Tuning
+from dspkg.puller import PullResult
 from dspkg.runner.command import register as register_run
+from dspkg.selection import parse_list
 from dspkg.sizes import format_size
 
 Handler = Callable[[argparse.Namespace], int]
@@ -35,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except UsageError as exc:
+        _error(str(exc))
+        return 2
     except DspkgError as exc:
         _error(str(exc))
     except KeyboardInterrupt:
@@ -99,20 +104,58 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         store_options=store_options(args.store_option),
         progress=_progress(args),
+        **_subset_options(args),
     )
     if args.json:
         _print_json(result.to_json())
         return 0
     if result.plan is not None:
+        _print_selection(result)
         _print_plan(result.uri, result.plan)
         return 0
+    if result.selected_files != result.files:
+        _print_selection(result)
     print(
-        f"pulled {result.uri} into {result.dest}: {result.files:,} files, "
-        f"{format_size(result.bytes)} ({result.files_from_cache:,} from cache, "
+        f"pulled {result.uri} into {result.dest}: {result.selected_files:,} files, "
+        f"{format_size(result.selected_bytes)} ({result.files_from_cache:,} from cache, "
         f"{result.files_fetched:,} fetched; {format_size(result.bytes_downloaded)} downloaded "
         f"in {result.requests:,} requests) in {result.seconds:.2f} s, link {result.link}"
     )
     return 0
+
+
+def _subset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``api.pull`` keywords from --include, --exclude, --files-from, --shard, --allow-empty.
+    A list that cannot be read is bad usage (exit 2), found before anything is fetched."""
+    files = None
+    name = "--files-from"
+    if args.files_from is not None:
+        name = f"--files-from {'stdin' if args.files_from == '-' else args.files_from}"
+        try:
+            if args.files_from == "-":
+                text = sys.stdin.read()
+            else:
+                with open(args.files_from, encoding="utf-8") as handle:
+                    text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UsageError(f"{name}: cannot read the list ({why})") from None
+        files = list(parse_list(text))
+    return {
+        "include": args.include or (),
+        "exclude": args.exclude or (),
+        "files": files,
+        "files_name": name,
+        "shard": args.shard,
+        "allow_empty": args.allow_empty,
+    }
+
+
+def _print_selection(result: PullResult) -> None:
+    print(
+        f"selected {result.selected_files:,} of {result.files:,} files of {result.uri} "
+        f"({format_size(result.selected_bytes)} of {format_size(result.bytes)})"
+    )
 
 
 def _print_plan(uri: str, plan: dict[str, Any]) -> None:
@@ -203,8 +246,9 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         print(f"  size limit: {limit}")
         for v in info.versions:
             pinned = "  (in use)" if v.pinned else ""
+            part = " (pulled in part)" if v.partial else ""
             print(
-                f"  {v.uri}  {v.files:,} files, {format_size(v.bytes)}, "
+                f"  {v.uri}  {v.files:,} files{part}, {format_size(v.bytes)}, "
                 f"last used {v.to_json()['last_used']}{pinned}  [{v.store}]"
             )
         return 0
@@ -334,6 +378,36 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(handler=_cmd_serve)
 
 
+def _add_subset(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("subsets and shards (see docs/cli.md)")
+    g.add_argument(
+        "--include",
+        action="append",
+        metavar="GLOB",
+        help="take only files matching GLOB (repeatable; gitignore rules: * within a folder, "
+        "** across folders, a matched folder brings what is under it)",
+    )
+    g.add_argument(
+        "--exclude", action="append", metavar="GLOB", help="leave out files matching GLOB"
+    )
+    g.add_argument(
+        "--files-from",
+        metavar="FILE",
+        help="take the paths listed in FILE, one a line ('-' for stdin; # comments)",
+    )
+    g.add_argument(
+        "--shard",
+        metavar="RANK/WORLD",
+        help="take rank RANK's share of WORLD, balanced by bytes and contiguous; 'auto' reads "
+        "RANK and WORLD_SIZE (as torchrun sets them)",
+    )
+    g.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="accept patterns or listed paths that match nothing, and an empty result",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dspkg",
@@ -382,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimates only")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _add_subset(p)
     p.set_defaults(handler=_cmd_pull)
 
     p = sub.add_parser("ls", help="list datasets, or the versions of one dataset")

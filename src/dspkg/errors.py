@@ -36,6 +36,19 @@ class InvalidArgument(DspkgError):
     """A value given by the caller (size, option, directory) cannot be used."""
 
 
+class UsageError(InvalidArgument):
+    """A malformed option, found before anything is fetched: the command line exits 2."""
+
+
+class SelectionError(DspkgError):
+    """A subset that cannot be taken: a pattern or listed path that matches nothing in the
+    version, an empty selection or shard; ``items`` are the patterns or paths at fault."""
+
+    def __init__(self, message: str, *, items: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.items = items
+
+
 class NotFound(DspkgError):
     """A dataset, version, alias or object does not exist."""
 

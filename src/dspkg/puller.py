@@ -22,6 +22,7 @@ from dspkg.names import VersionUri
 from dspkg.progress import Progress
 from dspkg.pull_plan import FetchPlan, Tuning, estimate, plan_fetch
 from dspkg.store import Store
+from dspkg.subset import EVERYTHING, Subset
 from dspkg.upkeep import prune
 
 # Objects can vanish between planning and linking (a concurrent prune); plan again.
@@ -57,6 +58,9 @@ class PullResult:
     fallbacks: tuple[str, ...] = ()
     plan: dict[str, Any] | None = None
     manifest: Manifest | None = field(default=None, compare=False, repr=False)
+    # What the pull took: the whole version unless a selection or shard narrowed it.
+    selected_files: int = 0
+    selected_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -71,6 +75,8 @@ class PullResult:
             "seconds": round(self.seconds, 3),
             "link": self.link,
             "packaged": self.packaged,
+            "selected_files": self.selected_files,
+            "selected_bytes": self.selected_bytes,
         }
         if self.fallbacks:
             doc["fallbacks"] = list(self.fallbacks)
@@ -87,19 +93,25 @@ async def pull_version(
     cache: Cache,
     options: PullOptions = PullOptions(),
     progress: Progress | None = None,
+    subset: Subset = EVERYTHING,
 ) -> PullResult:
     """Make ``uri`` appear in ``dest``; with ``options.dry_run``, only plan it.
+    ``subset`` picks the files to take (default: all of them).
 
     A dry run reads the cache without opening it and writes nothing anywhere.
     """
     progress = progress or Progress()
     started = time.monotonic()
     before = (store.stats.bytes_down, store.stats.requests)
-    manifest = await load_manifest(store, cache, uri, read_only=options.dry_run)
+    version = await load_manifest(store, cache, uri, read_only=options.dry_run)
+    # From here on the manifest lists only the chosen files (its packages stay whole).
+    manifest = subset.view(version)
     if options.dry_run:
         present = set() if options.refetch else _cached(manifest, cache)
         plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
-        return _result(manifest, dest, store, before, started, plan, tuning=options.tuning)
+        return _result(
+            manifest, dest, store, before, started, plan, tuning=options.tuning, version=version
+        )
     with (
         _destination_lock(cache, dest),
         cache.pin(store.url, manifest.uri),
@@ -110,24 +122,48 @@ async def pull_version(
         builder.begin(plan_tree(manifest.files))
         try:
             fetched, fallbacks = await _fill(
-                manifest, store, cache, disk, builder, options, progress
+                manifest, store, cache, disk, builder, options, progress, version
             )
             builder.commit()
         except BaseException:
             builder.abort()
             raise
-        cache.record_version(
-            store.url,
-            manifest.uri,
-            files=len(manifest.files),
-            nbytes=manifest.total_bytes,
-            objects=(f.sha256 for f in manifest.files),
-        )
+        _record_use(cache, store.url, version, manifest)
         if options.max_cache_size is not None:
             prune(cache, options.max_cache_size)  # this version stays: it is pinned
     return _result(
-        manifest, dest, store, before, started, None, builder.mode.value, fallbacks, fetched
+        manifest,
+        dest,
+        store,
+        before,
+        started,
+        None,
+        builder.mode.value,
+        fallbacks,
+        fetched,
+        version=version,
     )
+
+
+def _record_use(cache: Cache, store: str, version: Manifest, taken: Manifest) -> None:
+    """Note the use of ``version`` for LRU eviction. A subset pull records only the
+    objects it linked, merged with what earlier subsets recorded, and never claims the
+    whole version: eviction would otherwise count the rest as held."""
+    if taken is version:
+        cache.record_version(
+            store,
+            version.uri,
+            files=len(version.files),
+            nbytes=version.total_bytes,
+            objects=(f.sha256 for f in version.files),
+        )
+        return
+
+    def tally(objects: set[str]) -> tuple[int, int, bool]:
+        held = [f for f in version.files if f.sha256 in objects]
+        return len(held), sum(f.size for f in held), len(held) == len(version.files)
+
+    cache.record_part(store, version.uri, objects=(f.sha256 for f in taken.files), tally=tally)
 
 
 @contextlib.contextmanager
@@ -167,13 +203,16 @@ async def _fill(
     builder: TreeBuilder,
     options: PullOptions,
     progress: Progress,
+    version: Manifest | None = None,
 ) -> tuple[int, tuple[str, ...]]:
     """Link every cached file into the staging tree, then fetch the rest into both.
 
     Checking and linking cached files is one pass in the disk threads (a warm pull is
     just that pass); the builder is the fetcher's sink, so fetched files land in the
     tree and the cache the moment they are verified. An object that vanishes before it
-    is linked (a concurrent prune) is fetched again.
+    is linked (a concurrent prune) is fetched again. ``version`` is the whole manifest
+    when ``manifest`` lists a subset: the fetcher checks a package's directory against
+    all its files.
     """
     loop = asyncio.get_running_loop()
     paths: dict[str, list[FileEntry]] = {}
@@ -202,7 +241,7 @@ async def _fill(
             fetcher = Fetcher(
                 store,
                 cache,
-                manifest,
+                version or manifest,
                 disk,
                 tuning=options.tuning,
                 progress=progress,
@@ -235,6 +274,7 @@ def _result(
     fetched: int = 0,
     *,
     tuning: Tuning | None = None,
+    version: Manifest | None = None,
 ) -> PullResult:
     """The result of a pull; with a ``plan`` (a dry run), the plan and its estimates."""
     plan_doc = None
@@ -248,11 +288,12 @@ def _result(
             "files_cached": plan.files_cached,
             "estimates": estimate(plan, manifest, tuning or Tuning()),
         }
+    whole = version or manifest
     return PullResult(
         uri=str(manifest.uri),
         dest=str(dest),
-        files=len(manifest.files),
-        bytes=manifest.total_bytes,
+        files=len(whole.files),
+        bytes=whole.total_bytes,
         bytes_downloaded=store.stats.bytes_down - before[0],
         requests=store.stats.requests - before[1],
         files_from_cache=len(manifest.files) - (plan.files_to_fetch if plan else fetched),
@@ -263,4 +304,6 @@ def _result(
         fallbacks=fallbacks,
         plan=plan_doc,
         manifest=manifest,
+        selected_files=len(manifest.files),
+        selected_bytes=manifest.total_bytes,
     )

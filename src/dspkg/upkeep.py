@@ -41,6 +41,7 @@ class VersionUse:
     bytes: int
     last_used: float
     pinned: bool
+    partial: bool = False  # only subsets pulled: files and bytes count what they linked
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class VersionUse:
             "bytes": self.bytes,
             "last_used": _iso(self.last_used),
             "pinned": self.pinned,
+            "partial": self.partial,
         }
 
 
@@ -163,7 +165,15 @@ def info(cache: Cache, max_size: int | None = None) -> CacheInfo:
     uses = tuple(
         sorted(
             (
-                VersionUse(r.uri, r.store, r.files, r.nbytes, r.last_used, (r.store, r.uri) in pins)
+                VersionUse(
+                    r.uri,
+                    r.store,
+                    r.files,
+                    r.nbytes,
+                    r.last_used,
+                    (r.store, r.uri) in pins,
+                    r.partial,
+                )
                 for _, r in records
             ),
             key=lambda v: -v.last_used,

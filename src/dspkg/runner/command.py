@@ -43,6 +43,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="URI for an input instead of its default (repeat for several URIs)",
     )
     p.add_argument(
+        "--include",
+        action="append",
+        metavar="NAME=GLOB",
+        help="take only the files of input NAME's dataset versions that match GLOB "
+        "(repeatable; the globs of dspkg pull --include)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        metavar="NAME=GLOB",
+        help="leave out the files of input NAME's dataset versions that match GLOB",
+    )
+    p.add_argument(
         "--param",
         action="append",
         metavar="NAME=VALUE",
@@ -82,6 +95,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         root=Path(args.root),
         store=args.store,
         store_options=store_options(args.store_option),
+        include=multi_pairs("--include", args.include, "NAME=GLOB"),
+        exclude=multi_pairs("--exclude", args.exclude, "NAME=GLOB"),
     )
     result = run_step(request, progress=progress())
     if result.publish_error:

@@ -66,6 +66,9 @@ class RunRequest:
     root: Path = DEFAULT_ROOT
     store: str | None = None
     store_options: Mapping[str, str] = field(default_factory=dict)
+    # Input name -> globs: which files of its dataset:// versions the input takes.
+    include: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    exclude: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ def run_step(
     step = project.step(request.step)
     values = step.resolve_parameters(request.parameters)
     script = step.build_command(values)
-    planned = plan_inputs(step, request.inputs)
+    planned = plan_inputs(step, request.inputs, request.include, request.exclude)
 
     execution_id = new_execution_id()
     layout = Layout(request.root.expanduser().absolute())

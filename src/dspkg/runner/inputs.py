@@ -26,8 +26,10 @@ from dspkg.progress import Progress
 from dspkg.puller import PullOptions, pull_version
 from dspkg.runner.downloader import InputFile, PlainSource, fetch_plain, is_plain
 from dspkg.runner.step import InputSpec, StepSpec
+from dspkg.selection import Selection
 from dspkg.sizes import format_size
 from dspkg.store import Store
+from dspkg.subset import EVERYTHING, Subset
 
 STAGING = ".dspkg-staging"
 
@@ -38,23 +40,34 @@ class PlannedInput:
 
     spec: InputSpec
     uris: tuple[str, ...]
+    subset: Subset = EVERYTHING  # for its dataset:// URIs (--include/--exclude NAME=GLOB)
 
     @property
     def skipped(self) -> bool:
         return not self.uris
 
 
-def plan_inputs(step: StepSpec, overrides: Mapping[str, Sequence[str]]) -> list[PlannedInput]:
-    """Which URIs each input gets; errors (unknown input, missing URI, bad URI) come here,
-    before anything is fetched or run."""
+def plan_inputs(
+    step: StepSpec,
+    overrides: Mapping[str, Sequence[str]],
+    include: Mapping[str, Sequence[str]] | None = None,
+    exclude: Mapping[str, Sequence[str]] | None = None,
+) -> list[PlannedInput]:
+    """Which URIs each input gets, and which files of its dataset versions
+    (``include``/``exclude``: input name -> globs); errors (unknown input, missing URI,
+    bad URI, a malformed glob) come here, before anything is fetched or run."""
+    include = include or {}
+    exclude = exclude or {}
     names = [i.name for i in step.inputs]
-    for name in overrides:
-        if name not in names:
-            known = ", ".join(names) or "none"
-            raise RunError(
-                f"step {step.name!r} has no input {name!r}; its inputs: {known}",
-                path=str(step.file),
-            )
+    for option, given in (("--input", overrides), ("--include", include), ("--exclude", exclude)):
+        for name in given:
+            if name not in names:
+                known = ", ".join(names) or "none"
+                raise RunError(
+                    f"{option} {name}=...: step {step.name!r} has no input {name!r}; "
+                    f"its inputs: {known}",
+                    path=str(step.file),
+                )
     planned = []
     for spec in step.inputs:
         uris = tuple(overrides.get(spec.name) or spec.defaults)
@@ -66,8 +79,28 @@ def plan_inputs(step: StepSpec, overrides: Mapping[str, Sequence[str]]) -> list[
             )
         for uri in uris:
             _check_uri(spec.name, uri)
-        planned.append(PlannedInput(spec, uris))
+        subset = _subset(step, spec.name, uris, include.get(spec.name), exclude.get(spec.name))
+        planned.append(PlannedInput(spec, uris, subset))
     return planned
+
+
+def _subset(
+    step: StepSpec,
+    name: str,
+    uris: Sequence[str],
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+) -> Subset:
+    """The files to take of each dataset version of input ``name``."""
+    if not include and not exclude:
+        return EVERYTHING
+    if not any(uri.startswith(SCHEME) for uri in uris):
+        raise RunError(
+            f"--include/--exclude {name}=...: input {name!r} of step {step.name!r} gets no "
+            "dataset:// URI; filter object-store inputs with wildcards in the URI instead",
+            path=str(step.file),
+        )
+    return Subset(Selection.build(include or (), exclude or ()))
 
 
 def _check_uri(name: str, uri: str) -> None:
@@ -166,7 +199,7 @@ async def fetch_inputs(
                 part = staging / str(index)
                 if uri.startswith(SCHEME):
                     assert datasets is not None, "uses_datasets() saw this URI"
-                    source = await _pull(uri, part, datasets, progress)
+                    source = await _pull(uri, part, datasets, progress, item.subset)
                 else:
                     source = await _download(name, uri, part, item.spec.keep_directories, env)
                 progress.log(_describe(name, source))
@@ -179,19 +212,27 @@ async def fetch_inputs(
     return results
 
 
-async def _pull(uri: str, dest: Path, datasets: DatasetSource, progress: Progress) -> SourceResult:
+async def _pull(
+    uri: str, dest: Path, datasets: DatasetSource, progress: Progress, subset: Subset
+) -> SourceResult:
     started = time.monotonic()
     pulled = await pull_version(
-        VersionUri.parse(uri), dest, datasets.store, datasets.cache, datasets.options, progress
+        VersionUri.parse(uri),
+        dest,
+        datasets.store,
+        datasets.cache,
+        datasets.options,
+        progress,
+        subset=subset,
     )
-    manifest = pulled.manifest
+    manifest = pulled.manifest  # only the files the subset took
     assert manifest is not None  # every pull that is not a dry run has one
     files = tuple(InputFile(f.path, pulled.uri, f.size, f.sha256) for f in manifest.files)
     return SourceResult(
         uri=uri,
         resolved=pulled.uri,
         files=files,
-        bytes=pulled.bytes,
+        bytes=pulled.selected_bytes,
         dataset=True,
         files_from_cache=pulled.files_from_cache,
         files_fetched=pulled.files_fetched,
