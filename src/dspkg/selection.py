@@ -237,8 +237,6 @@ class Selection:
             for lo, hi in self._spans(files):
                 run = files[lo:hi]
                 runs.append((lo, run, "\n".join([f.path for f in run])))
-        if self.include and not self.allow_empty:
-            self._check_includes([text for _, _, text in runs], where)
         if self.listed is None:
             fused = _line_regex(self.include, self.exclude)  # yields "" for lines not taken
             chosen = tuple(chain.from_iterable(compress(r, fused.findall(t)) for _, r, t in runs))
@@ -252,6 +250,8 @@ class Selection:
             if self.exclude and chosen:
                 kept = _line_regex((), self.exclude)
                 chosen = tuple(compress(chosen, kept.findall("\n".join(f.path for f in chosen))))
+        if self.include and not self.allow_empty:
+            self._check_includes(chosen, [text for _, _, text in runs], where)
         if not chosen and not self.allow_empty:
             raise SelectionError(
                 f"the selection of {where} is empty: {self._describe()} leave no file; "
@@ -303,10 +303,15 @@ class Selection:
             )
         return at
 
-    def _check_includes(self, texts: list[str], where: str) -> None:
-        """Each include pattern must match some path; a search stops at the first."""
+    def _check_includes(self, chosen: Sequence[FileEntry], texts: list[str], where: str) -> None:
+        """Each include pattern must match some path of ``texts``. The chosen files come
+        first, where each pattern usually matches within a few paths; only a pattern
+        whose files were all excluded, or that matches nothing, costs a full search."""
         idle = []
         for p in self.include:
+            one = re.compile(p.regex).fullmatch
+            if any(map(one, map(_PATH, chosen))):
+                continue
             rx = re.compile(f"^(?:{p.regex})$", re.MULTILINE)
             if not any(rx.search(text) for text in texts if text):
                 idle.append(p.text)
