@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import functools
+import threading
 import time
 from collections.abc import Coroutine
 from types import TracebackType
@@ -117,3 +119,50 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+class LoopThread:
+    """A long-lived event loop in a daemon thread, for fronts whose calls arrive from many
+    threads (FUSE callbacks, a reader's clients) and whose work outlives each call
+    (read-ahead keeps going after the read that started it returns).
+
+    :func:`run_sync` is the bridge for one call that runs to completion; this is the
+    bridge for a service. ``call`` blocks the calling thread until the coroutine is done
+    on the loop; ``spawn`` starts one and returns at once.
+    """
+
+    def __init__(self, name: str = "dspkg-loop") -> None:
+        _register_settle()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for its result (never from the loop itself)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        """Cancel what still runs on the loop, stop it and wait for its thread."""
+        if self.loop.is_closed():
+            return
+
+        async def _cancel_all() -> None:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()

@@ -159,6 +159,23 @@ class Fetcher:
         await self._fall_back_to_blobs()
         return self.result
 
+    # --- one range or blob at a time, for callers that coordinate their own requests -------
+
+    async def fetch_range(self, r: RangeFetch) -> None:
+        """Fetch one range into the cache, every wanted entry verified before it enters,
+        without what :meth:`run` adds around ranges (the package lock, the size check, the
+        fallback to blobs): the on-demand core holds its own lease on the package, checks
+        each package once, and decides per file what a failure means."""
+        await self._fetch_range(r)
+
+    async def fetch_blob(self, f: FileEntry) -> None:
+        """Fetch one file from its blob into the cache, verified."""
+        await self._fetch_blob(f)
+
+    async def check_package(self, index: int) -> Exception | None:
+        """Why not to use package ``index`` at all (missing, wrong size), or None."""
+        return await self._check_package(index)
+
     async def _fall_back_to_blobs(self) -> None:
         """Fetch the files of refused packages one by one, when the version has blobs."""
         fallback: list[FileEntry] = []

@@ -1,0 +1,142 @@
+"""Which files to fetch ahead of the one being read (pure: no I/O, no clock).
+
+A mount or a reader sees one file at a time (a FUSE ``open``, a ``v[i]``). Read one by
+one, small files would each cost a round trip; read in storage order (what ``os.walk``
+plus ``read`` does, or a sequential sampler), the files that follow can come in a few
+coalesced ranged GETs instead, as in a pull. Random access must not drag in bytes
+nobody reads, so read-ahead starts only once reads are seen to move forward.
+
+Storage order is per *lane*: each package's files by offset, and one lane for files
+that live only as blobs, in manifest order. A *stream* follows one reader moving
+forward in a lane; several run at once (DataLoader workers, parallel walkers), the
+least recently used is forgotten. A read that lands just behind or inside what a
+stream has planned continues it; its window (bytes kept planned ahead of the reader)
+starts at ``first`` and doubles with every chunk it plans, up to ``most``. Chunks are
+planned when less than half a window lies ahead, so ranges stay long.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from dspkg.manifest import Manifest
+from dspkg.pull_plan import Tuning
+
+# How far behind a stream's furthest read (in files) a read still counts as continuing
+# it: readers in parallel finish files a little out of order.
+TRIGGER = 8
+# Streams remembered at once.
+STREAMS = 16
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """Every file's lane and position, and each lane's files in storage order."""
+
+    lane: tuple[int, ...]  # by manifest index
+    position: tuple[int, ...]  # by manifest index
+    files: tuple[tuple[int, ...], ...]  # by lane: manifest indices in storage order
+    ends: tuple[tuple[int, ...], ...]  # by lane: bytes of positions [0, p) at [p]
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Lanes:
+        by_lane: dict[int, list[int]] = {}
+        blob_lane = len(manifest.packages)
+        for i, f in enumerate(manifest.files):
+            by_lane.setdefault(blob_lane if f.package is None else f.package, []).append(i)
+        lanes = sorted(by_lane)
+        lane = [0] * len(manifest.files)
+        position = [0] * len(manifest.files)
+        files: list[tuple[int, ...]] = []
+        ends: list[tuple[int, ...]] = []
+        for number, key in enumerate(lanes):
+            members = by_lane[key]
+            if key != blob_lane:
+                members.sort(key=lambda i: manifest.files[i].offset or 0)
+            total = 0
+            sums = [0]
+            for p, i in enumerate(members):
+                lane[i] = number
+                position[i] = p
+                total += manifest.files[i].size
+                sums.append(total)
+            files.append(tuple(members))
+            ends.append(tuple(sums))
+        return cls(tuple(lane), tuple(position), tuple(files), tuple(ends))
+
+
+@dataclass
+class _Stream:
+    lane: int
+    next: int  # one past the furthest position read
+    ahead: int  # one past the furthest position planned
+    window: int  # bytes to keep planned ahead of ``next``
+    used: int  # when it was last continued, for forgetting
+
+
+class ReadAhead:
+    """Turns each read into the files to fetch ahead of it. Not thread-safe: one owner
+    (the on-demand core's event loop) calls it."""
+
+    def __init__(
+        self,
+        lanes: Lanes,
+        *,
+        first: int,
+        most: int,
+        trigger: int = TRIGGER,
+        streams: int = STREAMS,
+    ) -> None:
+        self.lanes = lanes
+        self.first = max(first, 1)
+        self.most = max(most, self.first)
+        self.trigger = trigger
+        self.max_streams = streams
+        self._streams: list[_Stream] = []
+        self._tick = 0
+
+    @classmethod
+    def for_tuning(cls, lanes: Lanes, tuning: Tuning) -> ReadAhead:
+        """Windows from the pull's network assumptions: the first chunk is worth a round
+        trip (at least a bandwidth-delay product), the largest keeps every ranged GET
+        the pull would run in flight."""
+        return cls(lanes, first=2 * tuning.gap_bytes, most=tuning.range_requests * tuning.min_range)
+
+    def on_read(self, index: int) -> list[int]:
+        """Note a read of file ``index``; the files to fetch ahead of it, in storage order
+        (never ``index`` itself, and each file at most once over the stream's life)."""
+        self._tick += 1
+        lane = self.lanes.lane[index]
+        pos = self.lanes.position[index]
+        stream = self._continued(lane, pos)
+        if stream is None:
+            self._remember(_Stream(lane, pos + 1, pos + 1, 0, self._tick))
+            return []
+        stream.used = self._tick
+        stream.next = max(stream.next, pos + 1)
+        stream.ahead = max(stream.ahead, stream.next)
+        ends = self.lanes.ends[lane]
+        planned = ends[stream.ahead] - ends[stream.next]
+        if stream.window and planned * 2 >= stream.window:
+            return []
+        stream.window = min(max(stream.window * 2, self.first), self.most)
+        # The furthest position whose bytes still fit in the window after ``next``.
+        end = bisect.bisect_right(ends, ends[stream.next] + stream.window) - 1
+        end = min(max(end, stream.ahead + 1), len(ends) - 1)
+        chosen = self.lanes.files[lane][stream.ahead : end]
+        stream.ahead = max(stream.ahead, end)
+        return list(chosen)
+
+    def _continued(self, lane: int, pos: int) -> _Stream | None:
+        for stream in self._streams:
+            if stream.lane != lane:
+                continue
+            if stream.next - self.trigger <= pos < max(stream.next, stream.ahead) + self.trigger:
+                return stream
+        return None
+
+    def _remember(self, stream: _Stream) -> None:
+        if len(self._streams) >= self.max_streams:
+            self._streams.remove(min(self._streams, key=lambda s: s.used))
+        self._streams.append(stream)
