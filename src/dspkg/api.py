@@ -11,7 +11,7 @@ prints, and raises the errors of :mod:`dspkg.errors`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from dspkg import upkeep
@@ -24,13 +24,16 @@ from dspkg.browse import (
     list_datasets,
     list_versions,
 )
-from dspkg.cache import Cache
+from dspkg.cache import Cache, store_id
 from dspkg.catalog import Catalog
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
 from dspkg.errors import InvalidArgument, NotFound
 from dspkg.loader import load_manifest
+from dspkg.manifest import Manifest
 from dspkg.materialize import LinkMode
+from dspkg.mounting import MountSummary, mount_argv, require_fuse, serve, start_mount
+from dspkg.mounting import unmount as unmount_point
 from dspkg.names import SCHEME, VersionUri, parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.publisher import PublishOptions, PublishResult, publish_directory
@@ -332,3 +335,63 @@ def cache_clear(
     """Remove everything the cache holds."""
     with _cache(cache_dir, Settings.from_env(env)) as cache:
         return upkeep.clear(cache)
+
+
+def mount(
+    uri: str,
+    mountpoint: str | Path,
+    *,
+    store: StoreLike = None,
+    prefetch: bool = False,
+    cache_dir: str | Path | None = None,
+    store_options: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    log: Callable[[str], None] = lambda line: None,
+    on_ready: Callable[[Manifest], None] = lambda manifest: None,
+) -> MountSummary:
+    """Mount ``uri`` read-only at ``mountpoint`` and serve it until it is unmounted
+    (``dspkg unmount``, SIGINT or SIGTERM); files are fetched when first opened.
+
+    Raises :class:`~dspkg.errors.MountError` where FUSE is unavailable.
+    """
+    settings = Settings.from_env(env)
+    version = VersionUri.parse(uri)
+    require_fuse(str(mountpoint))
+    source = resolve_store(store, settings, store_options)
+    with _cache(cache_dir, settings) as cache:
+        return serve(
+            version, Path(mountpoint), source, cache, prefetch=prefetch, log=log, on_ready=on_ready
+        )
+
+
+def mount_background(
+    uri: str,
+    mountpoint: str | Path,
+    *,
+    store: str | None = None,
+    prefetch: bool = False,
+    store_options: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, Path]:
+    """Start ``dspkg mount`` as a background process; return its pid and log file once
+    the mount is ready (or raise its error)."""
+    settings = Settings.from_env(env)
+    VersionUri.parse(uri)
+    require_fuse(str(mountpoint))
+    point = Path(mountpoint).absolute()
+    argv = mount_argv(
+        uri,
+        point,
+        store=store or settings.store_url,
+        store_options=store_options,
+        prefetch=prefetch,
+    )
+    log = Cache(settings.cache_dir).log_file(f"mount-{store_id(str(point))}.log")
+    with log.open("ab") as output:
+        started = start_mount(argv, point, env=settings.env, output=output, detach=True)
+    return started.proc.pid, log
+
+
+def unmount(mountpoint: str | Path) -> None:
+    """Unmount a dspkg mount (also one whose process was killed)."""
+    unmount_point(Path(mountpoint).absolute())

@@ -264,6 +264,15 @@ class Cache:
             for entry in os.scandir(sub):
                 yield sub.name + entry.name, Path(entry.path)
 
+    def log_file(self, name: str) -> Path:
+        """Where a background process (a mount) writes its log: ``logs/<name>``."""
+        logs = self.root / "logs"
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise cache_error(exc, logs) from None
+        return logs / name
+
     # --- locks and pins ---------------------------------------------------------------
 
     def lock(self, *parts: str) -> FileLock:

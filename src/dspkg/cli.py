@@ -19,7 +19,9 @@ from dspkg.bench.command import register as register_bench
 from dspkg.cli_args import add_store, non_negative_int, positive_int, store_options
 from dspkg.cli_args import progress as progress_for
 from dspkg.errors import DspkgError, UsageError
+from dspkg.manifest import Manifest
 from dspkg.materialize import LinkMode
+from dspkg.mounting import announce_ready, exit_with_parent
 from dspkg.names import parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.pull_plan import Tuning
@@ -304,6 +306,56 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mount(args: argparse.Namespace) -> int:
+    options = store_options(args.store_option)
+    if args.background:
+        pid, log_file = api.mount_background(
+            args.uri,
+            args.mountpoint,
+            store=args.store,
+            prefetch=args.prefetch,
+            store_options=options,
+        )
+        print(
+            f"mounted {args.uri} at {args.mountpoint} (process {pid}, log {log_file}); "
+            f"stop it with dspkg unmount {args.mountpoint}"
+        )
+        return 0
+    if args.exit_with_parent:
+        exit_with_parent()
+
+    def log(line: str) -> None:
+        print(f"dspkg mount: {line}", file=sys.stderr, flush=True)
+
+    def ready(manifest: Manifest) -> None:
+        print(
+            f"mounted {manifest.uri} at {args.mountpoint}: {len(manifest.files):,} files, "
+            f"{format_size(manifest.total_bytes)}; Ctrl-C or dspkg unmount {args.mountpoint} "
+            "to stop",
+            flush=True,
+        )
+        if args.ready_fd is not None:
+            announce_ready(args.ready_fd)
+
+    summary = api.mount(
+        args.uri,
+        args.mountpoint,
+        store=args.store,
+        prefetch=args.prefetch,
+        store_options=options,
+        log=log,
+        on_ready=ready,
+    )
+    print(summary.describe(), flush=True)
+    return 0
+
+
+def _cmd_unmount(args: argparse.Namespace) -> int:
+    api.unmount(args.mountpoint)
+    print(f"unmounted {args.mountpoint}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dspkg.demo import run_demo
 
@@ -474,6 +526,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_diff_parser(sub)
     _add_serve_parser(sub)
+
+    p = sub.add_parser("mount", help="mount a version read-only; files are fetched when opened")
+    p.add_argument("uri", help="dataset://<dataset>/<version or alias>")
+    p.add_argument("mountpoint", help="directory to mount on (created if absent)")
+    add_store(p)
+    p.add_argument(
+        "--prefetch", action="store_true", help="fill the cache with the whole version meanwhile"
+    )
+    p.add_argument(
+        "--background", action="store_true", help="return once mounted; serve from a process"
+    )
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=_cmd_mount)
+
+    p = sub.add_parser("unmount", help="unmount a dspkg mount")
+    p.add_argument("mountpoint")
+    p.set_defaults(handler=_cmd_unmount)
 
     register_bench(sub)
 

@@ -136,3 +136,11 @@ class MissingDependency(DspkgError):
     def __init__(self, message: str, *, extra: str) -> None:
         super().__init__(message)
         self.extra = extra
+
+
+class MountError(DspkgError):
+    """A version cannot be mounted or unmounted here (no FUSE, a bad or busy mount point)."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path

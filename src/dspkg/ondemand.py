@@ -48,6 +48,9 @@ PATIENCE = 10.0
 # vanishing (a prune racing us).
 ROUNDS = 4
 
+# Packages whose size is checked at start (the rest when first used).
+EAGER_CHECKS = 64
+
 Log = Callable[[str], None]
 
 
@@ -125,6 +128,16 @@ class OnDemand:
             obj=f.path,
         )
 
+    async def start(self, *, prefetch: bool = False) -> None:
+        """Check every package's size in the background right away (the first read then
+        waits for no extra round trip); with ``prefetch``, start filling the cache."""
+        self._loop = asyncio.get_running_loop()
+        for package in range(min(len(self.manifest.packages), EAGER_CHECKS)):
+            if package not in self._checks:
+                self._checks[package] = asyncio.create_task(self.fetcher.check_package(package))
+        if prefetch:
+            self._spawn(self.prefetch())
+
     async def prefetch(self) -> None:
         """Fill the cache with the whole version, range by range, in the background of
         demand reads (which never wait for a range that has not started)."""
@@ -145,10 +158,6 @@ class OnDemand:
                 for r in coalesce(self.manifest, package, files, self.tuning):
                     jobs.append(self._range_job(package, r.files, early=False))
         await asyncio.gather(*jobs)
-
-    def start_prefetch(self) -> None:
-        """:meth:`prefetch` as a background task of this core (call on its loop)."""
-        self._spawn(self.prefetch())
 
     async def close(self) -> None:
         """Cancel read-ahead and prefetch, wait for them, release every lease."""
