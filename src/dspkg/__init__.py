@@ -14,10 +14,13 @@ from dspkg.api import (
     cache_verify,
     datasets,
     diff,
+    mount,
+    open_version,
     publish,
     pull,
     select,
     show,
+    unmount,
     versions,
 )
 
@@ -30,9 +33,12 @@ __all__ = [
     "datasets",
     "diff",
     "errors",
+    "mount",
+    "open_version",
     "publish",
     "pull",
     "select",
     "show",
+    "unmount",
     "versions",
 ]

@@ -39,6 +39,7 @@ from dspkg.progress import Progress
 from dspkg.publisher import PublishOptions, PublishResult, publish_directory
 from dspkg.pull_plan import Tuning
 from dspkg.puller import PullOptions, PullResult, pull_version
+from dspkg.reader import VersionReader, start_reader
 from dspkg.selection import Selection
 from dspkg.sharding import Shard, parse_shard
 from dspkg.sizes import format_size, parse_size
@@ -395,3 +396,39 @@ def mount_background(
 def unmount(mountpoint: str | Path) -> None:
     """Unmount a dspkg mount (also one whose process was killed)."""
     unmount_point(Path(mountpoint).absolute())
+
+
+def open_version(
+    uri: str,
+    *,
+    store: StoreLike = None,
+    cache_dir: str | Path | None = None,
+    store_options: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> VersionReader:
+    """A version's files to read without pulling it: ``files()``, ``open(path)``,
+    ``read(path)``, and ``len(v)`` / ``v[i]`` (bytes of the i-th file in manifest order) as
+    a map-style dataset. Files are fetched into the shared cache when first read and
+    verified before any byte is returned. Safe in threads and in forked workers.
+
+    ``store`` is a URL (or a :class:`Store`, whose URL is used: the fetching runs in a
+    helper process with a connection of its own); ``memory://`` stores cannot be read.
+    """
+    settings = Settings.from_env(env)
+    VersionUri.parse(uri)
+    url = store.url if isinstance(store, Store) else store or settings.store_url
+    if url.startswith("memory:"):
+        raise InvalidArgument(
+            f"open_version cannot read {url}: a memory store lives in one process and the "
+            "reader fetches from a helper process; use a file:// or object store"
+        )
+    cache = Path(cache_dir) if cache_dir else settings.cache_dir
+    with Cache(cache):  # creates the cache's directories
+        pass
+    return start_reader(
+        uri,
+        store_url=url,
+        store_options=dict(store_options or {}),
+        cache_root=cache,
+        env=dict(settings.env),
+    )

@@ -6,12 +6,26 @@ The command line prints ``dspkg: error: <str(exc)>`` and exits 1 for any
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DspkgError(Exception):
     """Root of dspkg's errors; ``str(exc)`` is a one-line message for the user."""
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take keyword-only fields, which pickle's default cannot pass: errors
+        # must cross process boundaries intact (multiprocessing pools, DataLoader workers).
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+def _rebuild(cls: type[DspkgError], message: str, fields: dict[str, Any]) -> DspkgError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(fields)
+    return exc
 
 
 class InvalidName(DspkgError):
