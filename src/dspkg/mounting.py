@@ -109,8 +109,10 @@ def _unescape(text: str) -> str:
 
 
 def _stale(path: Path) -> bool:
+    # statfs always reaches the file system's process; a stat could be answered from the
+    # kernel's cache of attributes, which a mount keeps for a day.
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
@@ -201,7 +203,8 @@ class MountSummary:
         return (
             f"unmounted {self.uri} from {self.mountpoint} after {self.seconds:.1f} s: "
             f"{self.files_fetched:,} of {self.files:,} files fetched{refused} "
-            f"({format_size(self.bytes_downloaded)} downloaded in {self.requests:,} requests)"
+            f"({format_size(self.bytes_downloaded)} = {self.bytes_downloaded:,} bytes downloaded "
+            f"in {self.requests:,} requests)"
         )
 
 
@@ -260,7 +263,7 @@ def serve(
         mountpoint=str(mountpoint),
         files=len(manifest.files),
         bytes=manifest.total_bytes,
-        files_fetched=core.fetcher.result.files,
+        files_fetched=core.fetched,
         bytes_downloaded=store.stats.bytes_down,
         requests=store.stats.requests,
         refused=len(core.bad_files),

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +101,8 @@ class OnDemand:
         self._blob_slots = asyncio.Semaphore(self.tuning.blob_requests)
         self._demand_slots = asyncio.Semaphore(DEMAND_REQUESTS)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._counting = threading.Lock()
+        self.fetched = 0  # objects this core put into the cache
 
     # --- the front's entry points ---------------------------------------------------------
 
@@ -229,10 +233,10 @@ class OnDemand:
                     if not own:
                         return
                 await self._fetch_files(package, [f for f, _ in own])
-        except (DspkgError, OSError) as exc:
+        except (DspkgError, OSError):
             # Not a verdict on any one file: readers fetch theirs alone, and only a file
-            # that fails on its own is refused.
-            self.log(f"read-ahead stopped: {exc}")
+            # that fails on its own is refused (and logged).
+            pass
         finally:
             self._settle(own)
 
@@ -263,8 +267,9 @@ class OnDemand:
             problem = await asyncio.shield(check)
             if problem is not None:
                 raise problem
-            for r in coalesce(self.manifest, package, missing, self.tuning):
-                await self.fetcher.fetch_range(r)
+            for run in self._runs(missing):
+                for r in coalesce(self.manifest, package, run, self.tuning):
+                    await self.fetcher.fetch_range(r)
         finally:
             self._end_turn(package)
 
@@ -292,6 +297,26 @@ class OnDemand:
         lease.users -= 1
         if lease.users == 0:
             lease.lock.release()
+
+    def _runs(self, files: Sequence[FileEntry]) -> list[list[FileEntry]]:
+        """``files`` (of one package) cut where a file between them is not among them: a
+        range never spans a file that is cached or that another fetch is bringing, so no
+        byte is downloaded twice (at the price of a request now and then)."""
+        index = self._index_of
+        ordered = sorted(files, key=lambda f: self.lanes.position[index[f.path]])
+        runs: list[list[FileEntry]] = []
+        last = -2
+        for f in ordered:
+            pos = self.lanes.position[index[f.path]]
+            if pos != last + 1:
+                runs.append([])
+            runs[-1].append(f)
+            last = pos
+        return runs
+
+    @functools.cached_property
+    def _index_of(self) -> dict[str, int]:
+        return {f.path: i for i, f in enumerate(self.manifest.files)}
 
     def _missing(self, files: Sequence[FileEntry]) -> list[FileEntry]:
         return [f for f in files if not self.cache.lookup(f.sha256, f.size)]
@@ -322,6 +347,8 @@ class OnDemand:
     def _inserted(self, entry: FileEntry) -> None:
         """Called by the fetcher (in a disk thread) once an object is in the cache: wake
         its waiters now rather than when the whole range is done."""
+        with self._counting:
+            self.fetched += 1
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closing

@@ -171,7 +171,9 @@ def run_step(
         datasets = None
         if uses_datasets(planned):
             cache = stack.enter_context(Cache(settings.cache_dir))
-            datasets = DatasetSource(store, cache, pull_options(settings))
+            datasets = DatasetSource(store, cache, pull_options(settings), request.store_options)
+            # On-demand inputs stay mounted until the command ends, however it ends.
+            stack.callback(_stop_mounts, datasets)
         inputs = run_sync(
             fetch_inputs(planned, layout.inputs, datasets=datasets, env=env, progress=progress)
         )
@@ -197,6 +199,11 @@ def run_step(
     except (DspkgError, OSError) as exc:
         error = str(exc) if isinstance(exc, DspkgError) else _os_error(exc)
     return RunResult(execution_id, step.name, status, tuple(inputs), outputs, error)
+
+
+def _stop_mounts(datasets: DatasetSource) -> None:
+    for mount in reversed(datasets.mounts):
+        mount.stop()
 
 
 def command_environment(

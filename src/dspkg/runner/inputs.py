@@ -15,12 +15,14 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from dspkg.cache import Cache
 from dspkg.errors import InvalidName, RunError
+from dspkg.loader import load_manifest
+from dspkg.mounting import MountProcess, fuse_problem, mount_argv, start_mount
 from dspkg.names import SCHEME, VersionUri
 from dspkg.progress import Progress
 from dspkg.puller import PullOptions, pull_version
@@ -134,6 +136,7 @@ class SourceResult:
     files_fetched: int = 0
     bytes_downloaded: int = 0
     seconds: float = 0.0
+    mounted: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,11 +170,14 @@ class InputResult:
 
 @dataclass
 class DatasetSource:
-    """Where ``dataset://`` inputs come from: the store, the cache and the pull options."""
+    """Where ``dataset://`` inputs come from: the store, the cache and the pull options;
+    ``mounts`` collects the mounts of on-demand inputs, which the caller stops."""
 
     store: Store
     cache: Cache
     options: PullOptions
+    store_options: Mapping[str, str] = field(default_factory=dict)
+    mounts: list[MountProcess] = field(default_factory=list)
 
 
 async def fetch_inputs(
@@ -193,6 +199,11 @@ async def fetch_inputs(
                 progress.log(f"input {name}: skipped (optional, no URI given)")
                 results.append(InputResult(name, directory, (), skipped=True))
                 continue
+            if datasets is not None and _mountable(item, progress):
+                source = await _mount(item.uris[0], directory, datasets, env)
+                progress.log(_describe(name, source))
+                results.append(InputResult(name, directory, (source,)))
+                continue
             staging = staging_root / name
             sources = []
             for index, uri in enumerate(item.uris):
@@ -210,6 +221,52 @@ async def fetch_inputs(
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
     return results
+
+
+def _mountable(item: PlannedInput, progress: Progress) -> bool:
+    """Whether an input is mounted (``download: on-demand``) rather than pulled."""
+    if not item.spec.on_demand:
+        return False
+    name = item.spec.name
+    if (
+        len(item.uris) != 1
+        or not item.uris[0].startswith(SCHEME)
+        or item.spec.filename
+        or not item.subset.everything
+    ):
+        progress.warn(
+            f"input {name}: download: on-demand mounts one whole dataset:// version (no "
+            "filename, --include, --exclude or shard); pulling it instead"
+        )
+        return False
+    problem = fuse_problem()
+    if problem is not None:
+        progress.warn(f"input {name}: cannot mount on demand ({problem}); pulling it instead")
+        return False
+    return True
+
+
+async def _mount(
+    uri: str, directory: Path, datasets: DatasetSource, env: Mapping[str, str]
+) -> SourceResult:
+    started = time.monotonic()
+    manifest = await load_manifest(datasets.store, datasets.cache, VersionUri.parse(uri))
+    resolved = str(manifest.uri)
+    argv = mount_argv(
+        resolved, directory, store=datasets.store.url, store_options=datasets.store_options
+    )
+    # The mount process's lines (a refused file) go to the execution's output.
+    datasets.mounts.append(start_mount(argv, directory, env=env, with_parent=True))
+    files = tuple(InputFile(f.path, resolved, f.size, f.sha256) for f in manifest.files)
+    return SourceResult(
+        uri=uri,
+        resolved=resolved,
+        files=files,
+        bytes=manifest.total_bytes,
+        dataset=True,
+        mounted=True,
+        seconds=time.monotonic() - started,
+    )
 
 
 async def _pull(
@@ -265,7 +322,9 @@ def _describe(name: str, source: SourceResult) -> str:
     if not source.dataset:
         return f"input {name}: {source.uri} -> {count} ({format_size(source.bytes)})"
     alias = f" ({source.resolved})" if source.resolved != source.uri else ""
-    if source.files_fetched:
+    if source.mounted:
+        detail = f"{format_size(source.bytes)}, mounted: files are fetched as they are read"
+    elif source.files_fetched:
         detail = (
             f"{source.files_from_cache:,} from cache, {source.files_fetched:,} fetched: "
             f"{format_size(source.bytes_downloaded)} downloaded in {source.seconds:.1f} s"

@@ -19,6 +19,7 @@ import yaml
 from valohai_yaml.commands import join_command
 from valohai_yaml.excs import ValidationErrors
 from valohai_yaml.objs import Step
+from valohai_yaml.objs.input import DownloadIntent
 from valohai_yaml.objs.parameter import Parameter, ValueType
 
 from dspkg.config import truthy
@@ -37,6 +38,7 @@ class InputSpec:
     optional: bool = False
     filename: str | None = None
     keep_directories: str = "none"  # "none", "suffix" or "full", as on the platform
+    on_demand: bool = False  # download: on-demand: mounted, read as the command opens files
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ def _step_spec(path: Path, step: Step) -> StepSpec:
                 optional=bool(item.optional),
                 filename=filename,
                 keep_directories=item.keep_directories.value,
+                on_demand=item.download is DownloadIntent.ON_DEMAND,
             )
         )
     environment = {

@@ -1,0 +1,320 @@
+"""``dspkg mount``: a real FUSE mount of a published version, on a local store and on S3.
+
+Every mount is a separate ``dspkg mount`` process, started as the runner and
+``--background`` start it (:func:`dspkg.mounting.start_mount`); what it downloaded is
+read from the line it prints when it unmounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dspkg.layout import manifest_key
+from dspkg.mounting import FSTYPE, MountProcess, fuse_problem, mount_argv, mounted_fstype
+from dspkg.mounting import start_mount as _start_mount
+from tests.helpers import StoreCase, assert_one_line_error, read_tree, run_cli, write_outputs
+
+pytestmark = pytest.mark.skipif(
+    fuse_problem() is not None, reason=f"the kernel refuses FUSE here: {fuse_problem()}"
+)
+
+URI = "dataset://pets/v1"
+SUMMARY = re.compile(
+    r"unmounted (\S+) from .*: ([\d,]+) of ([\d,]+) files fetched.* = ([\d,]+) bytes downloaded"
+)
+
+
+def pet_files(seed: int = 3, count: int = 240) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    files = {
+        f"{kind}/{i:03d}.jpg": rng.randbytes(rng.randint(0, 30_000))
+        for kind in ("cat", "dog")
+        for i in range(count // 2)
+    }
+    files["README.txt"] = b"pets\n"
+    files["deep/a/b/c.txt"] = b"deep"
+    return files
+
+
+def env_for(case: StoreCase, tmp_path: Path, cache: str = "cache") -> dict[str, str]:
+    return {
+        **case.env,
+        "DSPKG_STORE": case.url,
+        "DSPKG_CACHE": str(tmp_path / cache),
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/root"),
+    }
+
+
+def publish(
+    case: StoreCase, tmp_path: Path, files: dict[str, bytes], *extra: str
+) -> dict[str, object]:
+    outputs = write_outputs(tmp_path / "outputs", files, [{"uri": URI, "packaging": True}])
+    done = run_cli(
+        ["publish", str(outputs), "--packaging", "--package-size", "2MiB", "--json", *extra],
+        env_for(case, tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    doc: dict[str, object] = json.loads(done.stdout)
+    return doc
+
+
+class Mounted:
+    """A mount process, its output file, and how to stop it."""
+
+    def __init__(self, process: MountProcess, output: Path) -> None:
+        self.process = process
+        self.output = output
+
+    @property
+    def point(self) -> Path:
+        return self.process.mountpoint
+
+    def stop(self) -> str:
+        self.process.stop()
+        return self.output.read_text()
+
+
+def start_mount(
+    case: StoreCase, tmp_path: Path, point: Path, *, cache: str = "cache", prefetch: bool = False
+) -> Mounted:
+    env = env_for(case, tmp_path, cache)
+    output = tmp_path / f"mount-{point.name}-{len(list(tmp_path.glob('mount-*')))}.log"
+    with output.open("wb") as out:
+        argv = mount_argv(URI, point, store=case.url, prefetch=prefetch)
+        process = _start_mount(argv, point, env=env, output=out, with_parent=True)
+    return Mounted(process, output)
+
+
+@pytest.fixture
+def mounts() -> Iterator[list[Mounted]]:
+    """Mounts a test started; any still running at the end are stopped."""
+    started: list[Mounted] = []
+    yield started
+    for m in started:
+        m.process.stop()
+
+
+def downloaded(summary: str) -> tuple[int, int]:
+    """(files fetched, bytes downloaded) from a mount's closing line."""
+    match = SUMMARY.search(summary)
+    assert match, summary
+    return int(match.group(2).replace(",", "")), int(match.group(4).replace(",", ""))
+
+
+def walk(root: Path) -> dict[str, int]:
+    """Every file's size, by os.walk (names from readdir, sizes from stat)."""
+    found = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = Path(directory, name)
+            found[path.relative_to(root).as_posix()] = path.stat().st_size
+    return found
+
+
+def test_mounted_tree_is_the_published_tree(
+    durable_store: StoreCase, tmp_path: Path, mounts: list[Mounted]
+) -> None:
+    files = pet_files()
+    publish(durable_store, tmp_path, files)
+    m = start_mount(durable_store, tmp_path, tmp_path / "mnt")
+    mounts.append(m)
+    assert mounted_fstype(m.point) == FSTYPE
+
+    # The tree comes from the manifest alone: walking it fetches no file.
+    assert walk(m.point) == {path: len(data) for path, data in files.items()}
+    assert not any((tmp_path / "cache" / "objects").rglob("*/*"))
+    info = (m.point / "cat" / "000.jpg").stat()
+    assert stat.S_IMODE(info.st_mode) == 0o444 and stat.S_ISREG(info.st_mode)
+    assert stat.S_IMODE((m.point / "deep" / "a").stat().st_mode) == 0o555
+    assert info.st_mtime == (m.point / "README.txt").stat().st_mtime > 0
+
+    assert read_tree(m.point) == files
+    # Nothing changes through a mount.
+    for change in (
+        lambda: (m.point / "new.txt").write_bytes(b"x"),
+        lambda: (m.point / "README.txt").write_bytes(b"x"),
+        lambda: os.rename(m.point / "README.txt", m.point / "R.txt"),
+        lambda: os.chmod(m.point / "README.txt", 0o644),
+        lambda: os.unlink(m.point / "README.txt"),
+        lambda: os.mkdir(m.point / "d"),
+    ):
+        with pytest.raises(OSError, match="Read-only file system") as caught:
+            change()
+        assert caught.value.errno == errno.EROFS
+
+    summary = m.stop()
+    assert mounted_fstype(m.point) is None
+    fetched, _ = downloaded(summary)
+    assert fetched == len(files)
+    # Later pulls reuse what the mount fetched.
+    pulled = run_cli(
+        ["pull", URI, str(tmp_path / "dest"), "--json"], env_for(durable_store, tmp_path)
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["bytes_downloaded"] == 0
+    assert read_tree(tmp_path / "dest") == files
+
+
+def test_cli_background_mount_and_unmount(tmp_path: Path) -> None:
+    case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
+    files = pet_files(count=20)
+    publish(case, tmp_path, files)
+    env = env_for(case, tmp_path)
+    point = tmp_path / "mnt"
+    started = run_cli(["mount", URI, str(point), "--background"], env)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"mounted {URI} at {point}" in started.stdout
+        assert read_tree(point) == files
+        again = run_cli(["mount", URI, str(point), "--background"], env)
+        assert_one_line_error(again, f"{point} is already a dspkg mount")
+    finally:
+        stopped = run_cli(["unmount", str(point)], env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert mounted_fstype(point) is None
+    assert_one_line_error(run_cli(["unmount", str(point)], env), f"nothing is mounted at {point}")
+
+
+def test_corrupted_range_reads_eio_and_nothing_corrupt_is_cached(
+    tmp_path: Path, mounts: list[Mounted]
+) -> None:
+    case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
+    files = pet_files()
+    publish(case, tmp_path, files, "--packages-only")
+    manifest = json.loads((tmp_path / "store/datasets/pets/versions/v1.json").read_bytes())
+    victim = next(f for f in manifest["files"] if f["path"] == "cat/010.jpg")
+    package = tmp_path / "store" / manifest["packages"][victim["package"]]["key"]
+    data = bytearray(package.read_bytes())
+    data[victim["offset"] + victim["size"] // 2] ^= 0xFF
+    package.write_bytes(bytes(data))
+
+    m = start_mount(case, tmp_path, tmp_path / "mnt")
+    mounts.append(m)
+    for path, content in files.items():
+        if path == "cat/010.jpg":
+            with pytest.raises(OSError, match="Input/output error") as caught:
+                (m.point / path).read_bytes()
+            assert caught.value.errno == errno.EIO
+        else:
+            assert (m.point / path).read_bytes() == content, path
+    with pytest.raises(OSError, match="Input/output error"):
+        (m.point / "cat/010.jpg").read_bytes()  # refused for good, not fetched again
+    log = m.stop()
+    refusals = [line for line in log.splitlines() if "cat/010.jpg" in line]
+    assert len(refusals) == 1 and "fails its CRC-32 check" in refusals[0], log
+    assert not os.path.exists(
+        tmp_path / "cache/objects" / victim["sha256"][:2] / victim["sha256"][2:]
+    )
+    verified = run_cli(["cache", "verify", "--json"], env_for(case, tmp_path))
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["objects"] == len(files) - 1
+
+
+READ_ALL = """
+import os, sys, hashlib
+root = sys.argv[1]
+out = []
+for directory, dirs, names in os.walk(root):
+    dirs.sort()
+    for name in sorted(names):
+        path = os.path.join(directory, name)
+        with open(path, "rb") as f:
+            out.append(os.path.relpath(path, root) + " " + hashlib.sha256(f.read()).hexdigest())
+print("\\n".join(out))
+"""
+
+
+def test_readers_in_parallel_a_second_mount_and_a_pull_download_each_range_once(
+    durable_store: StoreCase, tmp_path: Path, mounts: list[Mounted]
+) -> None:
+    files = pet_files(count=400)
+    published = publish(durable_store, tmp_path, files)
+    version = published["versions"][0]  # type: ignore[index]
+    package_bytes = sum(p["size"] for p in version["packages"])
+    head = asyncio.run(durable_store.open().head(manifest_key("pets", "v1")))
+    assert head is not None
+    manifest_bytes = head.size
+    first = start_mount(durable_store, tmp_path, tmp_path / "one")
+    second = start_mount(durable_store, tmp_path, tmp_path / "two")
+    mounts.extend([first, second])
+    script = tmp_path / "read_all.py"
+    script.write_text(READ_ALL)
+    readers = [
+        subprocess.Popen([sys.executable, str(script), str(m.point)], stdout=subprocess.PIPE)
+        for m in (first, first, first, first, second, second)
+    ]
+    pull = subprocess.Popen(
+        [sys.executable, "-m", "dspkg.cli", "pull", URI, str(tmp_path / "dest"), "--json"],
+        env=env_for(durable_store, tmp_path),
+        stdout=subprocess.PIPE,
+    )
+    expected = sorted(f"{path} {hashlib.sha256(data).hexdigest()}" for path, data in files.items())
+    for reader in readers:
+        out, _ = reader.communicate(timeout=300)
+        assert reader.returncode == 0
+        assert sorted(out.decode().splitlines()) == expected
+    pulled, _ = pull.communicate(timeout=300)
+    assert pull.returncode == 0
+    assert read_tree(tmp_path / "dest") == files
+    total = json.loads(pulled)["bytes_downloaded"]
+    for m in (first, second):
+        total += downloaded(m.stop())[1]
+    # Every package byte at most once, plus at most one manifest per process.
+    assert total <= package_bytes + 3 * manifest_bytes, (total, package_bytes)
+
+
+def test_sigkill_leaves_a_consistent_cache_and_a_mount_point_that_is_cleared(
+    tmp_path: Path, mounts: list[Mounted]
+) -> None:
+    case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
+    files = pet_files()
+    publish(case, tmp_path, files)
+    env = env_for(case, tmp_path)
+    point = tmp_path / "mnt"
+    for clear_with in ("unmount", "next mount"):
+        m = start_mount(case, tmp_path, point)
+        assert (m.point / "cat/000.jpg").read_bytes() == files["cat/000.jpg"]
+        m.process.proc.send_signal(signal.SIGKILL)
+        m.process.proc.wait()
+        with pytest.raises(OSError) as caught:
+            os.listdir(point)
+        assert caught.value.errno == errno.ENOTCONN
+        verified = run_cli(["cache", "verify", "--json"], env)
+        assert verified.returncode == 0, verified.stderr
+        assert json.loads(verified.stdout)["bad"] == []
+        if clear_with == "unmount":
+            done = run_cli(["unmount", str(point)], env)
+            assert done.returncode == 0, done.stderr
+            assert os.listdir(point) == []
+    m = start_mount(case, tmp_path, point)  # over the stale mount the kill left
+    mounts.append(m)
+    assert read_tree(point) == files
+    # The kill left no pin behind: the version is not in use once this mount ends.
+    m.stop()
+    info = json.loads(run_cli(["cache", "info", "--json"], env).stdout)
+    assert [v["pinned"] for v in info["versions"]] == [False]
+
+
+def test_without_fuse_one_line_says_what_to_do(tmp_path: Path) -> None:
+    case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
+    publish(case, tmp_path, pet_files(count=4))
+    env = {**env_for(case, tmp_path), "FUSE_LIBRARY_NAME": "no-such-fuse"}
+    line = assert_one_line_error(
+        run_cli(["mount", URI, str(tmp_path / "mnt")], env), "libfuse cannot be loaded"
+    )
+    assert "apt-get install fuse3" in line and "dspkg pull" in line
