@@ -17,6 +17,7 @@ same helper) and across pickling (spawned workers connect by name).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -59,6 +60,8 @@ class VersionReader:
         self._helper = helper
         self._owner = os.getpid()
         self._local = threading.local()
+        self._conns: list[tuple[int, socket.socket]] = []  # every thread's, to close
+        self._conns_lock = threading.Lock()
         self._indices: dict[str, int] | None = None
 
     # --- the dataset ------------------------------------------------------------------------
@@ -135,15 +138,19 @@ class VersionReader:
                 ) from None
             local.conn = conn
             local.pid = os.getpid()
+            with self._conns_lock:
+                self._conns.append((os.getpid(), conn))
         return conn
 
     def close(self) -> None:
         """Stop the helper (in the process that opened the version; elsewhere only this
         process's connection is closed)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for pid, conn in conns:
+            if pid == os.getpid():  # a forked parent's sockets are the parent's to close
+                conn.close()
+        self._local = threading.local()
         helper = self._helper
         if helper is not None and os.getpid() == self._owner:
             self._helper = None
@@ -194,16 +201,16 @@ def _readline(conn: socket.socket) -> bytes:
 
 
 def _error(kind: str, message: str) -> DspkgError:
+    """The helper's error as the class it was raised as there (its fields unknown here)."""
     cls = getattr(errors, kind, None)
-    if cls is errors.Integrity:
-        return errors.Integrity(message, obj="")
-    if cls is errors.UnsafePackage:
-        return errors.UnsafePackage(message, obj="")
-    if cls is errors.StoreError or cls is errors.RetriesExceeded:
-        return errors.StoreError(message)
-    if cls is errors.InvalidArgument:
-        return errors.InvalidArgument(message)
-    return DspkgError(message)
+    if not (isinstance(cls, type) and issubclass(cls, DspkgError)):
+        cls = DspkgError
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    for name in inspect.signature(cls.__init__).parameters:
+        if name not in ("self", "message"):
+            setattr(exc, name, None)
+    return exc
 
 
 def _cached(root: Path, store_url: str, uri: VersionUri) -> Manifest:
@@ -251,6 +258,7 @@ def start_reader(
     if "error" in doc:
         with contextlib.suppress(OSError):
             helper.stdin.close()
+        helper.stdout.close()
         helper.wait()
         raise _error(str(doc.get("kind", "")), str(doc["error"]))
     helper.stdout.close()
