@@ -119,6 +119,17 @@ SMALL_YAML = """
         optional: true
 
 - step:
+    name: lazy
+    image: python:3.12
+    command:
+      - python lazy.py
+      - exit ${EXIT_CODE:-0}
+    inputs:
+      - name: data
+        default: dataset://small/v1
+        download: on-demand
+
+- step:
     name: single
     image: python:3.12
     command: python show.py
@@ -151,6 +162,21 @@ SMALL_YAML = """
       - exit ${EXIT_CODE:-0}
 """
 
+# The seed's train.py loop, unchanged, plus what kind of directory it read.
+LAZY_PY = """
+import os
+from pathlib import Path
+
+inputs = Path(os.environ.get("VH_INPUTS_DIR", "/valohai/inputs"))
+images = inputs / "data"
+for folder in sorted(p for p in images.iterdir() if p.is_dir()):
+    count = sum(1 for f in folder.iterdir() if f.is_file())
+    print(f"class {folder.name}: {count} files")
+    print("first:", (folder / sorted(os.listdir(folder))[0]).read_text())
+mounts = [line.split()[4] for line in open("/proc/self/mountinfo") if " fuse.dspkg " in line]
+print("mounted:", str(images) in mounts)
+"""
+
 ENV_PY = """
 import os
 
@@ -170,6 +196,7 @@ def project(tmp_path: Path) -> Path:
     (root / "make.py").write_text(MAKE_PY)
     (root / "show.py").write_text(SHOW_PY)
     (root / "env.py").write_text(ENV_PY)
+    (root / "lazy.py").write_text(LAZY_PY)
     return root
 
 
@@ -384,6 +411,39 @@ def test_inputs_and_outputs_are_fresh_for_each_run(
         "other",
         "valohai.metadata.jsonl",
     ]
+
+
+def test_on_demand_input_is_mounted_while_the_command_runs(
+    tmp_path: Path, project: Path, run_env: dict[str, str]
+) -> None:
+    from dspkg.mounting import fuse_problem, mounted_fstype
+
+    if fuse_problem() is not None:
+        pytest.skip(f"the kernel refuses FUSE here: {fuse_problem()}")
+    root = tmp_path / "vh"
+    make_small(project, run_env, root)
+    lazy = ["lazy", "--root", str(root)]
+    out = ok(dspkg_run(lazy, run_env, cwd=project))
+    assert "input data: dataset://small/v1 -> 20 files (" in out
+    assert "mounted: files are fetched as they are read" in out
+    assert "class part: 20 files" in out and "first: v1-0" in out
+    assert "mounted: True" in out
+    assert mounted_fstype(root / "inputs" / "data") is None  # unmounted when it exited
+    inputs = json.loads((root / "config" / "inputs.json").read_text())
+    assert len(inputs["data"]["files"]) == 20
+
+    # A failing command unmounts too; without FUSE the input is pulled, with a warning.
+    failing = dspkg_run([*lazy, "--env", "EXIT_CODE=3"], run_env, cwd=project)
+    assert failing.returncode == 3 and "mounted: True" in failing.stdout
+    assert mounted_fstype(root / "inputs" / "data") is None
+    no_fuse = {**run_env, "FUSE_LIBRARY_NAME": "no-such-fuse"}
+    pulled = dspkg_run(lazy, no_fuse, cwd=project)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "input data: cannot mount on demand (libfuse cannot be loaded" in (
+        pulled.stdout + pulled.stderr
+    )
+    assert "pulling it instead" in pulled.stdout + pulled.stderr
+    assert "class part: 20 files" in pulled.stdout and "mounted: False" in pulled.stdout
 
 
 def test_no_data_cache_downloads_again(
