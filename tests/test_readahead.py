@@ -1,0 +1,128 @@
+"""Pure parts of the mount and the reader: read-ahead planning and the directory index."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dspkg.dirindex import DIRECTORY, DirectoryIndex
+from dspkg.manifest import FileEntry, Manifest
+from dspkg.readahead import Lanes, ReadAhead
+
+sizes = st.lists(st.integers(min_value=0, max_value=5000), min_size=1, max_size=300)
+
+
+def manifest_of(file_sizes: list[int], packages: int = 1) -> Manifest:
+    """Files split over ``packages`` packages in order (the last few as blobs only when
+    ``packages`` is 0)."""
+    files = []
+    per = -(-len(file_sizes) // max(packages, 1))
+    offset = 0
+    for i, size in enumerate(file_sizes):
+        package = None if packages == 0 else i // per
+        if package is not None and i % per == 0:
+            offset = 0
+        sha = hashlib.sha256(str(i).encode()).hexdigest()
+        files.append(FileEntry(f"f/{i:05d}", size, sha, package, offset + 40))
+        offset += 40 + size
+    return Manifest("d", "v", tuple(files))
+
+
+def planner(m: Manifest, first: int = 10_000, most: int = 80_000) -> ReadAhead:
+    return ReadAhead(Lanes.of(m), first=first, most=most)
+
+
+@given(sizes, st.integers(min_value=1, max_value=3))
+def test_a_sequential_pass_plans_every_later_file_once_in_order(
+    file_sizes: list[int], packages: int
+) -> None:
+    m = manifest_of(file_sizes, packages)
+    ra = planner(m)
+    planned: list[int] = []
+    for i in range(len(m.files)):
+        ahead = ra.on_read(i)
+        assert i not in ahead
+        assert all(j > i for j in ahead)
+        planned.extend(ahead)
+    assert planned == sorted(set(planned))
+    # Within each lane, all but the first two files (read before the stream is known)
+    # come from read-ahead.
+    for members in Lanes.of(m).files:
+        assert set(members[2:]) <= set(planned)
+        assert not set(members[:2]) & set(planned)
+
+
+@given(sizes)
+def test_a_chunk_never_exceeds_the_largest_window_by_more_than_a_file(
+    file_sizes: list[int],
+) -> None:
+    m = manifest_of(file_sizes)
+    ra = planner(m)
+    for i in range(len(m.files)):
+        chunk = ra.on_read(i)
+        if len(chunk) > 1:
+            assert sum(m.files[j].size for j in chunk[:-1]) <= ra.most
+
+
+@given(st.lists(st.integers(min_value=0, max_value=9), min_size=1, max_size=40, unique=True))
+def test_scattered_reads_plan_nothing(blocks: list[int]) -> None:
+    # Reads far apart (more than the trigger distance) never look sequential.
+    m = manifest_of([100] * 1000)
+    ra = planner(m)
+    for b in blocks:
+        assert ra.on_read(b * 100) == []
+
+
+def test_interleaved_workers_share_one_stream() -> None:
+    # Four DataLoader workers taking turns over consecutive files.
+    m = manifest_of([1000] * 400)
+    ra = planner(m, first=4000, most=40_000)
+    planned: list[int] = []
+    for start in range(0, 400, 4):
+        for worker in (2, 0, 3, 1):
+            planned.extend(ra.on_read(start + worker))
+    assert len(planned) == len(set(planned))
+    assert set(range(8, 400)) <= set(planned)
+
+
+def test_blob_only_files_form_their_own_lane() -> None:
+    m = manifest_of([10] * 50, packages=0)
+    lanes = Lanes.of(m)
+    assert lanes.files == (tuple(range(50)),)
+    ra = ReadAhead(lanes, first=100, most=1000)
+    assert ra.on_read(0) == []
+    assert ra.on_read(1) == list(range(2, 12))
+
+
+paths = st.lists(
+    st.lists(st.sampled_from(["a", "b", "c.txt", "d.bin"]), min_size=1, max_size=4).map("/".join),
+    min_size=1,
+    max_size=30,
+    unique=True,
+)
+
+
+@given(paths)
+def test_the_directory_index_lists_exactly_the_files(raw: list[str]) -> None:
+    # Drop paths that are also directories of others (the manifest refuses those).
+    chosen = sorted(p for p in raw if not any(q.startswith(p + "/") for q in raw))
+    files = tuple(FileEntry(p, len(p), hashlib.sha256(p.encode()).hexdigest()) for p in chosen)
+    index = DirectoryIndex.of(Manifest("d", "v", files))
+    found = []
+    todo = ["/"]
+    while todo:
+        directory = todo.pop()
+        names = [name for name, _ in index.listing(directory)]
+        assert names == sorted(names)
+        for name, entry in index.listing(directory):
+            path = posixpath.join(directory, name)
+            if entry == DIRECTORY:
+                assert index.is_dir(path) and index.file(path) is None
+                todo.append(path)
+            else:
+                assert files[entry].path == path[1:] and index.file(path) == entry
+                found.append(path[1:])
+    assert sorted(found) == chosen
