@@ -35,8 +35,6 @@ from dspkg.ondemand import OnDemand
 
 # Names, attributes and pages never change while mounted.
 KERNEL_TIMEOUT = 24 * 3600.0
-# The libfuse worker threads: readers in parallel (DataLoader workers) each hold one.
-MAX_THREADS = 32
 
 
 def _refuse(*_: Any) -> int:
@@ -133,7 +131,10 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
         if index is None:
             raise mfusepy.FuseOSError(errno.EISDIR if self.index.is_dir(path) else errno.ENOENT)
         try:
-            obj = self.loop.call(self.core.path(index))
+            # Read-ahead hears of every open; a cached file is served without waiting
+            # for the loop (the common case in a pass that read-ahead keeps ahead of).
+            self.loop.loop.call_soon_threadsafe(self.core.note_read, index)
+            obj = self.core.cached(index) or self.loop.call(self.core.path(index, noted=True))
             fd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC)
         except DspkgError as exc:
             # The core logged a refused file already; this is for the store's errors.
@@ -182,7 +183,6 @@ def run_fuse(fs: VersionFS, mountpoint: str) -> None:
             default_permissions=True,
             fsname="dspkg",
             subtype="dspkg",
-            max_threads=MAX_THREADS,
         )
     except RuntimeError:
         # libfuse reports an exit by signal as a failure (status 8): that is how a mount

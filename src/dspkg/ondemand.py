@@ -106,15 +106,17 @@ class OnDemand:
 
     # --- the front's entry points ---------------------------------------------------------
 
-    async def path(self, index: int) -> str:
+    async def path(self, index: int, *, noted: bool = False) -> str:
         """The cached object of file ``index``: fetched and verified first when missing.
 
         Raises :class:`~dspkg.errors.Integrity` (or UnsafePackage) for a file whose bytes
-        do not verify, and the store's errors when it cannot be reached.
+        do not verify, and the store's errors when it cannot be reached. ``noted``: the
+        caller already told :meth:`note_read` about this read.
         """
         self._loop = asyncio.get_running_loop()
         f = self.manifest.files[index]
-        self._read_ahead(index)
+        if not noted:
+            self._read_ahead(index)
         for _ in range(ROUNDS):
             problem = self._bad.get(f.sha256)
             if problem is not None:
@@ -131,6 +133,19 @@ class OnDemand:
             "(is something pruning the cache?)",
             obj=f.path,
         )
+
+    def cached(self, index: int) -> str | None:
+        """The object of file ``index`` when it is cached and not refused, else None; safe
+        from any thread (a front's fast path: no hop to the loop for what is there)."""
+        f = self.manifest.files[index]
+        if f.sha256 in self._bad or not self.cache.lookup(f.sha256, f.size):
+            return None
+        return self.cache.object_path(f.sha256)
+
+    def note_read(self, index: int) -> None:
+        """A read of file ``index`` served from the cache: read-ahead still follows it
+        (call on the loop, e.g. with ``call_soon_threadsafe``)."""
+        self._read_ahead(index)
 
     async def start(self, *, prefetch: bool = False) -> None:
         """Check every package's size in the background right away (the first read then

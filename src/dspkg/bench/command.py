@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from dspkg.bench.settings import FILE_SIZE, MBIT, PUBLISH_FILES, PULL_FILES, RTT_MS
+from dspkg.bench.settings import FILE_SIZE, MBIT, MOUNT_FILES, PUBLISH_FILES, PULL_FILES, RTT_MS
 from dspkg.cli_args import non_negative_float, non_negative_int, positive_int
 
 
@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--publish", action="store_true", help="measure publishing instead of pulling")
     p.add_argument(
+        "--mount",
+        action="store_true",
+        help="measure reading through dspkg mount (first byte, a full pass, a random 1%%) "
+        "against a cold pull",
+    )
+    p.add_argument(
         "--manifest",
         action="store_true",
         help="time writing, loading and validating a manifest of --files files "
@@ -41,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--files",
         type=positive_int,
-        help=f"files to generate (default {PULL_FILES:,}; {PUBLISH_FILES:,} with --publish)",
+        help=f"files to generate (default {PULL_FILES:,}; {PUBLISH_FILES:,} with --publish, "
+        f"{MOUNT_FILES:,} with --mount)",
     )
     p.add_argument(
         "--size", type=non_negative_int, default=FILE_SIZE, help="bytes per file (default 10000)"
@@ -71,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_command(args: argparse.Namespace) -> int:
     from dspkg.bench.machine import describe
+    from dspkg.bench.mount_bench import run_mount
     from dspkg.bench.publish_bench import run_publish
     from dspkg.bench.pull_bench import run_pull
     from dspkg.bench.report import markdown, text
@@ -84,8 +92,12 @@ def run_command(args: argparse.Namespace) -> int:
         figures = run_manifest(args.files or 1_000_000)
         print(json.dumps(figures, indent=2) if args.json else describe_manifest(figures))
         return 0
-    mode: Literal["pull", "publish"] = "publish" if args.publish else "pull"
-    files = args.files or (PUBLISH_FILES if args.publish else PULL_FILES)
+    mode: Literal["pull", "publish", "mount"] = (
+        "publish" if args.publish else "mount" if args.mount else "pull"
+    )
+    files = args.files or (
+        PUBLISH_FILES if args.publish else MOUNT_FILES if args.mount else PULL_FILES
+    )
     settings = BenchSettings(
         files=files, size=args.size, rtt_ms=args.rtt_ms, mbit=args.mbit, repeat=args.repeat
     )
@@ -96,7 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
     say = _say(started)
     try:
         say(f"{mode} benchmark in {work}")
-        scenario = run_publish if args.publish else run_pull
+        scenario = {"publish": run_publish, "mount": run_mount, "pull": run_pull}[mode]
         # Other work on the machine skews every row; the load before the run tells.
         load = os.getloadavg() if hasattr(os, "getloadavg") else None
         outcome = scenario(settings, work, say)

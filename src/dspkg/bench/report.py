@@ -15,7 +15,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def _columns(report: Report) -> list[tuple[str, _Cell]]:
-    wire = "MB down" if report.mode == "pull" else "MB up"
+    wire = "MB up" if report.mode == "publish" else "MB down"
     return [
         ("seconds", lambda r: _num(r.seconds, ".3f")),
         ("files/s", lambda r: _num(r.files_per_second, ",.0f")),
@@ -45,6 +45,8 @@ def _target_value(t: Target) -> str:
         return f"{t.value:.2f}x"
     if t.unit == "%":
         return f"{t.value:.2f}%"
+    if t.unit == "s":
+        return f"{t.value:,.2f} s"
     return f"{t.value:,.1f} {t.unit}"
 
 

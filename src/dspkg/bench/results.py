@@ -73,7 +73,7 @@ class Target:
     value: float | None
     op: Op
     threshold: float
-    unit: str  # "x", "%" or "MB": how value and threshold are shown
+    unit: str  # "x", "%", "s" or "MB": how value and threshold are shown
     skipped: str | None = None
 
     @property
@@ -112,7 +112,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Report:
-    mode: Literal["pull", "publish"]
+    mode: Literal["pull", "publish", "mount"]
     config: dict[str, Any]
     machine: dict[str, Any]
     rows: tuple[Row, ...]
