@@ -698,7 +698,7 @@ def test_bad_valohai_yaml_is_one_line(
     assert_one_line_error(
         unknown,
         f"{config} has no step 'trian'",
-        "steps in the file: make, show, fail, params, single, tree, env, broken",
+        "steps in the file: make, show, fail, params, lazy, single, tree, env, broken",
     )
 
     bad = tmp_path / "bad" / "valohai.yaml"

@@ -321,8 +321,8 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             f"stop it with dspkg unmount {args.mountpoint}"
         )
         return 0
-    if args.exit_with_parent:
-        exit_with_parent()
+    if args.exit_with_parent is not None:
+        exit_with_parent(args.exit_with_parent)
 
     def log(line: str) -> None:
         print(f"dspkg mount: {line}", file=sys.stderr, flush=True)
@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--background", action="store_true", help="return once mounted; serve from a process"
     )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_mount)
 
     p = sub.add_parser("unmount", help="unmount a dspkg mount")

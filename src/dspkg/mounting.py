@@ -271,13 +271,13 @@ def serve(
     )
 
 
-def exit_with_parent() -> None:
-    """Ask the kernel for SIGTERM when the parent dies (a runner killed with SIGKILL then
-    still gets its mounts unmounted)."""
+def exit_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent (pid ``parent``) dies: a runner killed
+    with SIGKILL still gets its mounts unmounted."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:
+    if os.getppid() != parent:  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -347,7 +347,9 @@ def start_mount(
     last line of error output when that went to a file.
     """
     read_end, write_end = os.pipe()
-    extra = ["--ready-fd", str(write_end), *(["--exit-with-parent"] if with_parent else [])]
+    extra = ["--ready-fd", str(write_end)]
+    if with_parent:
+        extra += ["--exit-with-parent", str(os.getpid())]
     try:
         proc = subprocess.Popen(
             [*argv, *extra],

@@ -275,8 +275,13 @@ class OnDemand:
         check = self._checks.get(package)
         if check is None:
             check = self._checks[package] = asyncio.create_task(self.fetcher.check_package(package))
-        missing = await self._take_turn(package, files)
+        lease = self._leases.get(package)
+        if lease is None:
+            info = self.manifest.packages[package]
+            lease = self._leases[package] = _Lease(self.cache.lock(self.store.url, info.key))
+        lease.users += 1
         try:
+            missing = await self._take_turn(lease, files)
             if not missing:
                 return
             problem = await asyncio.shield(check)
@@ -288,14 +293,9 @@ class OnDemand:
         finally:
             self._end_turn(package)
 
-    async def _take_turn(self, package: int, files: Sequence[FileEntry]) -> list[FileEntry]:
-        """Wait for this process's turn on ``package`` (the fetcher's lock); return which
-        of ``files`` are still missing then. Every call needs an :meth:`_end_turn`."""
-        lease = self._leases.get(package)
-        if lease is None:
-            info = self.manifest.packages[package]
-            lease = self._leases[package] = _Lease(self.cache.lock(self.store.url, info.key))
-        lease.users += 1
+    async def _take_turn(self, lease: _Lease, files: Sequence[FileEntry]) -> list[FileEntry]:
+        """Wait for this process's turn on a package (the fetcher's lock); return which of
+        ``files`` are still missing then."""
         deadline = time.monotonic() + PATIENCE
         while not lease.lock.try_acquire() and time.monotonic() < deadline:
             # Another process downloads from this package: what it brings may be ours.
