@@ -33,7 +33,7 @@ from typing import Any
 
 from dspkg.cache import Cache
 from dspkg.errors import DspkgError, Integrity, UnsafePackage
-from dspkg.fetcher import Fetcher
+from dspkg.fetcher import CacheSink, Fetcher, Pieces
 from dspkg.locks import FileLock
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.pull_plan import Tuning, coalesce
@@ -68,6 +68,27 @@ class _Lease:
     users: int = 0
 
 
+class _NotifyingSink(CacheSink):
+    """The cache alone, and word to the core as each object lands (its waiters wake then,
+    not when the whole range is done). Called from the disk threads."""
+
+    def __init__(self, cache: Cache, landed: Callable[[FileEntry], None]) -> None:
+        super().__init__(cache)
+        self._landed = landed
+
+    def put(self, entry: FileEntry, pieces: Pieces) -> None:
+        super().put(entry, pieces)
+        self._landed(entry)
+
+    def committed(self, entry: FileEntry) -> None:
+        super().committed(entry)
+        self._landed(entry)
+
+    def placed(self, entry: FileEntry) -> None:
+        super().placed(entry)
+        self._landed(entry)
+
+
 class OnDemand:
     """Serves files of one version from the cache, fetching what is missing on demand."""
 
@@ -90,7 +111,12 @@ class OnDemand:
         self.readahead = ReadAhead.for_tuning(self.lanes, self.tuning)
         self._disk = ThreadPoolExecutor(disk_threads, thread_name_prefix="dspkg-disk")
         self.fetcher = Fetcher(
-            store, cache, manifest, self._disk, tuning=self.tuning, on_insert=self._inserted
+            store,
+            cache,
+            manifest,
+            self._disk,
+            tuning=self.tuning,
+            sink=_NotifyingSink(cache, self._inserted),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: dict[str, asyncio.Future[None]] = {}
