@@ -133,7 +133,7 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
         try:
             # Read-ahead hears of every open; a cached file is served without waiting
             # for the loop (the common case in a pass that read-ahead keeps ahead of).
-            self.loop.loop.call_soon_threadsafe(self.core.note_read, index)
+            self.core.note_read(index)
             obj = self.core.cached(index) or self.loop.call(self.core.path(index, noted=True))
             fd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC)
         except DspkgError as exc:

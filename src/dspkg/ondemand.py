@@ -128,6 +128,7 @@ class OnDemand:
         self._demand_slots = asyncio.Semaphore(DEMAND_REQUESTS)
         self._tasks: set[asyncio.Task[None]] = set()
         self._counting = threading.Lock()
+        self._planning = threading.Lock()  # the read-ahead planner is called from threads
         self.fetched = 0  # objects this core put into the cache
 
     # --- the front's entry points ---------------------------------------------------------
@@ -169,9 +170,13 @@ class OnDemand:
         return self.cache.object_path(f.sha256)
 
     def note_read(self, index: int) -> None:
-        """A read of file ``index`` served from the cache: read-ahead still follows it
-        (call on the loop, e.g. with ``call_soon_threadsafe``)."""
-        self._read_ahead(index)
+        """A read of file ``index`` served from the cache: read-ahead still follows it.
+        Safe from any thread; it reaches the loop only when there is something to fetch
+        (a hop per file would cost more than the read)."""
+        with self._planning:
+            chosen = self.readahead.on_read(index)
+        if chosen and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._fetch_ahead, chosen)
 
     async def start(self, *, prefetch: bool = False) -> None:
         """Check every package's size in the background right away (the first read then
@@ -246,9 +251,13 @@ class OnDemand:
             self._settle(own)
 
     def _read_ahead(self, index: int) -> None:
-        chosen = self.readahead.on_read(index)
-        if not chosen:
-            return
+        with self._planning:
+            chosen = self.readahead.on_read(index)
+        if chosen:
+            self._fetch_ahead(chosen)
+
+    def _fetch_ahead(self, chosen: Sequence[int]) -> None:
+        """Start fetching the files read-ahead chose (on the loop)."""
         files = self.manifest.files
         by_lane: dict[int | None, list[FileEntry]] = {}
         for i in chosen:
