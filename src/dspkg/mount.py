@@ -3,9 +3,9 @@
 The tree (names, sizes, modes 0444/0555, the version's creation time as every mtime)
 comes from the manifest through :class:`~dspkg.dirindex.DirectoryIndex`, so listing and
 walking cost no request. ``open`` asks the on-demand core for the file's cached object
-(fetched and verified first when missing) and keeps a descriptor of it; ``read`` is a
-``pread`` of that object, so a file costs one fetch however small the kernel's reads
-are. A file that fails verification opens as ``EIO``. Everything that would change the
+(fetched and verified first when missing); ``read`` is a ``pread`` of that object, so a
+file costs one fetch however small the kernel's reads are. A file that fails
+verification opens as ``EIO``. Everything that would change the
 tree is ``EROFS`` (the mount is also read-only for the kernel).
 
 The files never change, so the kernel may keep names, attributes and pages for as long
@@ -96,9 +96,7 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
             "st_blocks": (size + 511) // 512,
             "st_uid": self.uid,
             "st_gid": self.gid,
-            "st_atime": t,
             "st_mtime": t,
-            "st_ctime": t,
         }
 
     def readdir(self, path: str, fh: int) -> list[Any]:
@@ -130,30 +128,41 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
         index = self.index.file(path)
         if index is None:
             raise mfusepy.FuseOSError(errno.EISDIR if self.index.is_dir(path) else errno.ENOENT)
-        try:
-            # Read-ahead hears of every open; a cached file is served without waiting
-            # for the loop (the common case in a pass that read-ahead keeps ahead of).
-            self.core.note_read(index)
-            obj = self.core.cached(index) or self.loop.call(self.core.path(index, noted=True))
-            fd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC)
-        except DspkgError as exc:
-            # The core logged a refused file already; this is for the store's errors.
-            if not self.core.bad_files.get(self.manifest.files[index].sha256):
-                self.log(f"cannot read {path[1:]}: {exc}")
-            raise mfusepy.FuseOSError(errno.EIO) from None
-        except OSError as exc:
-            self.log(f"cannot read {path[1:]}: {exc}")
-            raise mfusepy.FuseOSError(errno.EIO) from None
-        fi.fh = fd
+        # Read-ahead hears of every open; a cached file is served without waiting for the
+        # loop (the common case in a pass that read-ahead keeps ahead of).
+        self.core.note_read(index)
+        if self.core.cached(index) is None:
+            self._fetch(index)
+        # The handle is the file's index: reads open the cached object themselves, so no
+        # descriptor is held and no release callback is needed (one Python call less per
+        # file; the kernel keeps the pages, so a small file is read once).
+        fi.fh = index
         fi.keep_cache = 1
         return 0
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        return os.pread(fi.fh, size, offset)
+        index = fi.fh
+        obj = self.core.cached(index) or self._fetch(index)  # pruned meanwhile: again
+        try:
+            fd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.log(f"cannot read {path[1:]}: {exc}")
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
 
-    def release(self, path: str, fi: Any) -> int:
-        os.close(fi.fh)
-        return 0
+    def _fetch(self, index: int) -> str:
+        """The object of file ``index``, fetched and verified now; EIO if it cannot be."""
+        try:
+            return self.loop.call(self.core.path(index, noted=True))
+        except DspkgError as exc:
+            # The core logged a refused file already; this is for the store's errors.
+            f = self.manifest.files[index]
+            if not self.core.bad_files.get(f.sha256):
+                self.log(f"cannot read {f.path}: {exc}")
+            raise mfusepy.FuseOSError(errno.EIO) from None
 
     # --- nothing changes ------------------------------------------------------------------
 

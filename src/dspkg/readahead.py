@@ -9,8 +9,8 @@ nobody reads, so read-ahead starts only once reads are seen to move forward.
 Storage order is per *lane*: each package's files by offset, and one lane for files
 that live only as blobs, in manifest order. A *stream* follows one reader moving
 forward in a lane; several run at once (DataLoader workers, parallel walkers), the
-least recently used is forgotten. A read that lands just behind or inside what a
-stream has planned continues it; its window (bytes kept planned ahead of the reader)
+least recently used is forgotten. A read that lands within ``trigger`` files of a
+stream's frontier continues it; its window (bytes kept planned ahead of the reader)
 starts at ``first`` and doubles with every chunk it plans, up to ``most``. Chunks are
 planned when less than half a window lies ahead, so ranges stay long.
 """
@@ -132,7 +132,9 @@ class ReadAhead:
         for stream in self._streams:
             if stream.lane != lane:
                 continue
-            if stream.next - self.trigger <= pos < max(stream.next, stream.ahead) + self.trigger:
+            # Near the reader's frontier only: a read that lands further inside what was
+            # planned is random access, and must not grow the window.
+            if stream.next - self.trigger <= pos < stream.next + self.trigger:
                 return stream
         return None
 
