@@ -21,12 +21,10 @@ $(DEV): $(BASE)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(DEV)
 
-# unzip and zip: interop tests and benchmark baselines; xfsprogs: the reflink test;
-# npm (and Node.js): Azurite.
+# The Debian packages the tests need (unzip, zip, xfsprogs, Node.js and npm, fuse3,
+# chromium), each installed only where its tool is missing: scripts/sysdeps.sh says why.
 sysdeps:
-	@command -v unzip >/dev/null && command -v zip >/dev/null && command -v mkfs.xfs >/dev/null && \
-		command -v npm >/dev/null || \
-		(apt-get update -q && apt-get install -y -q unzip zip xfsprogs nodejs npm)
+	@bash scripts/sysdeps.sh
 
 $(AZURITE): | sysdeps
 	npm install --prefix .cache/azurite --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
