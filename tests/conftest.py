@@ -1,31 +1,33 @@
-"""Shared fixtures: S3 (moto), Azure (Azurite) and GCS servers on loopback, stores of every kind."""
+"""Shared fixtures: S3 (moto, SeaweedFS), Azure (Azurite) and GCS servers on loopback, stores.
+
+The servers are started by dspkg.bench.servers, the launcher the benchmark uses too, once
+per session each, and only when a test asks for one.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
-from tests.helpers import (
-    AZURE_ENV,
-    BUCKET,
-    S3_ENV,
-    STORE_KINDS,
-    AzuriteServer,
-    GcsServer,
-    S3Server,
-    StoreCase,
-    free_port,
-    make_store_url,
+from dspkg.bench.servers import (
+    LocalServer,
     start_azurite,
     start_fake_gcs,
     start_moto,
-    write_gcs_credentials,
+    start_seaweedfs,
+)
+from tests.helpers import (
+    AZURITE_BIN,
+    BUCKET,
+    S3_CREDENTIALS,
+    STORE_KINDS,
+    StoreCase,
+    make_store_url,
 )
 
 # CI runs the same examples every time, so a landing is never blocked by a new random draw;
@@ -50,49 +52,50 @@ def _process_env(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-@contextlib.contextmanager
-def _stopped_at_end(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def _credentials(server: LocalServer) -> dict[str, str]:
+    """The server's environment less its endpoint: each store URL's env names that."""
+    endpoints = ("AWS_ENDPOINT_URL", "AZURE_STORAGE_ENDPOINT", "GOOGLE_BASE_URL")
+    return {k: v for k, v in server.env().items() if k not in endpoints}
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """moto's S3 server in a subprocess on 127.0.0.1, with one bucket."""
-    port = free_port()
-    proc = start_moto(port)
-    server = S3Server(endpoint=f"http://127.0.0.1:{port}", port=port)
-    with _stopped_at_end(proc), _process_env(S3_ENV):
-        server.create_bucket(BUCKET)
+    log = tmp_path_factory.mktemp("moto") / "log"
+    with start_moto(BUCKET, S3_CREDENTIALS, log=log) as server, _process_env(_credentials(server)):
         yield server
 
 
 @pytest.fixture(scope="session")
-def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """SeaweedFS (`weed mini`) on 127.0.0.1, with one bucket; it checks signatures."""
+    work = tmp_path_factory.mktemp("seaweedfs")
+    with (
+        start_seaweedfs(BUCKET, S3_CREDENTIALS, work, log=work / "log") as server,
+        _process_env(_credentials(server)),
+    ):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """Azurite's blob service in a subprocess on 127.0.0.1, with one container."""
-    port = free_port()
-    proc = start_azurite(port, tmp_path_factory.mktemp("azurite"))
-    server = AzuriteServer(endpoint=f"http://127.0.0.1:{port}/devstoreaccount1", port=port)
-    with _stopped_at_end(proc), _process_env(AZURE_ENV):
-        server.create_container(BUCKET)
+    work = tmp_path_factory.mktemp("azurite")
+    with (
+        start_azurite(BUCKET, work, AZURITE_BIN, log=work / "log") as server,
+        _process_env(_credentials(server)),
+    ):
         yield server
 
 
 @pytest.fixture(scope="session")
-def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """fake-gcs-server in a subprocess on 127.0.0.1, with one bucket."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    credentials = write_gcs_credentials(
-        tmp_path_factory.mktemp("gcs") / "service-account.json", endpoint
-    )
-    proc = start_fake_gcs(port)
-    server = GcsServer(endpoint=endpoint, port=port, credentials=credentials)
-    with _stopped_at_end(proc), _process_env({"GOOGLE_SERVICE_ACCOUNT": str(credentials)}):
-        server.create_bucket(BUCKET)
+    work = tmp_path_factory.mktemp("gcs")
+    with (
+        start_fake_gcs(BUCKET, work, log=work / "log") as server,
+        _process_env(_credentials(server)),
+    ):
         yield server
 
 

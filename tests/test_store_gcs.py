@@ -17,20 +17,21 @@ import uuid
 
 import pytest
 
+from dspkg.bench.servers import LocalServer
 from dspkg.errors import DspkgError, StoreError
 from dspkg.store import Store, open_store
-from tests.helpers import BUCKET, LISTED_KEYS, GcsServer, check_listing_and_delete
+from tests.helpers import BUCKET, LISTED_KEYS, check_listing_and_delete, gcs_upload
 
 
-def _store(server: GcsServer) -> tuple[Store, str]:
+def _store(server: LocalServer) -> tuple[Store, str]:
     prefix = uuid.uuid4().hex
     return open_store(f"gs://{BUCKET}/{prefix}", env=server.env()), prefix
 
 
-def test_get_head_and_ranged_reads(gcs_server: GcsServer) -> None:
+def test_get_head_and_ranged_reads(gcs_server: LocalServer) -> None:
     store, prefix = _store(gcs_server)
     data = bytes(range(256)) * 100
-    gcs_server.upload(BUCKET, f"{prefix}/r.bin", data)
+    gcs_upload(gcs_server, f"{prefix}/r.bin", data)
 
     async def go() -> None:
         assert await store.get("r.bin") == data
@@ -52,9 +53,9 @@ def test_get_head_and_ranged_reads(gcs_server: GcsServer) -> None:
     assert store.stats.bytes_down > len(data)
 
 
-def test_list_and_dirs_and_delete(gcs_server: GcsServer) -> None:
+def test_list_and_dirs_and_delete(gcs_server: LocalServer) -> None:
     store, prefix = _store(gcs_server)
     for key in LISTED_KEYS:
-        gcs_server.upload(BUCKET, f"{prefix}/{key}", b"{}")
+        gcs_upload(gcs_server, f"{prefix}/{key}", b"{}")
 
     asyncio.run(check_listing_and_delete(store))

@@ -1,4 +1,4 @@
-"""scripts/sysdeps.sh (run by `make test`) asks apt for exactly the packages whose tools are missing.
+"""scripts/sysdeps.sh (`make sysdeps`) asks apt for exactly the packages of the missing tools.
 
 The script runs in dry-run mode against a PATH built here, holding only the tools a
 test wants found, so each case is a machine the project may meet: Node.js from its own
@@ -95,7 +95,7 @@ def test_never_asks_for_npm_or_nodejs_while_npm_is_there(tmp_path: Path) -> None
     for mask in range(1 << len(others)):
         case = tmp_path / str(mask)
         case.mkdir()
-        tools = tuple(t for i, t in enumerate(others) if mask >> i & 1) + ("npm",)
+        tools = (*(t for i, t in enumerate(others) if mask >> i & 1), "npm")
         asked = _dry_run(_machine(case, tools, libfuse=bool(mask & 1)))
         assert "npm" not in asked and "nodejs" not in asked, (tools, asked)
         assert len(asked) == len(others) - (len(tools) - 1) + (not mask & 1), (tools, asked)

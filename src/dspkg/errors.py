@@ -158,3 +158,12 @@ class MountError(DspkgError):
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class ServerError(DspkgError):
+    """A local server for the benchmark or the tests (moto, SeaweedFS, Azurite,
+    fake-gcs-server) is not installed, did not start or did not answer."""
+
+    def __init__(self, message: str, *, server: str) -> None:
+        super().__init__(message)
+        self.server = server

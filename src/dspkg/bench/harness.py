@@ -7,15 +7,10 @@ count between two marks is what a measurement asked of the store.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import resource
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,33 +18,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from dspkg.bench.processes import BenchError, Sample, Spawner
+from dspkg.bench.processes import Sample, Spawner
+from dspkg.bench.servers import LocalServer, S3Credentials, start_moto
 from dspkg.bench.wan import WanConfig, WanEmulator
 
 BUCKET = "dspkg-bench"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench",
-    "AWS_REGION": "us-east-1",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+CREDENTIALS = S3Credentials("bench", "bench")
 # werkzeug's access line: `127.0.0.1 - - [date] "GET /path HTTP/1.1" 200 -`, the request
 # part wrapped in ANSI colour codes (werkzeug colours even when logging to a file).
 _REQUEST_LINE = re.compile(rb'"(?:\x1b\[[0-9;]*m)*([A-Z]+) \S+ HTTP/\d\.\d')
 _UNLIMITED = WanConfig(rtt_ms=0.0, mbit=0.0, connect_rtt=False)
-_SERVER_START_TIMEOUT = 30.0
 _LOG_SETTLE_POLL = 0.02
 _LOG_SETTLE_QUIET = 3  # polls without growth before a count is final
 _LOG_SETTLE_MAX = 5.0
 
 Say = Callable[[str], None]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class RequestLog:
@@ -117,7 +100,7 @@ class S3Lab:
         self.work = work
         self.link = link
         self.say = say
-        self._moto: subprocess.Popen[bytes] | None = None
+        self._moto: LocalServer | None = None
         self._wan: WanEmulator | None = None
         self._log: RequestLog | None = None
         self._spawner: Spawner | None = None
@@ -140,49 +123,21 @@ class S3Lab:
         self.close()
 
     def _start(self) -> None:
-        _require_moto()
         scratch = self.work / "spawn"
         scratch.mkdir(parents=True, exist_ok=True)
         self._spawner = Spawner(scratch)
         # What any command reports at least: the spawner's own memory, inherited at exec.
         self.rss_floor_kib = self.run(["true"]).peak_rss_kib
-        port = free_port()
         log_path = self.work / "moto.log"
-        with log_path.open("wb") as log:
-            self._moto = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        self._wait_listening(port, log_path)
+        self._moto = start_moto(BUCKET, CREDENTIALS, log=log_path)
         self._log = RequestLog(log_path)
-        # moto does not check signatures, so a plain path-style PUT creates the bucket.
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/{BUCKET}", method="PUT")
-        with urllib.request.urlopen(request, timeout=10):
-            pass
-        self._wan = WanEmulator(("127.0.0.1", port), self.link)
+        self._wan = WanEmulator(("127.0.0.1", self._moto.port), self.link)
         self._wan.start()
         self._log.take()
         self.say(
-            f"moto S3 on 127.0.0.1:{port}, WAN emulator at {self.url} ({_describe(self.link)})"
+            f"moto S3 on 127.0.0.1:{self._moto.port}, WAN emulator at {self.url} "
+            f"({_describe(self.link)})"
         )
-
-    def _wait_listening(self, port: int, log_path: Path) -> None:
-        assert self._moto is not None
-        deadline = time.monotonic() + _SERVER_START_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return
-            except OSError:
-                if self._moto.poll() is not None:
-                    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-                    raise BenchError(
-                        f"moto's S3 server exited at start: {' '.join(tail)}"
-                    ) from None
-                time.sleep(0.1)
-        raise BenchError(f"moto's S3 server did not listen on port {port} within 30 s")
 
     def close(self) -> None:
         if self._spawner is not None:
@@ -192,12 +147,7 @@ class S3Lab:
             self._wan.stop()
             self._wan = None
         if self._moto is not None:
-            self._moto.terminate()
-            try:
-                self._moto.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._moto.kill()
-                self._moto.wait()
+            self._moto.stop()
             self._moto = None
 
     @property
@@ -209,7 +159,7 @@ class S3Lab:
     def env(self, *, store: str | None = None, cache: Path | None = None) -> dict[str, str]:
         """A minimal environment for a child: credentials, endpoint, dspkg's store and cache."""
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "PYTHONPATH")}
-        env.update(CREDENTIALS)
+        env.update(CREDENTIALS.env())
         env["AWS_ENDPOINT_URL"] = self.url
         if store is not None:
             env["DSPKG_STORE"] = store
@@ -244,11 +194,11 @@ class S3Lab:
         self._wan.reset_stats()
         # The client, moto and the emulator share the CPUs; their CPU times show which
         # of the three a run was waiting for.
-        server_before = _process_cpu(self._moto.pid)
+        server_before = _process_cpu(self._moto.process.pid)
         own_before = _own_cpu()
         sample = self.run(argv, env=env, cwd=cwd)
         own_after = _own_cpu()
-        server_after = _process_cpu(self._moto.pid)
+        server_after = _process_cpu(self._moto.process.pid)
         stats = self._wan.stats()
         server = None
         if server_before is not None and server_after is not None:
@@ -284,12 +234,3 @@ def _process_cpu(pid: int) -> float | None:
 def _describe(link: WanConfig) -> str:
     rate = "unlimited" if link.bytes_per_second is None else f"{link.mbit:g} Mbit/s"
     return f"{link.rtt_ms:g} ms RTT, {rate}"
-
-
-def _require_moto() -> None:
-    missing = [m for m in ("moto", "flask", "werkzeug") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise BenchError(
-            f"dspkg bench needs moto's S3 server ({', '.join(missing)} not installed); "
-            "install it with: pip install 'moto[server]' (or pip install -e '.[dev]')"
-        )
