@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 import shutil
 import struct
 import subprocess
@@ -178,34 +179,34 @@ def _raw_entry(name: bytes, data: bytes, *, flags: int = zf.FLAG_UTF8, method: i
 
 
 @pytest.mark.parametrize(
-    "name",
+    ("name", "reason"),
     [
-        b"../x",
-        b"a/../../x",
-        b"a/./b",
-        b"/etc/x",
-        b"//h/x",
-        b"C:\\x",
-        b"C:/x",
-        b"D:x",
-        b"\\\\h\\s\\x",
-        b"\\x",
-        b"a/C:\\x",
-        b"a\\b",
-        b"a\x00b",
-        b"",
-        b"a//b",
-        b"a/",
-        b"CON",
-        b"dir/nul",
-        b"trailing.",
-        b"trailing ",
-        b"\xff\xfe",
+        (b"../x", "contains '..'"),
+        (b"a/../../x", "contains '..'"),
+        (b"a/./b", "contains '.' as a component"),
+        (b"/etc/x", "absolute path"),
+        (b"//h/x", "absolute path"),
+        (b"C:\\x", "contains a backslash"),
+        (b"C:/x", "contains a drive letter"),
+        (b"D:x", "contains a drive letter"),
+        (b"\\\\h\\s\\x", "contains a backslash"),
+        (b"\\x", "contains a backslash"),
+        (b"a/C:\\x", "contains a backslash"),
+        (b"a\\b", "contains a backslash"),
+        (b"a\x00b", "contains a control character"),
+        (b"", "empty or not a string"),
+        (b"a//b", "empty path component"),
+        (b"a/", "empty path component"),
+        (b"CON", "reserved device name"),
+        (b"dir/nul", "reserved device name"),
+        (b"trailing.", "ends with '.' or a space"),
+        (b"trailing ", "ends with '.' or a space"),
+        (b"\xff\xfe", "is not valid UTF-8"),
     ],
 )
-def test_unsafe_names_are_refused(name: bytes) -> None:
+def test_unsafe_names_are_refused(name: bytes, reason: str) -> None:
     entry = _raw_entry(name, b"data")
-    with pytest.raises(UnsafePackage):
+    with pytest.raises(UnsafePackage, match=re.escape(reason)):
         list(LocalEntryParser(0).feed(entry))
 
 
@@ -253,23 +254,38 @@ def _with_mode(package: bytes, name: str, mode: int) -> bytes:
         at += 46 + nlen + struct.unpack_from("<H", package, at + 30)[0]
 
 
-@pytest.mark.parametrize("mode", [0o120777, 0o020644, 0o010644, 0o104755])
-def test_links_devices_and_setuid_in_the_directory_are_refused(mode: int) -> None:
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        (0o120777, r"'link' is not a regular file \(mode 0o120777\)"),
+        (0o020644, r"'link' is not a regular file \(mode 0o20644\)"),
+        (0o010644, r"'link' is not a regular file \(mode 0o10644\)"),
+        (0o104755, "'link' has setuid, setgid or sticky bits"),
+    ],
+)
+def test_links_devices_and_setuid_in_the_directory_are_refused(mode: int, reason: str) -> None:
     package, _ = build_package([("a", b"1"), ("link", b"target")])
     hostile = _with_mode(package, "link", mode)
-    with pytest.raises(UnsafePackage):
+    with pytest.raises(UnsafePackage, match=reason):
         read_central_directory(reader(hostile), len(hostile))
 
 
 def test_trailing_and_prepended_bytes_are_refused() -> None:
     package, _ = build_package([("a", b"1")])
-    for hostile in (package + b"junk", b"junk" + package):
-        with pytest.raises(UnsafePackage):
+    for hostile, reason in (
+        (package + b"junk", "no end of central directory record at the end"),
+        (b"junk" + package, "central directory is not where the end record says"),
+    ):
+        with pytest.raises(UnsafePackage, match=reason):
             read_central_directory(reader(hostile), len(hostile))
 
 
 def test_duplicate_and_case_colliding_entries_are_refused() -> None:
-    for names in (["a", "a"], ["A", "a"], ["a", "a/b"]):
+    for names, reason in (
+        (["a", "a"], "entry 'a' is out of order or duplicated"),
+        (["A", "a"], "entry 'a' collides with 'A'"),
+        (["a", "a/b"], "entry 'a' is a file and also a directory of 'a/b'"),
+    ):
         writer = PackageWriter()
         out = bytearray()
         for name in names:
@@ -277,7 +293,7 @@ def test_duplicate_and_case_colliding_entries_are_refused() -> None:
             writer._last_name = None
             out += writer.add(name, 1, zlib.crc32(b"x")) + b"x"
         out += writer.finish()
-        with pytest.raises(UnsafePackage):
+        with pytest.raises(UnsafePackage, match=reason):
             read_central_directory(reader(bytes(out)), len(out))
 
 
