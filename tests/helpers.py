@@ -153,10 +153,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
 
 
 @contextlib.contextmanager
-def loop_mount(tmp_path: Path, fstype: str, *, size_mb: int) -> Iterator[Path]:
+def loop_mount(
+    tmp_path: Path, fstype: str, *, size_mb: int, mkfs_options: tuple[str, ...] = ()
+) -> Iterator[Path]:
     """A small file system of ``fstype`` (xfs or tmpfs) mounted under ``tmp_path``.
 
     Needs root and loop devices, as on the CI machine; elsewhere the test is skipped.
+    The image is a sparse file: it takes the disk space its contents take.
     """
     import shutil
 
@@ -171,7 +174,9 @@ def loop_mount(tmp_path: Path, fstype: str, *, size_mb: int) -> Iterator[Path]:
         with image.open("wb") as f:
             f.truncate(size_mb << 20)
         made = subprocess.run(
-            [f"mkfs.{fstype}", "-q", "-f", str(image)], capture_output=True, check=False
+            [f"mkfs.{fstype}", "-q", "-f", *mkfs_options, str(image)],
+            capture_output=True,
+            check=False,
         )
         if made.returncode != 0:
             pytest.skip(f"mkfs.{fstype} failed: {made.stderr.decode().strip()}")
