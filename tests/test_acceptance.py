@@ -7,12 +7,14 @@ import json
 import random
 import shutil
 import subprocess
+import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from dspkg import api
+from dspkg.bench.servers import LocalServer
 from dspkg.layout import blob_key, manifest_key
 from dspkg.manifest import Manifest
 from tests.helpers import (
@@ -293,3 +295,29 @@ def test_manifest_is_compact_json_with_offsets(durable_store: StoreCase, tmp_pat
         blob = store_bytes(durable_store, blob_key(record["sha256"]))
         assert blob == files[record["path"]]
     assert Manifest.from_json(raw, obj="m").same_content(Manifest.from_json(raw, obj="m"))
+
+
+def test_publish_and_pull_on_azure(azurite_server: LocalServer, tmp_path: Path) -> None:
+    """End to end on Azure Blob (Azurite), as a user runs it: packages only, several of
+    them, one above the 8 MiB part size (a block-list upload), then a pull from them."""
+    files = image_files(per_class=100)
+    files["weights/model.bin"] = random.Random(3).randbytes(9 << 20)
+    case = StoreCase("az", azurite_server.url(uuid.uuid4().hex), azurite_server.env())
+    env = cli_env(case, tmp_path, VH_ENABLE_DATASET_VERSION_PACKAGING="1")
+    outputs = write_outputs(tmp_path / "outputs", files, [{"uri": URI, "packaging": True}])
+
+    published = run_cli(["publish", str(outputs), "--packages-only", "--package-size", "2MB"], env)
+    assert published.returncode == 0, published.stderr
+    listed = asyncio.run(case.open().list(""))
+    keys = [i.key for i in listed]
+    packages = [i.size for i in listed if i.key.endswith(".vhpkgzip")]
+    assert len(packages) >= 3, keys
+    assert max(packages) > 9 << 20  # the model's package went up in parts
+    assert not [k for k in keys if k.startswith("blobs/")]
+
+    pulled = run_cli(["pull", URI, str(tmp_path / "dest"), "--json"], env)
+    assert pulled.returncode == 0, pulled.stderr
+    doc = json.loads(pulled.stdout)
+    assert doc["files"] == doc["files_fetched"] == len(files)
+    assert doc["bytes_downloaded"] >= sum(map(len, files.values()))
+    assert read_tree(tmp_path / "dest") == files
