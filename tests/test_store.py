@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dspkg.bench.servers import LocalServer
 from dspkg.errors import DspkgError, InvalidArgument, StoreError
 from dspkg.store import open_store
 from tests.helpers import LISTED_KEYS, StoreCase, check_listing_and_delete
@@ -129,3 +130,14 @@ def test_unknown_scheme_is_refused() -> None:
 def test_bad_store_option_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="cannot be configured"):
         open_store("s3://bucket/prefix", {"no_such_option": "1"})
+
+
+def test_seaweedfs_checks_signatures(seaweedfs_server: LocalServer) -> None:
+    # moto accepts any signature; SeaweedFS, like S3, only the keys it knows. So the suite's
+    # requests above were signed, and signed right.
+    url = seaweedfs_server.url("signed")
+    wrong = open_store(url, {"secret_access_key": "not-the-key"}, env=seaweedfs_server.env())
+    with pytest.raises(StoreError, match="refused access"):
+        run(wrong.put("k", b"x"))
+    right = open_store(url, env=seaweedfs_server.env())
+    assert run(right.put("k", b"x"))
