@@ -20,6 +20,7 @@ from dspkg.manifest import Manifest
 from tests.helpers import (
     StoreCase,
     assert_one_line_error,
+    make_store_url,
     package_keys,
     read_tree,
     run_cli,
@@ -37,6 +38,14 @@ def image_files(seed: int = 7, per_class: int = 700) -> dict[str, bytes]:
         for cls in ("cat", "dog", "bird")
         for i in range(per_class)
     }
+
+
+@pytest.fixture(params=["file", "s3", "seaweedfs"])
+def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreCase:
+    """conftest's stores plus SeaweedFS: these end-to-end runs also meet an S3 server that
+    checks signatures and keeps connections alive (moto stays the default elsewhere)."""
+    url, env = make_store_url(request.param, tmp_path, request)
+    return StoreCase(request.param, url, env)
 
 
 def cli_env(case: StoreCase, tmp_path: Path, **extra: str) -> dict[str, str]:
