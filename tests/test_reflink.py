@@ -73,7 +73,7 @@ def test_reflink_and_auto_clone_the_cache_objects_on_xfs(tmp_path: Path) -> None
             assert read_tree(dest) == FILES
             with Cache(cache) as opened:
                 for rel, data in FILES.items():
-                    obj = opened.object_path(hashlib.sha256(data).hexdigest())
+                    obj = Path(opened.object_path(hashlib.sha256(data).hexdigest()))
                     mine = (dest / rel).stat()
                     assert mine.st_ino != obj.stat().st_ino, rel  # not a hardlink
                     assert mine.st_nlink == 1, rel
