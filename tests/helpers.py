@@ -16,11 +16,8 @@ from urllib.parse import quote
 
 import pytest
 
-from dspkg.bench.servers import (
-    LocalServer,
-    S3Credentials,
-    free_port,  # noqa: F401 (tests that start servers use it)
-)
+from dspkg.bench.servers import LocalServer, S3Credentials
+from dspkg.bench.servers import free_port as free_port  # noqa: PLC0414 (re-exported for tests)
 from dspkg.cache import Cache
 from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, TreePlan
 from dspkg.store import Store, open_store
