@@ -21,8 +21,8 @@ $(DEV): $(BASE)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(DEV)
 
-# The Debian packages the tests need (unzip, zip, xfsprogs, Node.js and npm, fuse3,
-# chromium), each installed only where its tool is missing: scripts/sysdeps.sh says why.
+# The Debian packages the tests need, each installed only where its tool or library is
+# missing: scripts/sysdeps.sh lists them and says why.
 sysdeps:
 	@bash scripts/sysdeps.sh
 

@@ -34,9 +34,13 @@ need zip zip                 # interop tests, benchmark baselines
 need mkfs.xfs xfsprogs       # the reflink test (an XFS image on a loop device)
 need fusermount3 fuse3       # the FUSE mount
 need chromium chromium       # browser tests of the web pages
-# libfuse3, which the FUSE mount loads: a library, found through the linker's cache.
+# Libraries, found through the linker's cache.
 libs=$(ldconfig -p 2>/dev/null)
-[[ $libs == *"libfuse3.so.3 "* ]] || missing+=(libfuse3-3)
+need_lib() { # need_lib SONAME PACKAGE: PACKAGE when the linker does not know SONAME
+    [[ $libs == *"$1 "* ]] || missing+=("$2")
+}
+need_lib libfuse3.so.3 libfuse3-3 # loaded by the FUSE mount
+need_lib libatomic.so.1 libatomic1 # Playwright's Node driver (browser tests); comes with gcc
 # Azurite (the Azure emulator) runs on Node.js and installs with npm.
 if ! command -v npm >/dev/null 2>&1; then
     command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -18,16 +18,17 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts/sysdeps.sh"
 ALL_TOOLS = ("unzip", "zip", "mkfs.xfs", "fusermount3", "chromium", "node", "npm")
 LIBFUSE = "\tlibfuse3.so.3 (libc6,x86-64) => /lib/x86_64-linux-gnu/libfuse3.so.3\n"
+LIBATOMIC = "\tlibatomic.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libatomic.so.1\n"
 
 
-def _machine(root: Path, tools: tuple[str, ...], *, libfuse: bool) -> Path:
-    """A PATH directory with ``tools`` and an ``ldconfig`` that lists libfuse3 or not."""
+def _machine(root: Path, tools: tuple[str, ...], *, libfuse: bool, libatomic: bool = True) -> Path:
+    """A PATH directory with ``tools`` and an ``ldconfig`` that lists the libraries."""
     bin_dir = root / "bin"
     bin_dir.mkdir()
     for tool in tools:
         _executable(bin_dir / tool, "#!/bin/sh\nexit 0\n")
-    cache = LIBFUSE if libfuse else ""
-    _executable(bin_dir / "ldconfig", f"#!/bin/sh\nprintf '1 libs found in cache\\n{cache}'\n")
+    cache = (LIBFUSE if libfuse else "") + (LIBATOMIC if libatomic else "")
+    _executable(bin_dir / "ldconfig", f"#!/bin/sh\nprintf '2 libs found in cache\\n{cache}'\n")
     return bin_dir
 
 
@@ -76,17 +77,27 @@ def _without(*names: str) -> tuple[str, ...]:
         (ALL_TOOLS, False, ["libfuse3-3"]),
         (_without("chromium", "unzip"), True, ["unzip", "chromium"]),
         (ALL_TOOLS, True, []),
-        (
-            (),
-            False,
-            ["unzip", "zip", "xfsprogs", "fuse3", "chromium", "libfuse3-3", "nodejs", "npm"],
-        ),
     ],
 )
 def test_asks_apt_only_for_what_is_missing(
     tmp_path: Path, tools: tuple[str, ...], libfuse: bool, packages: list[str]
 ) -> None:
     assert _dry_run(_machine(tmp_path, tools, libfuse=libfuse)) == packages
+
+
+def test_a_bare_machine_gets_everything(tmp_path: Path) -> None:
+    # A minimal Debian (debootstrap --variant=minbase): no tools, no gcc, so no libatomic.
+    assert _dry_run(_machine(tmp_path, (), libfuse=False, libatomic=False)) == [
+        "unzip",
+        "zip",
+        "xfsprogs",
+        "fuse3",
+        "chromium",
+        "libfuse3-3",
+        "libatomic1",
+        "nodejs",
+        "npm",
+    ]
 
 
 def test_never_asks_for_npm_or_nodejs_while_npm_is_there(tmp_path: Path) -> None:
