@@ -22,16 +22,15 @@ from typing import Any
 import pytest
 
 import dspkg
+from dspkg.bench.servers import LocalServer, start_moto
 from dspkg.errors import SelectionError
 from tests.helpers import (
     BUCKET,
+    S3_CREDENTIALS,
     S3_ENV,
-    S3Server,
     assert_one_line_error,
-    free_port,
     read_tree,
     run_cli,
-    start_moto,
     write_outputs,
 )
 
@@ -80,22 +79,17 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """moto with its request log, and one packaged version of 10 folders x 40 files."""
     work = tmp_path_factory.mktemp("subset")
-    port = free_port()
-    with (work / "moto.log").open("wb") as log:
-        proc = start_moto(port, log=log)
-    try:
-        with pytest.MonkeyPatch.context() as process:
-            for key, value in S3_ENV.items():  # obstore reads credentials from the process
-                process.setenv(key, value)
-            yield _publish(work, S3Server(endpoint=f"http://127.0.0.1:{port}", port=port))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with (
+        start_moto(BUCKET, S3_CREDENTIALS, log=work / "moto.log") as server,
+        pytest.MonkeyPatch.context() as process,
+    ):
+        for key, value in S3_ENV.items():  # obstore reads credentials from the process
+            process.setenv(key, value)
+        yield _publish(work, server)
 
 
-def _publish(work: Path, server: S3Server) -> Lab:
-    server.create_bucket(BUCKET)
-    env = {**S3_ENV, "AWS_ENDPOINT_URL": server.endpoint}
+def _publish(work: Path, server: LocalServer) -> Lab:
+    env = server.env()
     env["DSPKG_STORE"] = f"s3://{BUCKET}/{uuid.uuid4().hex}"
     rng = random.Random(11)
     files = {
