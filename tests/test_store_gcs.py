@@ -60,3 +60,13 @@ def test_list_and_dirs_and_delete(gcs_server: LocalServer) -> None:
         gcs_upload(gcs_server, f"{prefix}/{key}", b"{}")
 
     asyncio.run(check_listing_and_delete(store))
+
+
+def test_a_request_the_server_refuses_is_not_retried(gcs_server: LocalServer) -> None:
+    """fake-gcs-server answers obstore's XML PUT with 400: final, said at once, not retried
+    as if the network were at fault."""
+    store, _ = _store(gcs_server)
+    with pytest.raises(StoreError, match="store request failed") as caught:
+        asyncio.run(store.put("x.bin", b"data"))
+    assert "times" not in str(caught.value)
+    assert store.stats.retries == 0

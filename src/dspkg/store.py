@@ -339,9 +339,23 @@ def translate(exc: BaseException, where: str) -> StoreError:
 
 
 def transient(exc: BaseException) -> bool:
-    """Worth another try: network and server trouble, not a local disk error nor a
-    missing bucket."""
-    return isinstance(exc, TRANSIENT) and _os_error(str(exc)) is None and not missing_container(exc)
+    """Worth another try: network and server trouble; not a local disk error, a missing
+    bucket, nor a request the server refused as such (a 4xx other than 408 and 429)."""
+    text = str(exc)
+    return (
+        isinstance(exc, TRANSIENT)
+        and _os_error(text) is None
+        and not missing_container(exc)
+        and _client_error(text) is None
+    )
+
+
+def _client_error(text: str) -> int | None:
+    """A 4xx status the server answered with that a retry cannot change."""
+    match = re.search(r"non-2xx status code: (4\d\d)", text)
+    if match is None or match.group(1) in ("408", "429"):
+        return None
+    return int(match.group(1))
 
 
 def _os_error(text: str) -> int | None:

@@ -152,7 +152,7 @@ class LocalEntryParser:
     raises if the stream ended inside a header or an entry's data.
     """
 
-    def __init__(self, offset: int = 0, *, obj: str = "package") -> None:
+    def __init__(self, offset: int = 0, *, obj: str = "(unnamed)") -> None:
         self.obj = obj
         self.offset = offset
         self.at_directory = False
@@ -230,7 +230,7 @@ class LocalEntryParser:
 
 
 def read_entry(
-    read_range: ReadRange, header_offset: int, *, obj: str = "package"
+    read_range: ReadRange, header_offset: int, *, obj: str = "(unnamed)"
 ) -> tuple[LocalHeader, bytes]:
     """Read one entry's header and data from its local header offset."""
     head = read_range(header_offset, header_offset + zf.LOCAL.size)
@@ -260,7 +260,7 @@ class DirectoryLocation:
 
 
 def locate_central_directory(
-    read_range: ReadRange, package_size: int, *, obj: str = "package", max_entries: int = 10**7
+    read_range: ReadRange, package_size: int, *, obj: str = "(unnamed)", max_entries: int = 10**7
 ) -> DirectoryLocation:
     """Find the central directory from the end records (only the last 98 bytes are read).
 
@@ -307,7 +307,7 @@ def locate_central_directory(
 
 
 def read_central_directory(
-    read_range: ReadRange, package_size: int, *, obj: str = "package", max_entries: int = 10**7
+    read_range: ReadRange, package_size: int, *, obj: str = "(unnamed)", max_entries: int = 10**7
 ) -> list[CentralEntry]:
     """Read and validate a package's central directory; entries come in offset order.
 
