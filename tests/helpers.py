@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import struct
 import subprocess
 import sys
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ from urllib.parse import quote
 
 import pytest
 
+from dspkg import zipformat as zf
 from dspkg.bench.servers import LocalServer, S3Credentials
 from dspkg.bench.servers import free_port as free_port  # noqa: PLC0414 (re-exported for tests)
 from dspkg.cache import Cache
 from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, TreePlan
 from dspkg.store import Store, open_store
+from dspkg.zipreader import LocalHeader, parse_local_header
 from dspkg.zipwriter import PackageWriter, WrittenEntry
 
 BUCKET = "dspkg-test"
@@ -222,3 +225,19 @@ def package_keys(case: StoreCase, dataset: str, version: str) -> list[str]:
 
     raw = asyncio.run(case.open().get(manifest_key(dataset, version)))
     return [p["key"] for p in json.loads(raw)["packages"]]
+
+
+def read_entry(
+    read_range: Callable[[int, int], bytes], header_offset: int, *, obj: str = "package"
+) -> tuple[LocalHeader, bytes]:
+    """One entry's header and data read from its local header offset alone (no central
+    directory): the random access the format promises."""
+    head = read_range(header_offset, header_offset + zf.LOCAL.size)
+    nlen, xlen = struct.unpack_from("<HH", head, 26)
+    full = head + read_range(
+        header_offset + zf.LOCAL.size, header_offset + zf.LOCAL.size + nlen + xlen
+    )
+    parsed = parse_local_header(full, header_offset, obj=obj)
+    assert parsed is not None, "truncated local header"
+    header, _ = parsed
+    return header, read_range(header.data_offset, header.data_offset + header.size)

@@ -87,7 +87,7 @@ def test_errors_name_file_and_line(tmp_path: Path, line: str, needle: str) -> No
     out = write_outputs(tmp_path, {"a.txt": b"A"}, ["dataset://a/b"])
     with (out / "valohai.metadata.jsonl").open("a") as f:
         f.write("\n" + line + "\n")
-    with pytest.raises(InvalidMetadata) as caught:
+    with pytest.raises(InvalidMetadata, match=r"valohai\.metadata\.jsonl, line 3") as caught:
         read_outputs(out)
     assert caught.value.line == 3
     assert "valohai.metadata.jsonl, line 3" in str(caught.value)

@@ -292,7 +292,7 @@ def test_sigkill_leaves_a_consistent_cache_and_a_mount_point_that_is_cleared(
         assert (m.point / "cat/000.jpg").read_bytes() == files["cat/000.jpg"]
         m.process.proc.send_signal(signal.SIGKILL)
         m.process.proc.wait()
-        with pytest.raises(OSError) as caught:
+        with pytest.raises(OSError, match="not connected") as caught:
             os.listdir(point)
         assert caught.value.errno == errno.ENOTCONN
         verified = run_cli(["cache", "verify", "--json"], env)

@@ -64,7 +64,9 @@ def test_names_and_uris() -> None:
     assert str(VersionUri("images", "v.1_2")) == "dataset://images/v.1_2"
     assert parse_dataset_uri("dataset://images") == "images"
     for bad in ("dataset://a", "dataset://a/b/c", "s3://a/b", "dataset://.a/b", "dataset://a/b c"):
-        with pytest.raises(InvalidName):
+        with pytest.raises(
+            InvalidName, match=r"invalid (dataset version URI|dataset name|version)"
+        ):
             VersionUri.parse(bad)
     with pytest.raises(InvalidName, match="1-100 characters"):
         check_name("x" * 101)
@@ -77,5 +79,5 @@ def test_sizes() -> None:
     assert parse_size("1.5kb") == 1500
     assert format_size(1_234_567) == "1.2 MB"
     assert format_size(999) == "999 B"
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidArgument, match="invalid size 'ten'"):
         parse_size("ten")

@@ -1,11 +1,10 @@
 """Reads ``.vhpkgzip`` packages, trusting nothing (pure: bytes or a ``read_range`` in, no store).
 
-Three readers share one set of checks:
+Two readers share one set of checks:
 
 - :class:`LocalEntryParser` walks local headers in one forward pass over a byte stream
   that starts at any local header (a whole package, or a ranged GET from the middle),
   yielding each entry's data as it arrives;
-- :func:`read_entry` reads one entry given its local header offset;
 - :func:`read_central_directory` reads and validates the central directory.
 
 Anything outside the subset dspkg writes (compression, encryption, data descriptors,
@@ -227,29 +226,6 @@ class LocalEntryParser:
                 f"package {self.obj}: truncated inside a local header at offset {self.offset}",
                 obj=self.obj,
             )
-
-
-def read_entry(
-    read_range: ReadRange, header_offset: int, *, obj: str = "(unnamed)"
-) -> tuple[LocalHeader, bytes]:
-    """Read one entry's header and data from its local header offset."""
-    head = read_range(header_offset, header_offset + zf.LOCAL.size)
-    if len(head) < zf.LOCAL.size:
-        raise UnsafePackage(f"package {obj}: truncated at offset {header_offset}", obj=obj)
-    nlen, xlen = struct.unpack_from("<HH", head, 26)
-    full = head + read_range(
-        header_offset + zf.LOCAL.size, header_offset + zf.LOCAL.size + nlen + xlen
-    )
-    parsed = parse_local_header(full, header_offset, obj=obj)
-    if parsed is None:
-        raise UnsafePackage(f"package {obj}: truncated at offset {header_offset}", obj=obj)
-    header, _ = parsed
-    data = read_range(header.data_offset, header.data_offset + header.size)
-    if len(data) != header.size:
-        raise UnsafePackage(
-            f"package {obj}: truncated inside entry {header.name!r}", obj=obj, entry=header.name
-        )
-    return header, data
 
 
 @dataclass(frozen=True, slots=True)

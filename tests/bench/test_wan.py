@@ -433,7 +433,7 @@ def test_stop_is_idempotent_and_frees_the_port(serve: Callable[[Handler], tuple[
         emulator.stop()
         received, _ = _recv_until_closed(sock)
     assert received == b""
-    with pytest.raises(ConnectionRefusedError):
+    with pytest.raises(ConnectionRefusedError, match="Connection refused"):
         socket.create_connection((host, port), timeout=_TIMEOUT).close()
     with WanEmulator(serve(_echo), listen_port=port) as again:
         assert again.address == (host, port)
