@@ -264,14 +264,16 @@ def versions(
 def show(
     uri: str,
     *,
+    files: bool = True,
     store: StoreLike = None,
     store_options: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> VersionDetails:
-    """One version: files, bytes, parent, aliases and packages."""
+    """One version: files, bytes, parent, aliases and packages. Without ``files`` only
+    its manifest root is read: the counts, not the file list."""
     version = VersionUri.parse(uri)
     source = resolve_store(store, Settings.from_env(env), store_options)
-    return run_sync(describe_version(Catalog(source), version))
+    return run_sync(describe_version(Catalog(source), version, files=files))
 
 
 def diff(

@@ -7,9 +7,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from dspkg.catalog import Catalog
+from dspkg.catalog import Catalog, whole
+from dspkg.errors import InvalidArgument
 from dspkg.layout import LATEST, name_from_key, versions_prefix
-from dspkg.manifest import Manifest
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot
 from dspkg.names import VersionUri
 from dspkg.versiondiff import VersionDiff, diff_files
 
@@ -42,24 +43,33 @@ class VersionSummary:
 
 @dataclass(frozen=True)
 class VersionDetails:
-    manifest: Manifest
+    """One version: its root, and its files when they were asked for."""
+
+    root: ManifestRoot
     aliases: tuple[str, ...]
     package_bytes: int
+    files: tuple[FileEntry, ...] | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        if self.files is None:
+            raise InvalidArgument(f"the files of {self.root.uri} were not loaded; ask for them")
+        return whole(self.root, self.files)
 
     def to_json(self, *, files: bool = False) -> dict[str, Any]:
-        m = self.manifest
-        used = files_per_package(m)
+        m = self.root
         doc: dict[str, Any] = {
             "uri": str(m.uri),
             "dataset": m.dataset,
             "version": m.version,
             "from": m.parent,
             "created_at": m.created_at,
-            "files": len(m.files),
-            "bytes": m.total_bytes,
+            "files": m.files,
+            "bytes": m.bytes,
             "aliases": list(self.aliases),
             "blobs": m.blobs,
-            "packaged_files": sum(used),
+            "manifest": {"schema_version": m.schema_version, "shards": len(m.shards)},
+            "packaged_files": sum(m.package_files),
             "packages": [
                 {
                     "name": p.name,
@@ -67,7 +77,7 @@ class VersionDetails:
                     "size": p.size,
                     "entries": p.entries,
                     "sha256": p.sha256,
-                    "files_used": used[i],
+                    "files_used": m.package_files[i],
                 }
                 for i, p in enumerate(m.packages)
             ],
@@ -81,7 +91,7 @@ class VersionDetails:
                     "package": m.packages[f.package].name if f.package is not None else None,
                     "offset": f.offset,
                 }
-                for f in m.files
+                for f in self.manifest.files
             ]
         return doc
 
@@ -92,11 +102,7 @@ def files_per_package(manifest: Manifest) -> list[int]:
     A package reused from an identical earlier version may hold files of others too,
     so this can be less than its ``entries``.
     """
-    used = [0] * len(manifest.packages)
-    for f in manifest.files:
-        if f.package is not None:
-            used[f.package] += 1
-    return used
+    return list(manifest.package_files())
 
 
 async def compare_versions(catalog: Catalog, a: VersionUri, b: VersionUri) -> VersionDiff:
@@ -137,15 +143,19 @@ async def list_versions(catalog: Catalog, dataset: str) -> list[VersionSummary]:
     return summaries
 
 
-async def describe_version(catalog: Catalog, uri: VersionUri) -> VersionDetails:
-    manifest = await catalog.read_manifest(uri)
+async def describe_version(
+    catalog: Catalog, uri: VersionUri, *, files: bool = True
+) -> VersionDetails:
+    """One version; without ``files`` only its root is read (one request for v2)."""
+    root = await catalog.read_root(uri)
     aliases = sorted(
         alias
-        for alias, version in (await catalog.aliases(manifest.dataset)).items()
-        if version == manifest.version
+        for alias, version in (await catalog.aliases(root.dataset)).items()
+        if version == root.version
     )
     return VersionDetails(
-        manifest=manifest,
+        root=root,
         aliases=tuple(aliases),
-        package_bytes=sum(p.size for p in manifest.packages),
+        package_bytes=sum(p.size for p in root.packages),
+        files=await catalog.read_files(root) if files else None,
     )

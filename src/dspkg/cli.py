@@ -207,7 +207,12 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    details = api.show(args.uri, store=args.store, store_options=store_options(args.store_option))
+    details = api.show(
+        args.uri,
+        files=args.files,
+        store=args.store,
+        store_options=store_options(args.store_option),
+    )
     doc = details.to_json(files=args.files)
     if args.json:
         _print_json(doc)

@@ -6,13 +6,16 @@
     packages/<dataset>/<version>/<attempt>/<dataset>.<version>.vhpkgzip      one package
     packages/<dataset>/<version>/<attempt>/<dataset>.<version>.<i>-of-<n>.vhpkgzip
     packages/.index/<shape>.json                                       packages by layout, for reuse
-    datasets/<dataset>/versions/<version>.json                         the manifest
+    datasets/<dataset>/versions/<version>.json                         the manifest (v1, or v2 root)
+    datasets/<dataset>/shards/<sha256>.json.gz                         a v2 manifest shard
     datasets/<dataset>/aliases/<alias>.json                            {"version": "..."}
     executions/<execution-id>/outputs/<path>                           outputs of ``dspkg run``
 
 ``<attempt>`` is a random name each publish draws for the packages it uploads: two
 publishers racing for one version never write (or clean up) the same object, and the
-manifest, written last with a conditional create, is the only commit point.
+manifest, written last with a conditional create, is the only commit point. Shards are
+named by their content (SHA-256), written before the root that lists them and never
+changed, so a root that is replaced later never pulls a shard from under a reader.
 """
 
 from __future__ import annotations
@@ -38,6 +41,17 @@ def manifest_key(dataset: str, version: str) -> str:
 
 def versions_prefix(dataset: str) -> str:
     return f"{DATASETS_PREFIX}{dataset}/versions/"
+
+
+SHARD_SUFFIX = ".json.gz"
+
+
+def shards_prefix(dataset: str) -> str:
+    return f"{DATASETS_PREFIX}{dataset}/shards/"
+
+
+def shard_key(dataset: str, sha256: str) -> str:
+    return f"{shards_prefix(dataset)}{sha256}{SHARD_SUFFIX}"
 
 
 def alias_key(dataset: str, alias: str) -> str:

@@ -132,14 +132,6 @@ def shape_digest(files: Sequence[LocalFile]) -> str:
     return h.hexdigest()
 
 
-def content_digest(entries: Sequence[tuple[str, int, str]]) -> str:
-    """Identifies a package's bytes: the same (path, size, sha256) list gives the same package."""
-    h = hashlib.sha256()
-    for path, size, sha in entries:
-        h.update(f"{path}\0{size}\0{sha}\n".encode())
-    return h.hexdigest()
-
-
 def layout_offsets(files: Sequence[tuple[str, int, int]]) -> dict[str, int]:
     """Where each file's data starts in the package of ``(path, size, crc32)``, in order."""
     writer = PackageWriter()

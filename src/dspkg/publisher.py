@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dspkg.catalog import Catalog, now_iso
+from dspkg.catalog import Catalog, now_iso, whole
 from dspkg.concurrency import BoundedTasks
 from dspkg.errors import AlreadyExists, DspkgError, InvalidMetadata, NotFound
 from dspkg.layout import LATEST, blob_key, new_attempt
-from dspkg.manifest import Manifest
+from dspkg.manifest import Manifest, ManifestRoot, content_digest
 from dspkg.metadata import VersionRequest, read_outputs
 from dspkg.names import VersionUri
 from dspkg.packager import upload_package
@@ -31,7 +31,6 @@ from dspkg.publish_plan import (
     PackagePlan,
     VersionPlan,
     assemble_manifest,
-    content_digest,
     layout_offsets,
     plan_version,
     shape_digest,
@@ -153,10 +152,10 @@ async def publish_directory(
         parents, existing = await _validate(run, requests)
         packaging = {req.uri: _packaging(req, options, progress) for req in requests}
         results: list[VersionResult] = []
-        manifests: dict[VersionUri, Manifest] = dict(existing)
+        manifests: dict[VersionUri, Manifest] = {}
         try:
             for req in requests:
-                parent = _parent_manifest(req, parents, manifests)
+                parent = await _parent_manifest(run, req, parents, manifests, existing)
                 plan = plan_version(
                     req,
                     parent,
@@ -212,11 +211,12 @@ def _in_dependency_order(requests: Sequence[VersionRequest]) -> list[VersionRequ
 
 async def _validate(
     run: _Session, requests: Sequence[VersionRequest]
-) -> tuple[dict[VersionUri, Manifest], dict[VersionUri, Manifest]]:
-    """Parents outside this run, and versions that already exist; nothing is uploaded."""
+) -> tuple[dict[VersionUri, Manifest], dict[VersionUri, ManifestRoot]]:
+    """Parents outside this run, and versions that already exist (their roots: enough to
+    compare content); nothing is uploaded."""
     in_run = {r.uri for r in requests}
     parents: dict[VersionUri, Manifest] = {}
-    existing: dict[VersionUri, Manifest] = {}
+    existing: dict[VersionUri, ManifestRoot] = {}
     paths: dict[VersionUri, list[str]] = {}
     for req in requests:
         if req.parent is not None and req.parent not in in_run and req.parent not in parents:
@@ -240,20 +240,26 @@ async def _validate(
                 f"{req.uri}: file {collision[0]!r} {collision[1]}; rename one of them",
                 path=req.source,
             )
-        found = await run.catalog.find_manifest(req.uri)
+        found = await run.catalog.find_root(req.uri)
         if found is not None:
             existing[req.uri] = found
     return parents, existing
 
 
-def _parent_manifest(
+async def _parent_manifest(
+    run: _Session,
     req: VersionRequest,
     parents: dict[VersionUri, Manifest],
     manifests: dict[VersionUri, Manifest],
+    existing: dict[VersionUri, ManifestRoot],
 ) -> Manifest | None:
     if req.parent is None:
         return None
-    return manifests.get(req.parent) or parents.get(req.parent)
+    found = manifests.get(req.parent) or parents.get(req.parent)
+    if found is None and req.parent in existing:  # republished unchanged in this run
+        found = whole(existing[req.parent], await run.catalog.read_files(existing[req.parent]))
+        manifests[req.parent] = found
+    return found
 
 
 def _packaging(req: VersionRequest, options: PublishOptions, progress: Progress) -> bool:
@@ -270,15 +276,18 @@ def _packaging(req: VersionRequest, options: PublishOptions, progress: Progress)
     return req.packaging
 
 
-async def _confirm_same(run: _Session, plan: VersionPlan, existing: Manifest) -> VersionResult:
-    """Republishing: identical content is a no-op, anything else an error."""
+async def _confirm_same(
+    run: _Session, plan: VersionPlan, existing: ManifestRoot
+) -> VersionResult:
+    """Republishing: identical content is a no-op, anything else an error. The digests
+    compare the content without loading the existing version's files."""
     hashes: dict[str, tuple[int, str]] = {}
     async for read in run.reader.read_all(plan.local):
         hashes[read.file.rel] = (read.file.size, read.sha256)
     files = [f[:3] for f in plan.inherited]
     files += [(f.rel, *hashes[f.rel]) for f in plan.local]
     files.sort()
-    if files != [f[:3] for f in existing.files]:
+    if content_digest(files) != existing.file_digest():
         uri = plan.request.uri
         raise AlreadyExists(
             f"{uri} already exists with different content; versions are immutable, "
@@ -368,15 +377,15 @@ async def _commit_version(
     if not await run.catalog.write_manifest(manifest):
         # Another publisher created it meanwhile; same content is fine, and then the
         # packages this one uploaded are named by nothing: remove them.
-        other = await run.catalog.find_manifest(req.uri)
-        if other is None or not other.same_content(manifest):
+        other = await run.catalog.find_root(req.uri)
+        if other is None or not manifest.same_content(other):
             raise AlreadyExists(
                 f"{req.uri} was created by another publisher with different content "
                 "while this one ran; publish under a new version name",
                 uri=str(req.uri),
             )
         await _discard_packages(run)
-        return other, _result(other, created=False, uploaded=set(), aliases=())
+        return manifest, _result(other, created=False, uploaded=set(), aliases=())
     run.uploaded_packages.clear()  # referenced by a manifest now: never discard them
     for done in manifest.packages:
         if done.key in uploaded:
@@ -384,7 +393,9 @@ async def _commit_version(
     aliases = (LATEST, *req.aliases)
     for alias in aliases:
         await run.catalog.set_alias(req.uri.dataset, alias, req.uri.version)
-    return manifest, _result(manifest, created=True, uploaded=set(uploaded), aliases=aliases)
+    return manifest, _result(
+        manifest.root(), created=True, uploaded=set(uploaded), aliases=aliases
+    )
 
 
 async def _reusable(
@@ -429,18 +440,18 @@ async def _discard_packages(run: _Session) -> None:
 
 
 def _result(
-    manifest: Manifest, *, created: bool, uploaded: Iterable[str], aliases: Sequence[str]
+    root: ManifestRoot, *, created: bool, uploaded: Iterable[str], aliases: Sequence[str]
 ) -> VersionResult:
     uploaded = set(uploaded)
     return VersionResult(
-        uri=str(manifest.uri),
-        files=len(manifest.files),
-        bytes=manifest.total_bytes,
+        uri=str(root.uri),
+        files=root.files,
+        bytes=root.bytes,
         created=created,
-        parent=manifest.parent,
+        parent=root.parent,
         packages=tuple(
             PackageSummary(p.name, p.key, p.size, p.entries, p.key in uploaded)
-            for p in manifest.packages
+            for p in root.packages
         ),
         aliases=tuple(aliases),
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dspkg.cache import Cache, VersionRecord, object_problem
-from dspkg.loader import cached_manifest
+from dspkg.loader import cached_files
 from dspkg.names import VersionUri
 
 
@@ -148,9 +148,7 @@ def _pinned_objects(
         if record is not None:
             objects.update(record.objects)
         # A pull still running has no record yet: its cached manifest tells.
-        manifest = cached_manifest(cache, store, VersionUri.parse(uri), read_only=True)
-        if manifest is not None:
-            objects.update(f.sha256 for f in manifest.files)
+        objects.update(f.sha256 for f in cached_files(cache, store, VersionUri.parse(uri)))
     return pins, objects
 
 
