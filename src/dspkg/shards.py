@@ -282,6 +282,16 @@ def _parse_shard_info(raw: Any, dataset: str, bad: Any) -> ShardInfo:
     return info
 
 
+def shard_names(data: bytes) -> set[str]:
+    """The object names of the shards a stored root lists (nothing for v1 or bad bytes);
+    not a validation: only what the cache may keep."""
+    try:
+        doc = json.loads(data)
+        return {str(s["key"]).rpartition("/")[2] for s in doc.get("shards") or ()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return set()
+
+
 def decode_shard(data: bytes, info: ShardInfo, *, obj: str, trusted: bool = False) -> Records:
     """The records of one shard, checked against what its root says of it (hash, count,
     range, bytes) and, unless ``trusted`` (the cache's own copy), record by record."""
