@@ -26,6 +26,7 @@ from dspkg.browse import (
 )
 from dspkg.cache import Cache, store_id
 from dspkg.catalog import Catalog
+from dspkg.committer import CommitResult, commit_version
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
 from dspkg.errors import InvalidArgument, NotFound
@@ -34,7 +35,7 @@ from dspkg.manifest import Manifest
 from dspkg.materialize import LinkMode
 from dspkg.mounting import MountSummary, mount_argv, require_fuse, serve, start_mount
 from dspkg.mounting import unmount as unmount_point
-from dspkg.names import SCHEME, VersionUri, parse_dataset_uri
+from dspkg.names import SCHEME, VersionUri, check_name, parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.publisher import PublishOptions, PublishResult, publish_directory
 from dspkg.pull_plan import Tuning
@@ -73,6 +74,7 @@ def publish(
     packages_only: bool = False,
     package_size: int | str = "1GiB",
     jobs: int = 32,
+    part: str | None = None,
     store_options: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
@@ -81,6 +83,8 @@ def publish(
 
     ``packaging``: None follows each version's ``"packaging": true`` gated by
     ``VH_ENABLE_DATASET_VERSION_PACKAGING``; True packages every version; False none.
+    ``part``: stage these files as that part of each version instead; :func:`commit`
+    merges the parts into the version.
     """
     settings = Settings.from_env(env)
     options = PublishOptions(
@@ -90,8 +94,25 @@ def publish(
         package_size=_package_size(package_size),
         jobs=max(jobs, 1),
     )
+    if part is not None:
+        check_name(part, what="part name")
     target = resolve_store(store, settings, store_options)
-    return run_sync(publish_directory(Path(outputs_dir), target, options, progress))
+    return run_sync(publish_directory(Path(outputs_dir), target, options, progress, part=part))
+
+
+def commit(
+    uri: str,
+    *,
+    store: StoreLike = None,
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> CommitResult:
+    """Merge the staged parts of ``dataset://<dataset>/<version>`` into the version, with
+    one conditional create: of two commits at once, exactly one creates it."""
+    version = VersionUri.parse(uri)
+    target = resolve_store(store, Settings.from_env(env), store_options)
+    return run_sync(commit_version(target, version, progress))
 
 
 def pull_options(

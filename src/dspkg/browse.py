@@ -115,6 +115,8 @@ async def list_datasets(catalog: Catalog) -> list[DatasetSummary]:
     found = []
     for name in await catalog.datasets():
         versions = await catalog.versions(name)
+        if not versions:  # only staged parts or leftovers: nothing to show yet
+            continue
         latest = await catalog.read_alias(name, LATEST)
         found.append(DatasetSummary(name, len(versions), latest))
     return found

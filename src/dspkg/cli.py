@@ -79,6 +79,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         packages_only=args.packages_only,
         package_size=args.package_size,
         jobs=args.jobs,
+        part=args.part,
         store_options=store_options(args.store_option),
         progress=_progress(args),
     )
@@ -87,11 +88,33 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         return 0
     for v in result.versions:
         state = "created" if v.created else "unchanged"
+        what = v.uri
+        if v.part is not None:
+            state = "staged" if v.created else "already staged"
+            what = f"part {v.part!r} of {v.uri}"
         packages = f", {len(v.packages)} package{'s' if len(v.packages) != 1 else ''}"
-        print(f"{state} {v.uri}: {v.files:,} files, {format_size(v.bytes)}{packages}")
+        print(f"{state} {what}: {v.files:,} files, {format_size(v.bytes)}{packages}")
     print(
         f"published {len(result.versions)} version(s) in {result.seconds:.1f} s: "
         f"{format_size(result.bytes_uploaded)} uploaded in {result.requests:,} requests"
+    )
+    return 0
+
+
+def _cmd_commit(args: argparse.Namespace) -> int:
+    result = api.commit(
+        args.uri,
+        store=args.store,
+        store_options=store_options(args.store_option),
+        progress=_progress(args),
+    )
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    state = "committed" if result.created else "unchanged"
+    print(
+        f"{state} {result.uri}: {result.files:,} files, {format_size(result.bytes)}, "
+        f"{result.packages} package(s) from {len(result.parts)} part(s)"
     )
     return 0
 
@@ -491,8 +514,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--package-size", default="1GiB", help="split packages at SIZE (default 1GiB)")
     p.add_argument("--jobs", type=positive_int, default=32, help="requests in flight")
+    p.add_argument(
+        "--part",
+        metavar="NAME",
+        help="stage these files as part NAME of each version; 'dspkg commit URI' merges the parts",
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(handler=_cmd_publish)
+
+    p = sub.add_parser("commit", help="merge the staged parts of a version into it")
+    p.add_argument("uri", help="dataset://<dataset>/<version>")
+    add_store(p)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_cmd_commit)
 
     p = sub.add_parser("pull", help="make a dataset version appear in a directory")
     p.add_argument("uri", help="dataset://<dataset>/<version or alias>")

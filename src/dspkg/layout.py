@@ -8,6 +8,7 @@
     packages/.index/<shape>.json                                       packages by layout, for reuse
     datasets/<dataset>/versions/<version>.json                         the manifest (v1, or v2 root)
     datasets/<dataset>/shards/<sha256>.json.gz                         a v2 manifest shard
+    datasets/<dataset>/staging/<version>/<part>.json                   a staged part, until commit
     datasets/<dataset>/aliases/<alias>.json                            {"version": "..."}
     executions/<execution-id>/outputs/<path>                           outputs of ``dspkg run``
 
@@ -52,6 +53,21 @@ def shards_prefix(dataset: str) -> str:
 
 def shard_key(dataset: str, sha256: str) -> str:
     return f"{shards_prefix(dataset)}{sha256}{SHARD_SUFFIX}"
+
+
+def staging_prefix(dataset: str, version: str) -> str:
+    """Where the parts of a version wait for ``dspkg commit``."""
+    return f"{DATASETS_PREFIX}{dataset}/staging/{version}/"
+
+
+def part_key(dataset: str, version: str, part: str) -> str:
+    return f"{staging_prefix(dataset, version)}{part}.json"
+
+
+def part_package_name(dataset: str, version: str, part: str, index: int, count: int) -> str:
+    """``ds.ver.<part>.vhpkgzip``, or ``ds.ver.<part>.<i>-of-<n>.vhpkgzip``: the packages of
+    parts of one version keep apart by name as well as by key."""
+    return package_name(dataset, f"{version}.{part}", index, count)
 
 
 def alias_key(dataset: str, alias: str) -> str:

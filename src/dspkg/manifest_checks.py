@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
+import unicodedata
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from itertools import groupby, islice, repeat
 from operator import add, is_, is_not, le, sub
 from typing import TYPE_CHECKING, Any
 
 from dspkg import zipformat as zf
 from dspkg.errors import UnsafePackage
-from dspkg.paths import all_paths_ok, path_problem, tree_problem
+from dspkg.paths import all_paths_ok, directories, path_problem, tree_problem
 
 if TYPE_CHECKING:
     from dspkg.manifest import PackageInfo
@@ -189,3 +191,53 @@ class LayoutCheck:
         self.used[index] += stop - start
         if self.used[index] > package.entries:
             raise bad(f"package {package.name!r} holds more files than it declares")
+
+
+def _folded(paths: Sequence[str]) -> list[str]:
+    joined = "\n".join(paths)
+    if joined.isascii():
+        return joined.lower().split("\n")
+    return unicodedata.normalize("NFC", joined).casefold().split("\n")
+
+
+_directories = directories
+
+
+class CollisionCheck:
+    """Collisions among paths fed in batches (shard by shard), in bounded memory.
+
+    Holding every path of a ten-million-file version to compare them would take gigabytes;
+    this keeps 8 bytes per file and per directory instead: the hash of each folded path
+    (:func:`~dspkg.paths.fold`). :meth:`suspects` returns the hashes seen twice among files
+    or among both files and directories; a second pass over the paths
+    (:meth:`collision_among`) names the pair, or finds two different paths that merely
+    share a hash (then there is no collision).
+    """
+
+    def __init__(self) -> None:
+        self._files = array("q")
+        self._dirs = array("q")
+
+    def add(self, paths: Sequence[str]) -> None:
+        folded = _folded(paths)
+        self._files.extend(map(hash, folded))
+        self._dirs.extend(map(hash, _directories(folded)))
+
+    def suspects(self) -> frozenset[int]:
+        files = sorted(self._files)
+        twice = {a for a, b in zip(files, islice(files, 1, None), strict=False) if a == b}
+        dirs = set(self._dirs)
+        return frozenset(twice | dirs.intersection(files))
+
+    @staticmethod
+    def collision_among(paths: Iterable[str], suspects: frozenset[int]) -> tuple[str, str] | None:
+        """The collision among ``paths`` (the same ones, again) whose folded hash or whose
+        folded directories' hashes are suspect."""
+        chosen = []
+        for path in paths:
+            folded = _folded([path])
+            if hash(folded[0]) in suspects or suspects.intersection(
+                map(hash, _directories(folded))
+            ):
+                chosen.append(path)
+        return tree_problem(chosen)

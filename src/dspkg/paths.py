@@ -149,14 +149,14 @@ def tree_problem(paths: Iterable[str], *, strictly_sorted: bool = False) -> tupl
     ):
         # Nothing folds and nothing repeats: only a file that is also a directory is
         # left to find, by looking each directory up among the sorted paths.
-        if not any(_found(paths, d) for d in _directories(paths)):
+        if not any(_found(paths, d) for d in directories(paths)):
             return None
         return _first_collision(paths)
     folded = (
         joined.lower() if joined.isascii() else unicodedata.normalize("NFC", joined).casefold()
     ).split("\n")
     files = set(folded)
-    if len(files) == len(folded) == len(paths) and not files & _directories(folded):
+    if len(files) == len(folded) == len(paths) and not files & directories(folded):
         return None
     return _first_collision(paths)
 
@@ -165,7 +165,7 @@ def _strictly_sorted(paths: list[str]) -> bool:
     return all(map(str.__lt__, paths, itertools.islice(paths, 1, None)))
 
 
-def _directories(paths: Iterable[str]) -> set[str]:
+def directories(paths: Iterable[str]) -> set[str]:
     """Every directory the paths need, ancestors included."""
     dirs: set[str] = set()
     level = set(map(itemgetter(0), map(str.rpartition, paths, itertools.repeat("/")))) - {""}

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dspkg import zipformat as zf
-from dspkg.layout import package_key, package_name
+from dspkg.layout import package_key, package_name, part_package_name
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
 from dspkg.metadata import VersionRequest
 from dspkg.sources import LocalFile
@@ -92,8 +92,10 @@ def plan_version(
     packaging: bool,
     package_size: int,
     attempt: str,
+    part: str | None = None,
 ) -> VersionPlan:
-    """``attempt`` names this publish's packages apart from any other's (see layout)."""
+    """``attempt`` names this publish's packages apart from any other's (see layout);
+    ``part``, when staging one, names them apart from other parts' too."""
     own = tuple(local[rel] for rel in sorted(request.files))
     own_paths = {f.rel for f in own}
     inherited: list[FileEntry] = []
@@ -108,7 +110,11 @@ def plan_version(
         groups = split_packages(own, package_size)
         uri = request.uri
         for index, group in enumerate(groups):
-            name = package_name(uri.dataset, uri.version, index, len(groups))
+            name = (
+                package_name(uri.dataset, uri.version, index, len(groups))
+                if part is None
+                else part_package_name(uri.dataset, uri.version, part, index, len(groups))
+            )
             packages.append(
                 PackagePlan(
                     name, package_key(uri.dataset, uri.version, attempt, name), tuple(group)

@@ -12,18 +12,20 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from dspkg.catalog import Catalog, now_iso, whole
+from dspkg.committer import read_part
 from dspkg.concurrency import BoundedTasks
 from dspkg.errors import AlreadyExists, DspkgError, InvalidMetadata, NotFound
-from dspkg.layout import LATEST, blob_key, new_attempt
+from dspkg.layout import LATEST, blob_key, new_attempt, part_key
 from dspkg.manifest import Manifest, ManifestRoot, content_digest
 from dspkg.metadata import VersionRequest, read_outputs
 from dspkg.names import VersionUri
 from dspkg.packager import upload_package
+from dspkg.parts import Part
 from dspkg.paths import tree_problem
 from dspkg.progress import Progress
 from dspkg.publish_plan import (
@@ -36,6 +38,7 @@ from dspkg.publish_plan import (
     shape_digest,
     version_paths,
 )
+from dspkg.shards import encode_manifest
 from dspkg.sizes import format_size
 from dspkg.sources import FileReader, LocalFile, ReadFile
 from dspkg.store import Store
@@ -74,6 +77,9 @@ class PackageSummary:
 
 @dataclass(frozen=True)
 class VersionResult:
+    """A version published, or (``part``) this run's part of it staged: ``created`` then
+    says whether the part was staged now rather than found staged already."""
+
     uri: str
     files: int
     bytes: int
@@ -81,9 +87,10 @@ class VersionResult:
     parent: str | None
     packages: tuple[PackageSummary, ...]
     aliases: tuple[str, ...]
+    part: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "uri": self.uri,
             "files": self.files,
             "bytes": self.bytes,
@@ -92,6 +99,9 @@ class VersionResult:
             "packages": [p.to_json() for p in self.packages],
             "aliases": list(self.aliases),
         }
+        if self.part is not None:
+            doc["part"] = self.part
+        return doc
 
 
 @dataclass(frozen=True)
@@ -135,8 +145,11 @@ async def publish_directory(
     store: Store,
     options: PublishOptions = PublishOptions(),
     progress: Progress | None = None,
+    *,
+    part: str | None = None,
 ) -> PublishResult:
-    """Publish every dataset version the metadata in ``root`` asks for."""
+    """Publish every dataset version the metadata in ``root`` asks for; with ``part``,
+    stage these files as that part of each version, for ``dspkg commit`` to merge."""
     progress = progress or Progress()
     started = time.monotonic()
     before = (store.stats.bytes_up, store.stats.requests)
@@ -149,29 +162,14 @@ async def publish_directory(
     catalog = Catalog(store)
     with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
         run = _Session(store, catalog, options, progress, FileReader(executor))
-        parents, existing = await _validate(run, requests)
         packaging = {req.uri: _packaging(req, options, progress) for req in requests}
         results: list[VersionResult] = []
-        manifests: dict[VersionUri, Manifest] = {}
         try:
-            for req in requests:
-                parent = await _parent_manifest(run, req, parents, manifests, existing)
-                plan = plan_version(
-                    req,
-                    parent,
-                    local,
-                    packaging=packaging[req.uri],
-                    package_size=options.package_size,
-                    attempt=run.attempt,
-                )
-                for path in plan.unmatched_excludes:
-                    progress.warn(f"{req.uri}: excluded path {path!r} is not in {req.parent}")
-                if req.uri in existing:
-                    results.append(await _confirm_same(run, plan, existing[req.uri]))
-                    continue
-                manifest, result = await _build(run, plan)
-                manifests[req.uri] = manifest
-                results.append(result)
+            if part is not None:
+                for req in requests:
+                    results.append(await _stage(run, req, local, packaging[req.uri], part))
+            else:
+                await _publish_versions(run, requests, local, packaging, results)
         except BaseException:
             await _discard_packages(run)
             raise
@@ -184,6 +182,108 @@ async def publish_directory(
         bytes_uploaded=store.stats.bytes_up - before[0],
         requests=store.stats.requests - before[1],
         seconds=time.monotonic() - started,
+    )
+
+
+async def _publish_versions(
+    run: _Session,
+    requests: Sequence[VersionRequest],
+    local: dict[str, LocalFile],
+    packaging: dict[VersionUri, bool],
+    results: list[VersionResult],
+) -> None:
+    parents, existing = await _validate(run, requests)
+    manifests: dict[VersionUri, Manifest] = {}
+    for req in requests:
+        parent = await _parent_manifest(run, req, parents, manifests, existing)
+        plan = plan_version(
+            req,
+            parent,
+            local,
+            packaging=packaging[req.uri],
+            package_size=run.options.package_size,
+            attempt=run.attempt,
+        )
+        for path in plan.unmatched_excludes:
+            run.progress.warn(f"{req.uri}: excluded path {path!r} is not in {req.parent}")
+        if req.uri in existing:
+            results.append(await _confirm_same(run, plan, existing[req.uri]))
+            continue
+        manifest, uploaded = await _build(run, plan)
+        manifest, result = await _commit_version(run, plan, manifest, uploaded)
+        manifests[req.uri] = manifest
+        results.append(result)
+
+
+async def _stage(
+    run: _Session,
+    req: VersionRequest,
+    local: dict[str, LocalFile],
+    packaging: bool,
+    name: str,
+) -> VersionResult:
+    """Stage this run's files of ``req`` as part ``name``: packages and blobs uploaded,
+    then the part record created (conditional); the same part again is a no-op."""
+    uri = req.uri
+    if await run.catalog.find_root(uri) is not None:
+        raise AlreadyExists(
+            f"{uri} is already committed; parts can only be staged for a version that does "
+            "not exist yet, publish under a new version name",
+            uri=str(uri),
+        )
+    plan = plan_version(
+        req,
+        None,  # the parent's files join at commit
+        local,
+        packaging=packaging,
+        package_size=run.options.package_size,
+        attempt=run.attempt,
+        part=name,
+    )
+    staged = await read_part(run.catalog, uri, name)
+    if staged is not None:
+        return await _confirm_same_part(run, plan, staged)
+    manifest, uploaded = await _build(run, plan)
+    root, shards = encode_manifest(manifest)
+    part = Part(
+        name,
+        replace(root, parent=str(req.parent) if req.parent else None),
+        exclude=req.exclude,
+        start_fresh=req.start_fresh,
+        aliases=req.aliases,
+    )
+    await run.catalog.write_shards(shards)
+    key = part_key(uri.dataset, uri.version, name)
+    if not await run.store.put(key, part.to_json(), create=True):
+        other = await read_part(run.catalog, uri, name)
+        await _discard_packages(run)  # this run's copies: the staged part names its own
+        if other is None or other.root.digest != root.digest:
+            raise _part_differs(uri, name)
+        return _result(other.root, created=False, uploaded=set(), aliases=(), part=name)
+    run.uploaded_packages.clear()  # a part record names them now
+    for done in root.packages:
+        if done.key in uploaded:
+            await run.catalog.remember_package(*uploaded[done.key], done)
+    run.progress.log(f"staged part {name!r} of {uri}; run 'dspkg commit {uri}' once all are")
+    return _result(part.root, created=True, uploaded=set(uploaded), aliases=(), part=name)
+
+
+async def _confirm_same_part(run: _Session, plan: VersionPlan, staged: Part) -> VersionResult:
+    hashes: dict[str, tuple[int, str]] = {}
+    async for read in run.reader.read_all(plan.local):
+        hashes[read.file.rel] = (read.file.size, read.sha256)
+    files = sorted((f.rel, *hashes[f.rel]) for f in plan.local)
+    if content_digest(files) != staged.root.digest:
+        raise _part_differs(plan.request.uri, staged.name)
+    run.progress.log(f"part {staged.name!r} of {plan.request.uri} is staged already; nothing to do")
+    return _result(staged.root, created=False, uploaded=set(), aliases=(), part=staged.name)
+
+
+def _part_differs(uri: VersionUri, name: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"part {name!r} of {uri} is already staged with different content; stage these "
+        "files under another part name",
+        uri=str(uri),
     )
 
 
@@ -276,9 +376,7 @@ def _packaging(req: VersionRequest, options: PublishOptions, progress: Progress)
     return req.packaging
 
 
-async def _confirm_same(
-    run: _Session, plan: VersionPlan, existing: ManifestRoot
-) -> VersionResult:
+async def _confirm_same(run: _Session, plan: VersionPlan, existing: ManifestRoot) -> VersionResult:
     """Republishing: identical content is a no-op, anything else an error. The digests
     compare the content without loading the existing version's files."""
     hashes: dict[str, tuple[int, str]] = {}
@@ -298,8 +396,9 @@ async def _confirm_same(
     return _result(existing, created=False, uploaded=set(), aliases=())
 
 
-async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionResult]:
-    """Read every new file once: its blob and its package go up together; then commit."""
+async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, dict[str, tuple[str, str]]]:
+    """Read every new file once: its blob and its package go up together. Returns the
+    manifest and, for the packages uploaded here, what the reuse index records."""
     if plan.parent is not None and plan.parent.blobs:
         run.known_blobs.update(f.sha256 for f in plan.parent.files)
     hashes: dict[str, tuple[int, str]] = {}
@@ -326,7 +425,7 @@ async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionRes
     manifest = assemble_manifest(
         plan, hashes, built, created_at=now_iso(), blobs=not run.options.packages_only
     )
-    return await _commit_version(run, plan, manifest, uploaded)
+    return manifest, uploaded
 
 
 async def _upload_packages(
@@ -393,9 +492,7 @@ async def _commit_version(
     aliases = (LATEST, *req.aliases)
     for alias in aliases:
         await run.catalog.set_alias(req.uri.dataset, alias, req.uri.version)
-    return manifest, _result(
-        manifest.root(), created=True, uploaded=set(uploaded), aliases=aliases
-    )
+    return manifest, _result(manifest.root(), created=True, uploaded=set(uploaded), aliases=aliases)
 
 
 async def _reusable(
@@ -440,10 +537,16 @@ async def _discard_packages(run: _Session) -> None:
 
 
 def _result(
-    root: ManifestRoot, *, created: bool, uploaded: Iterable[str], aliases: Sequence[str]
+    root: ManifestRoot,
+    *,
+    created: bool,
+    uploaded: Iterable[str],
+    aliases: Sequence[str],
+    part: str | None = None,
 ) -> VersionResult:
     uploaded = set(uploaded)
     return VersionResult(
+        part=part,
         uri=str(root.uri),
         files=root.files,
         bytes=root.bytes,

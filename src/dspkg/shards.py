@@ -50,6 +50,7 @@ from dspkg.manifest import (
     FileEntry,
     Manifest,
     ManifestRoot,
+    PackageInfo,
     ShardInfo,
     bad_manifest,
     collector_paused,
@@ -83,6 +84,9 @@ class ShardLimits:
     min_files: int = 25_000
     max_files: int = 100_000
     cut_mask: int = 0xFFFF
+
+
+WRITER_LIMITS = ShardLimits()
 
 
 class Records(NamedTuple):
@@ -143,28 +147,96 @@ def shard_of(dataset: str, files: Sequence[FileEntry]) -> tuple[ShardInfo, bytes
     return info, data
 
 
+class ShardWriter:
+    """Cuts files fed in path order into shards as they come (the same cuts as
+    :func:`shard_bounds`), and sums up what the root says of them: a version of any size
+    is written holding one shard of records at a time."""
+
+    def __init__(self, dataset: str, packages: int = 0, limits: ShardLimits = ShardLimits()):
+        self.dataset = dataset
+        self.limits = limits
+        self.shards: list[ShardInfo] = []
+        self.files = 0
+        self.bytes = 0
+        self.package_files = [0] * packages
+        self._digest = hashlib.sha256()
+        self._current: list[FileEntry] = []
+        self._last = ""
+
+    def add(self, entry: FileEntry) -> tuple[ShardInfo, bytes] | None:
+        """Take the next file; return a finished shard to store, if this one ends it."""
+        if self.files and entry.path <= self._last:
+            raise ValueError(f"files out of order: {entry.path!r} after {self._last!r}")
+        self._last = entry.path
+        self.files += 1
+        self.bytes += entry.size
+        if entry.package is not None:
+            if entry.package >= len(self.package_files):
+                self.package_files.extend([0] * (entry.package + 1 - len(self.package_files)))
+            self.package_files[entry.package] += 1
+        self._digest.update(f"{entry.path}\0{entry.size}\0{entry.sha256}\n".encode())
+        self._current.append(entry)
+        count = len(self._current)
+        cut = not zlib.crc32(entry.path.encode()) & self.limits.cut_mask
+        if count >= self.limits.max_files or (count >= self.limits.min_files and cut):
+            return self.flush()
+        return None
+
+    def flush(self) -> tuple[ShardInfo, bytes] | None:
+        """The shard in progress, finished (call once more after the last file)."""
+        if not self._current:
+            return None
+        info, data = shard_of(self.dataset, self._current)
+        self._current = []
+        self.shards.append(info)
+        return info, data
+
+    @property
+    def digest(self) -> str:
+        return self._digest.hexdigest()
+
+    def root(
+        self,
+        *,
+        version: str,
+        packages: Sequence[PackageInfo],
+        parent: str | None,
+        created_at: str,
+        blobs: bool,
+    ) -> ManifestRoot:
+        """The root over every shard written (after the last :meth:`flush`)."""
+        assert not self._current, "flush the last shard first"
+        used = self.package_files + [0] * (len(packages) - len(self.package_files))
+        return ManifestRoot(
+            dataset=self.dataset,
+            version=version,
+            parent=parent,
+            created_at=created_at,
+            blobs=blobs,
+            packages=tuple(packages),
+            package_files=tuple(used[: len(packages)]),
+            files=self.files,
+            bytes=self.bytes,
+            digest=self.digest,
+            shards=tuple(self.shards),
+        )
+
+
 def encode_manifest(
     manifest: Manifest, limits: ShardLimits = ShardLimits()
 ) -> tuple[ManifestRoot, list[tuple[ShardInfo, bytes]]]:
     """The v2 form of ``manifest``: its root and its shards (write the shards first)."""
-    files = manifest.files
-    shards: list[tuple[ShardInfo, bytes]] = []
-    start = 0
-    for end in shard_bounds([f.path for f in files], limits):
-        shards.append(shard_of(manifest.dataset, files[start:end]))
-        start = end
-    root = ManifestRoot(
-        dataset=manifest.dataset,
+    writer = ShardWriter(manifest.dataset, len(manifest.packages), limits)
+    shards = [s for s in map(writer.add, manifest.files) if s is not None]
+    last = writer.flush()
+    if last is not None:
+        shards.append(last)
+    root = writer.root(
         version=manifest.version,
+        packages=manifest.packages,
         parent=manifest.parent,
         created_at=manifest.created_at,
         blobs=manifest.blobs,
-        packages=manifest.packages,
-        package_files=manifest.package_files(),
-        files=len(files),
-        bytes=manifest.total_bytes,
-        digest=manifest.digest,
-        shards=tuple(info for info, _ in shards),
     )
     return root, shards
 
@@ -200,10 +272,11 @@ def parse_stored(data: bytes, *, obj: str, trusted: bool = False) -> ManifestRoo
         doc = parse_json_object(data, bad)
         if schema_of(doc, bad) == SCHEMA_V1:
             return Manifest.from_json(data, obj=obj, trusted=trusted).root()
-        return _parse_root(doc, bad)
+        return parse_root_doc(doc, bad)
 
 
-def _parse_root(doc: dict[str, Any], bad: Any) -> ManifestRoot:
+def parse_root_doc(doc: dict[str, Any], bad: Any) -> ManifestRoot:
+    """A v2 root (or part record) from its parsed JSON, validated."""
     facts = parse_facts(doc, bad)
     files: Any = doc.get("files")
     nbytes: Any = doc.get("bytes")
