@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dspkg import upkeep
 from dspkg.browse import (
@@ -27,6 +28,9 @@ from dspkg.browse import (
 from dspkg.cache import Cache, store_id
 from dspkg.catalog import Catalog
 from dspkg.committer import CommitResult, commit_version
+
+if TYPE_CHECKING:
+    from dspkg.distributed import DistributedResult
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
 from dspkg.errors import InvalidArgument, NotFound
@@ -87,13 +91,7 @@ def publish(
     merges the parts into the version.
     """
     settings = Settings.from_env(env)
-    options = PublishOptions(
-        packaging=packaging,
-        gate=settings.packaging_gate,
-        packages_only=packages_only,
-        package_size=_package_size(package_size),
-        jobs=max(jobs, 1),
-    )
+    options = publish_options(settings, packaging, packages_only, package_size, jobs)
     if part is not None:
         check_name(part, what="part name")
     target = resolve_store(store, settings, store_options)
@@ -132,6 +130,57 @@ def pull_options(
         tuning=Tuning().with_jobs(jobs),
         speedups=settings.speedups,
     )
+
+
+def publish_options(
+    settings: Settings,
+    packaging: bool | None = None,
+    packages_only: bool = False,
+    package_size: int | str = "1GiB",
+    jobs: int = 32,
+) -> PublishOptions:
+    return PublishOptions(
+        packaging=packaging,
+        gate=settings.packaging_gate,
+        packages_only=packages_only,
+        package_size=_package_size(package_size),
+        jobs=max(jobs, 1),
+    )
+
+
+def publish_on_dask(
+    outputs_dir: str | Path,
+    address: str,
+    *,
+    store: StoreLike = None,
+    packaging: bool | None = None,
+    packages_only: bool = False,
+    package_size: int | str = "1GiB",
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[DistributedResult]:
+    """:func:`publish` with the packages built by the workers of the Dask scheduler at
+    ``address`` (see :mod:`dspkg.distributed`); the files must be readable by them."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise InvalidArgument("publishing on Dask needs Dask: pip install 'dspkg[dask]'") from None
+    from dspkg.distributed import publish_outputs
+
+    settings = Settings.from_env(env)
+    options = publish_options(settings, packaging, packages_only, package_size)
+    target = resolve_store(store, settings, store_options)
+    try:
+        client = Client(address, timeout="20s")  # type: ignore[no-untyped-call]
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot reach the Dask scheduler at {address} ({exc}); check --dask"
+        ) from None
+    with client:
+        return publish_outputs(
+            outputs_dir, client, store=target, options=options, progress=progress
+        )
 
 
 def _package_size(text: int | str) -> int:

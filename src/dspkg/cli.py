@@ -72,6 +72,8 @@ def _print_json(doc: Any) -> None:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
+    if args.dask:
+        return _publish_on_dask(args)
     result = api.publish(
         args.dir,
         store=args.store,
@@ -98,6 +100,29 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         f"published {len(result.versions)} version(s) in {result.seconds:.1f} s: "
         f"{format_size(result.bytes_uploaded)} uploaded in {result.requests:,} requests"
     )
+    return 0
+
+
+def _publish_on_dask(args: argparse.Namespace) -> int:
+    results = api.publish_on_dask(
+        args.dir,
+        args.dask,
+        store=args.store,
+        packaging=args.packaging,
+        packages_only=args.packages_only,
+        package_size=args.package_size,
+        store_options=store_options(args.store_option),
+        progress=_progress(args),
+    )
+    if args.json:
+        _print_json({"versions": [r.to_json() for r in results]})
+        return 0
+    for r in results:
+        c = r.commit
+        print(
+            f"{'created' if c.created else 'unchanged'} {c.uri}: {c.files:,} files, "
+            f"{format_size(c.bytes)}, {c.packages} package(s) built by {r.tasks} task(s)"
+        )
     return 0
 
 
@@ -514,10 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--package-size", default="1GiB", help="split packages at SIZE (default 1GiB)")
     p.add_argument("--jobs", type=positive_int, default=32, help="requests in flight")
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--part",
         metavar="NAME",
         help="stage these files as part NAME of each version; 'dspkg commit URI' merges the parts",
+    )
+    where.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="build the packages on the workers of this Dask scheduler (they must read DIR)",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(handler=_cmd_publish)

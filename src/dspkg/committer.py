@@ -13,7 +13,7 @@ import contextlib
 import heapq
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,12 +54,17 @@ class CommitResult:
         }
 
 
-async def read_parts(catalog: Catalog, uri: VersionUri) -> tuple[list[Part], bool]:
-    """Every part staged for ``uri``, by name, each checked and about this version; and
-    whether a part listed vanished before it was read (a commit finished meanwhile)."""
+async def read_parts(
+    catalog: Catalog, uri: VersionUri, only: Collection[str] | None = None
+) -> tuple[list[Part], bool]:
+    """Every part staged for ``uri`` (or those of ``only``), by name, each checked and about
+    this version; and whether a part listed vanished before it was read (a commit
+    finished meanwhile)."""
     prefix = staging_prefix(uri.dataset, uri.version)
     names = sorted(
-        n for n in (name_from_key(i.key, prefix) for i in await catalog.store.list(prefix)) if n
+        n
+        for n in (name_from_key(i.key, prefix) for i in await catalog.store.list(prefix))
+        if n and (only is None or n in only)
     )
     parts = []
     for name in names:
@@ -91,14 +96,16 @@ async def commit_version(
     uri: VersionUri,
     progress: Progress | None = None,
     *,
+    only: Collection[str] | None = None,
     limits: ShardLimits = WRITER_LIMITS,
 ) -> CommitResult:
-    """Merge every staged part of ``uri`` into the version (see the module docstring)."""
+    """Merge every staged part of ``uri`` (or the parts named in ``only``, all of which
+    must be staged) into the version (see the module docstring)."""
     progress = progress or Progress()
     started = time.monotonic()
     requests = store.stats.requests
     catalog = Catalog(store)
-    parts, vanished = await read_parts(catalog, uri)
+    parts, vanished = await read_parts(catalog, uri, only)
     existing = await catalog.find_root(uri)
     if vanished and existing is not None:
         # Another commit created the version and removed the part records meanwhile.
@@ -111,6 +118,13 @@ async def commit_version(
         raise NotFound(
             f"no parts of {uri} are staged in {store.url}; stage them first with "
             "'dspkg publish DIR --part NAME'",
+            uri=str(uri),
+        )
+    missing = sorted(set(only or ()) - {p.name for p in parts})
+    if missing and existing is None:
+        raise NotFound(
+            f"part {missing[0]!r} of {uri} is not staged in {store.url} ({len(missing)} "
+            "missing); stage it again, then commit",
             uri=str(uri),
         )
     lineage = agree(str(uri), parts)

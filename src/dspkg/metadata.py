@@ -289,3 +289,13 @@ def _walk(root: Path, *, sidecars: bool) -> Iterator[str]:
 
 def _walk_data_files(root: Path) -> Iterator[str]:
     return _walk(root, sidecars=False)
+
+
+def directory_files(root: Path) -> dict[str, tuple[str, int]]:
+    """Every data file under ``root`` (metadata files aside), checked as publish checks the
+    files metadata names: relative path -> (real path inside ``root``, size)."""
+    if not root.is_dir():
+        raise InvalidMetadata("not a directory", path=str(root))
+    root = root.resolve()
+    where = Where(str(root))
+    return {rel: _check_file(root, rel, where) for rel in sorted(_walk_data_files(root))}

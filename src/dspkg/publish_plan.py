@@ -10,11 +10,11 @@ packages of at most ``package_size`` bytes, on entry boundaries, in path order.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dspkg import zipformat as zf
-from dspkg.layout import package_key, package_name, part_package_name
+from dspkg.layout import package_key, package_name
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
 from dspkg.metadata import VersionRequest
 from dspkg.sources import LocalFile
@@ -92,10 +92,10 @@ def plan_version(
     packaging: bool,
     package_size: int,
     attempt: str,
-    part: str | None = None,
+    names: Callable[[int, int], str] | None = None,
 ) -> VersionPlan:
     """``attempt`` names this publish's packages apart from any other's (see layout);
-    ``part``, when staging one, names them apart from other parts' too."""
+    ``names(i, n)`` names package ``i`` of ``n`` (default ``ds.ver[.i-of-n].vhpkgzip``)."""
     own = tuple(local[rel] for rel in sorted(request.files))
     own_paths = {f.rel for f in own}
     inherited: list[FileEntry] = []
@@ -112,8 +112,8 @@ def plan_version(
         for index, group in enumerate(groups):
             name = (
                 package_name(uri.dataset, uri.version, index, len(groups))
-                if part is None
-                else part_package_name(uri.dataset, uri.version, part, index, len(groups))
+                if names is None
+                else names(index, len(groups))
             )
             packages.append(
                 PackagePlan(

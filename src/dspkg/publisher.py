@@ -19,8 +19,8 @@ from typing import Any
 from dspkg.catalog import Catalog, now_iso, whole
 from dspkg.committer import read_part
 from dspkg.concurrency import BoundedTasks
-from dspkg.errors import AlreadyExists, DspkgError, InvalidMetadata, NotFound
-from dspkg.layout import LATEST, blob_key, new_attempt, part_key
+from dspkg.errors import AlreadyExists, DspkgError, InvalidArgument, InvalidMetadata, NotFound
+from dspkg.layout import LATEST, blob_key, new_attempt, part_key, part_package_name
 from dspkg.manifest import Manifest, ManifestRoot, content_digest
 from dspkg.metadata import VersionRequest, read_outputs
 from dspkg.names import VersionUri
@@ -156,18 +156,19 @@ async def publish_directory(
     outputs = read_outputs(root)
     if not outputs.versions:
         progress.warn(f"no file in {outputs.root} names a dataset version; nothing to publish")
-    requests = _in_dependency_order(outputs.versions)
+    requests = in_dependency_order(outputs.versions)
     all_rels = sorted({rel for req in requests for rel in req.files})
     local = {rel: LocalFile(rel, outputs.paths[rel], outputs.sizes[rel]) for rel in all_rels}
     catalog = Catalog(store)
     with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
         run = _Session(store, catalog, options, progress, FileReader(executor))
-        packaging = {req.uri: _packaging(req, options, progress) for req in requests}
+        packaging = {req.uri: packaging_of(req, options, progress) for req in requests}
         results: list[VersionResult] = []
         try:
             if part is not None:
                 for req in requests:
-                    results.append(await _stage(run, req, local, packaging[req.uri], part))
+                    names = _part_names(req.uri, part)
+                    results.append(await _stage(run, req, local, packaging[req.uri], part, names))
             else:
                 await _publish_versions(run, requests, local, packaging, results)
         except BaseException:
@@ -215,12 +216,52 @@ async def _publish_versions(
         results.append(result)
 
 
+def _part_names(uri: VersionUri, part: str) -> Callable[[int, int], str]:
+    return lambda i, n: part_package_name(uri.dataset, uri.version, part, i, n)
+
+
+async def stage_files(
+    store: Store,
+    request: VersionRequest,
+    files: Sequence[LocalFile],
+    part: str,
+    options: PublishOptions,
+    *,
+    package_name: str | None = None,
+    progress: Progress | None = None,
+) -> VersionResult:
+    """Stage ``files`` (no metadata needed) as part ``part`` of ``request.uri``.
+
+    ``package_name``: the files make exactly one package of this name (what a task of
+    :mod:`dspkg.distributed` builds: the package a single publish would have there).
+    """
+    local = {f.rel: f for f in files}
+    names = None if package_name is None else _one_package(package_name)
+    with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
+        run = _Session(store, Catalog(store), options, progress or Progress(), FileReader(executor))
+        try:
+            return await _stage(run, request, local, bool(options.packaging), part, names)
+        except BaseException:
+            await _discard_packages(run)
+            raise
+
+
+def _one_package(name: str) -> Callable[[int, int], str]:
+    def names(index: int, count: int) -> str:
+        if count != 1:
+            raise InvalidArgument(f"the files of package {name} do not fit in one package")
+        return name
+
+    return names
+
+
 async def _stage(
     run: _Session,
     req: VersionRequest,
     local: dict[str, LocalFile],
     packaging: bool,
     name: str,
+    names: Callable[[int, int], str] | None,
 ) -> VersionResult:
     """Stage this run's files of ``req`` as part ``name``: packages and blobs uploaded,
     then the part record created (conditional); the same part again is a no-op."""
@@ -238,7 +279,7 @@ async def _stage(
         packaging=packaging,
         package_size=run.options.package_size,
         attempt=run.attempt,
-        part=name,
+        names=names,
     )
     staged = await read_part(run.catalog, uri, name)
     if staged is not None:
@@ -287,7 +328,7 @@ def _part_differs(uri: VersionUri, name: str) -> AlreadyExists:
     )
 
 
-def _in_dependency_order(requests: Sequence[VersionRequest]) -> list[VersionRequest]:
+def in_dependency_order(requests: Sequence[VersionRequest]) -> list[VersionRequest]:
     """Parents published in the same run come before their children."""
     by_uri = {r.uri: r for r in requests}
     ordered: list[VersionRequest] = []
@@ -362,7 +403,8 @@ async def _parent_manifest(
     return found
 
 
-def _packaging(req: VersionRequest, options: PublishOptions, progress: Progress) -> bool:
+def packaging_of(req: VersionRequest, options: PublishOptions, progress: Progress) -> bool:
+    """Whether ``req`` is packaged: the options, else its metadata and the gate."""
     if options.packages_only or options.packaging is True:
         return True
     if options.packaging is False:
