@@ -27,6 +27,7 @@ from dspkg.browse import (
 )
 from dspkg.cache import Cache, store_id
 from dspkg.catalog import Catalog
+from dspkg.collector import DEFAULT_GRACE, GcResult, collect
 from dspkg.committer import CommitResult, commit_version
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ from dspkg.puller import PullOptions, PullResult, pull_version
 from dspkg.reader import VersionReader, start_reader
 from dspkg.selection import Selection
 from dspkg.sharding import Shard, parse_shard
-from dspkg.sizes import format_size, parse_size
+from dspkg.sizes import format_size, parse_duration, parse_size
 from dspkg.store import Store, open_store
 from dspkg.subset import Selected, Subset
 from dspkg.upkeep import CacheInfo, PruneResult, VerifyResult
@@ -181,6 +182,23 @@ def publish_on_dask(
         return publish_outputs(
             outputs_dir, client, store=target, options=options, progress=progress
         )
+
+
+def gc(
+    *,
+    store: StoreLike = None,
+    grace: float | str = DEFAULT_GRACE,
+    delete: bool = False,
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> GcResult:
+    """What no version references and is older than ``grace`` (seconds, or ``"24h"``):
+    packages, blobs, manifest shards, staged parts, killed uploads. Removed only with
+    ``delete``; by default a dry run that reports them."""
+    seconds = parse_duration(grace)
+    target = resolve_store(store, Settings.from_env(env), store_options)
+    return run_sync(collect(target, grace=seconds, delete=delete, progress=progress))
 
 
 def _package_size(text: int | str) -> int:

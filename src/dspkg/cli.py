@@ -28,7 +28,7 @@ from dspkg.pull_plan import Tuning
 from dspkg.puller import PullResult
 from dspkg.runner.command import register as register_run
 from dspkg.selection import parse_list
-from dspkg.sizes import format_size
+from dspkg.sizes import format_duration, format_size
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -141,6 +141,32 @@ def _cmd_commit(args: argparse.Namespace) -> int:
         f"{state} {result.uri}: {result.files:,} files, {format_size(result.bytes)}, "
         f"{result.packages} package(s) from {len(result.parts)} part(s)"
     )
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    result = api.gc(
+        store=args.store,
+        grace=args.grace,
+        delete=args.delete,
+        store_options=store_options(args.store_option),
+        progress=_progress(args),
+    )
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    verb = "removed" if result.deleted else "would remove"
+    for g in result.garbage:
+        print(f"{verb} {g.kind} {g.key} ({format_size(g.size)})")
+    counts = ", ".join(f"{n:,} {kind}(s)" for kind, n in sorted(result.counts().items()))
+    print(
+        f"{verb} {len(result.garbage):,} object(s), {format_size(result.bytes)}"
+        f"{f' ({counts})' if counts else ''} from {result.store}; {result.versions} version(s) "
+        f"referenced; {result.young:,} unreferenced object(s) younger than "
+        f"{format_duration(result.grace_seconds)} kept"
+    )
+    if not result.deleted and result.garbage:
+        print("dry run: nothing was removed; run 'dspkg gc --delete' to remove them")
     return 0
 
 
@@ -596,6 +622,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_diff_parser(sub)
     _add_serve_parser(sub)
+    p = sub.add_parser(
+        "gc", help="remove packages, blobs, shards and parts that no version references"
+    )
+    add_store(p)
+    p.add_argument(
+        "--grace",
+        default="24h",
+        help="never remove anything younger than this (default 24h; 90m, 7d, 3600s)",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run", action="store_true", help="only report what would go (the default)"
+    )
+    mode.add_argument("--delete", action="store_true", help="remove what is reported")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_cmd_gc)
 
     p = sub.add_parser("mount", help="mount a version read-only; files are fetched when opened")
     p.add_argument("uri", help="dataset://<dataset>/<version or alias>")

@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from dspkg.catalog import Catalog, now_iso, whole
+from dspkg.collector import DEFAULT_GRACE
 from dspkg.committer import read_part
 from dspkg.concurrency import BoundedTasks
-from dspkg.errors import AlreadyExists, DspkgError, InvalidArgument, InvalidMetadata, NotFound
+from dspkg.errors import (
+    AlreadyExists,
+    DspkgError,
+    InvalidArgument,
+    InvalidMetadata,
+    NotFound,
+    StoreError,
+)
 from dspkg.layout import LATEST, blob_key, new_attempt, part_key, part_package_name
 from dspkg.manifest import Manifest, ManifestRoot, content_digest
 from dspkg.metadata import VersionRequest, read_outputs
@@ -138,6 +146,7 @@ class _Session:
     attempt: str = field(default_factory=new_attempt)
     known_blobs: set[str] = field(default_factory=set)
     uploaded_packages: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
 
 async def publish_directory(
@@ -294,6 +303,7 @@ async def _stage(
         aliases=req.aliases,
     )
     await run.catalog.write_shards(shards)
+    await _outlived_the_grace(run)
     key = part_key(uri.dataset, uri.version, name)
     if not await run.store.put(key, part.to_json(), create=True):
         other = await read_part(run.catalog, uri, name)
@@ -515,6 +525,7 @@ async def _commit_version(
 ) -> tuple[Manifest, VersionResult]:
     """Create the manifest (the one commit point), then note the packages and move aliases."""
     req = plan.request
+    await _outlived_the_grace(run)
     if not await run.catalog.write_manifest(manifest):
         # Another publisher created it meanwhile; same content is fine, and then the
         # packages this one uploaded are named by nothing: remove them.
@@ -535,6 +546,25 @@ async def _commit_version(
     for alias in aliases:
         await run.catalog.set_alias(req.uri.dataset, alias, req.uri.version)
     return manifest, _result(manifest.root(), created=True, uploaded=set(uploaded), aliases=aliases)
+
+
+async def _outlived_the_grace(run: _Session) -> None:
+    """``dspkg gc`` never removes objects younger than its grace period (24 hours by
+    default); a publish that ran longer checks its packages are still there before a
+    manifest names them."""
+    if time.monotonic() - run.started <= DEFAULT_GRACE:
+        return
+    run.progress.warn(
+        "this publish ran longer than dspkg gc's default grace period (24h); checking that "
+        "its packages are still in the store"
+    )
+    for key in run.uploaded_packages:
+        if await run.store.head(key) is None:
+            raise StoreError(
+                f"{run.store.describe(key)} vanished while this publish ran (dspkg gc with a "
+                "shorter grace?); nothing was published, run it again",
+                key=key,
+            )
 
 
 async def _reusable(
