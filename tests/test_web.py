@@ -118,7 +118,7 @@ def client(pets: Published) -> Iterator[TestClient]:
 
 def manifest_of(published: Published, dataset: str, version: str) -> Manifest:
     store = open_store(published.url)
-    return Manifest.from_json(run_sync(store.get(manifest_key(dataset, version))), obj="test")
+    return run_sync(Catalog(store).read_manifest(VersionUri(dataset, version)))
 
 
 def store_file(published: Published, key: str) -> Path:

@@ -26,3 +26,19 @@ def test_manifest_mode_of_the_command() -> None:
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["files"] == 2000 and doc["v2"]["shards"] == 1
+
+
+def test_scale_mode_of_the_command() -> None:
+    result = run_cli(["bench", "--scale", "--files", "1500", "--size", "200", "--json"], {})
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["files"] == 1500 and doc["manifest"]["shards"] == 1
+    assert doc["pull_cold"]["files_fetched"] == 1500 and doc["pull_warm"]["files_fetched"] == 0
+    assert doc["publish"]["peak_rss_mb"] > 10 and doc["pull_cold"]["requests"] >= 2
+    assert set(doc["targets"]) == {
+        "root_load_seconds",
+        "manifest_load_seconds",
+        "publish_peak_rss_mb",
+        "pull_peak_rss_mb",
+        "pull_requests",
+    }
