@@ -195,15 +195,15 @@ def test_collisions_and_overlaps_across_shard_boundaries() -> None:
 # --- in a store: what a pull refuses, what a reader loads -------------------------------
 
 
-def reshard(store: Store, limits: ShardLimits = TEN) -> Manifest:
+def reshard(store: Store, limits: ShardLimits = TEN, version: VersionUri = VERSION) -> Manifest:
     """Store the published version again as a root over shards cut by ``limits``."""
 
     async def go() -> Manifest:
         catalog = Catalog(store)
-        manifest = await catalog.read_manifest(VERSION)
+        manifest = await catalog.read_manifest(version)
         root, shards = encode_manifest(manifest, limits)
         await catalog.write_shards(shards)
-        await store.put(manifest_key(VERSION.dataset, VERSION.version), encode_root(root))
+        await store.put(manifest_key(version.dataset, version.version), encode_root(root))
         return manifest
 
     return run_sync(go())
@@ -397,7 +397,13 @@ def test_a_child_shares_its_parents_unchanged_shards(tmp_path: Path, env: dict[s
     child = {"uri": "dataset://sharded/v2", "from": URI}
     write_outputs(tmp_path / "c", {"f/00001a": b"y"}, [child])
     api.publish(tmp_path / "c", store=url, env=env)
-    manifest = run_sync(Catalog(store).read_manifest(VersionUri("sharded", "v2")))
-    child_root, _ = encode_manifest(manifest, limits)
+    child_root, _ = encode_manifest(reshard(store, limits, VersionUri("sharded", "v2")), limits)
     shared = set(parent_root.shards) & set(child_root.shards)
     assert len(parent_root.shards) > 3 and len(shared) >= len(parent_root.shards) - 2
+    # diff reads the two roots and only the shards they do not share.
+    requests = store.stats.requests
+    diff = api.diff(URI, "dataset://sharded/v2", store=store, env=env)
+    assert diff.added.files == 1 and diff.unchanged.files == len(files)
+    assert diff.removed.files == diff.changed.files == 0
+    read = store.stats.requests - requests
+    assert read <= 2 + 2 * (len(child_root.shards) - len(shared)) + 4  # roots, shards, aliases

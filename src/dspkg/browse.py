@@ -4,7 +4,7 @@ and what changed between two versions."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dspkg.catalog import Catalog, whole
@@ -12,7 +12,7 @@ from dspkg.errors import InvalidArgument
 from dspkg.layout import LATEST, name_from_key, versions_prefix
 from dspkg.manifest import FileEntry, Manifest, ManifestRoot
 from dspkg.names import VersionUri
-from dspkg.versiondiff import VersionDiff, diff_files
+from dspkg.versiondiff import DiffCounts, VersionDiff, diff_files
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,26 @@ def files_per_package(manifest: Manifest) -> list[int]:
 
 
 async def compare_versions(catalog: Catalog, a: VersionUri, b: VersionUri) -> VersionDiff:
-    """Added, removed and changed files from ``a`` to ``b`` (either may be an alias)."""
-    first, second = await asyncio.gather(catalog.read_manifest(a), catalog.read_manifest(b))
-    return diff_files(first.files, second.files, a=str(first.uri), b=str(second.uri))
+    """Added, removed and changed files from ``a`` to ``b`` (either may be an alias).
+
+    A shard both versions share (same SHA-256) covers the same files in both: its range is
+    unchanged and never read, so a child that changed a few files loads a few shards.
+    """
+    first, second = await asyncio.gather(catalog.read_root(a), catalog.read_root(b))
+    common = {s.sha256 for s in first.shards} & {s.sha256 for s in second.shards}
+    files_a, files_b = await asyncio.gather(
+        catalog.read_files(first, [s for s in first.shards if s.sha256 not in common]),
+        catalog.read_files(second, [s for s in second.shards if s.sha256 not in common]),
+    )
+    diff = diff_files(files_a, files_b, a=str(first.uri), b=str(second.uri))
+    shared = [s for s in first.shards if s.sha256 in common]
+    if not shared:
+        return diff
+    unchanged = DiffCounts(
+        diff.unchanged.files + sum(s.count for s in shared),
+        diff.unchanged.bytes + sum(s.bytes for s in shared),
+    )
+    return replace(diff, unchanged=unchanged)
 
 
 async def list_datasets(catalog: Catalog) -> list[DatasetSummary]:
