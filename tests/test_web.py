@@ -124,7 +124,7 @@ def manifest_of(published: Published, dataset: str, version: str) -> Manifest:
 def stored_bytes(published: Published, version: str) -> int:
     """The bytes of a version's manifest as stored: its root and its shards."""
     root = store_file(published, manifest_key("pets", version))
-    shards = [s["size"] for s in json.loads(root.read_bytes())["shards"]]
+    shards: list[int] = [s["size"] for s in json.loads(root.read_bytes())["shards"]]
     return root.stat().st_size + sum(shards)
 
 
