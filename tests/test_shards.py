@@ -407,3 +407,18 @@ def test_a_child_shares_its_parents_unchanged_shards(tmp_path: Path, env: dict[s
     assert diff.removed.files == diff.changed.files == 0
     read = store.stats.requests - requests
     assert read <= 2 + 2 * (len(child_root.shards) - len(shared)) + 4  # roots, shards, aliases
+
+
+def test_a_subset_pull_reads_only_the_shards_it_may_match(
+    published: tuple[Store, dict[str, str]], tmp_path: Path
+) -> None:
+    store, env = published
+    requests = store.stats.requests
+    pulled = api.pull(URI, tmp_path / "d1", store=store, env=env, include=["d1/**"])
+    want = {p: d for p, d in FILES.items() if p.startswith("d1/")}
+    assert read_tree(tmp_path / "d1") == want
+    # The version's totals come from the root; one of three shards was read.
+    assert pulled.files == len(FILES) and pulled.selected_files == len(want)
+    shard_gets = [k for k in (tmp_path / "cache" / "manifests").rglob("*.json.gz") if k.is_file()]
+    assert len(shard_gets) == 1
+    assert store.stats.requests - requests < 1 + 3 + 3  # root, one shard, its ranges
