@@ -109,7 +109,9 @@ async def pull_version(
     # v1 manifest): ``version`` then holds those shards' files, the root the totals.
     shards = None
     if not subset.everything:
+        # One shard at least: a selection that matches nothing is named from real files.
         shards = [s for s in root.shards if subset.may_match_range(s.first, s.last)]
+        shards = shards or list(root.shards[:1])
     files = await load_files(store, cache, root, shards, read_only=options.dry_run)
     version = whole(root, files)
     # From here on the manifest lists only the chosen files (its packages stay whole).
