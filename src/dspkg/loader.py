@@ -139,6 +139,32 @@ def cached_root(
     return None
 
 
+def cached_manifest(
+    cache: Cache, store: str, uri: VersionUri, *, read_only: bool = False
+) -> Manifest | None:
+    """The cache's copy of exactly ``uri``'s whole manifest (its root and every shard),
+    with no store; None when any of it is missing or damaged."""
+    root = cached_root(cache, store, uri, read_only=read_only)
+    if root is None:
+        return None
+    if root.inline is not None:
+        return whole(root, root.inline)
+    records: list[Records] = []
+    for shard in root.shards:
+        name = shard.key.rpartition("/")[2]
+        data = cache.load_shard(store, root.dataset, name)
+        if data is None:
+            return None
+        try:
+            records.append(decode_shard(data, shard, obj=f"cached shard {name}", trusted=True))
+        except DspkgError:
+            return None
+    obj = f"cached manifest of {uri}"
+    with contextlib.suppress(DspkgError):
+        return whole(root, join_shards(root, root.shards, records, obj=obj, checked=root.validated))
+    return None
+
+
 def cached_files(cache: Cache, store: str, uri: VersionUri) -> tuple[FileEntry, ...]:
     """The files of ``uri`` the cache knows (its manifest and the shards it holds), read
     only, with no store: what a pull in progress may be using."""
