@@ -222,3 +222,16 @@ def package_keys(case: StoreCase, dataset: str, version: str) -> list[str]:
 
     raw = asyncio.run(case.open().get(manifest_key(dataset, version)))
     return [p["key"] for p in json.loads(raw)["packages"]]
+
+
+def stored_record(case: StoreCase, dataset: str, version: str, path: str) -> dict[str, Any]:
+    """A file's record in the stored manifest (v1 or v2), with its package's key."""
+    import asyncio
+
+    from dspkg.catalog import Catalog
+    from dspkg.names import VersionUri
+
+    manifest = asyncio.run(Catalog(case.open()).read_manifest(VersionUri(dataset, version)))
+    entry = next(f for f in manifest.files if f.path == path)
+    key = manifest.packages[entry.package].key if entry.package is not None else None
+    return {"offset": entry.offset, "size": entry.size, "sha256": entry.sha256, "package_key": key}
