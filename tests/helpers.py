@@ -241,3 +241,16 @@ def read_entry(
     assert parsed is not None, "truncated local header"
     header, _ = parsed
     return header, read_range(header.data_offset, header.data_offset + header.size)
+
+
+def stored_record(case: StoreCase, dataset: str, version: str, path: str) -> dict[str, Any]:
+    """A file's record in the stored manifest (v1 or v2), with its package's key."""
+    import asyncio
+
+    from dspkg.catalog import Catalog
+    from dspkg.names import VersionUri
+
+    manifest = asyncio.run(Catalog(case.open()).read_manifest(VersionUri(dataset, version)))
+    entry = next(f for f in manifest.files if f.path == path)
+    key = manifest.packages[entry.package].key if entry.package is not None else None
+    return {"offset": entry.offset, "size": entry.size, "sha256": entry.sha256, "package_key": key}

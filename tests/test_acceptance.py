@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
 import json
 import random
 import shutil
@@ -16,7 +18,8 @@ import pytest
 from dspkg import api
 from dspkg.bench.servers import LocalServer
 from dspkg.layout import blob_key, manifest_key
-from dspkg.manifest import Manifest
+from dspkg.manifest import content_digest
+from dspkg.shards import parse_stored
 from tests.helpers import (
     StoreCase,
     assert_one_line_error,
@@ -286,7 +289,9 @@ def test_pull_needs_an_empty_destination(durable_store: StoreCase, tmp_path: Pat
     )
 
 
-def test_manifest_is_compact_json_with_offsets(durable_store: StoreCase, tmp_path: Path) -> None:
+def test_manifest_is_a_compact_root_and_a_shard_with_offsets(
+    durable_store: StoreCase, tmp_path: Path
+) -> None:
     env = cli_env(durable_store, tmp_path, VH_ENABLE_DATASET_VERSION_PACKAGING="1")
     files = {"a.txt": b"alpha", "b/c.txt": b"gamma"}
     write_outputs(tmp_path / "out", files, [{"uri": URI, "packaging": True}])
@@ -294,16 +299,27 @@ def test_manifest_is_compact_json_with_offsets(durable_store: StoreCase, tmp_pat
     raw = store_bytes(durable_store, manifest_key("imagenet-subset", "train-v1"))
     doc = json.loads(raw)
     assert list(doc) == sorted(doc)
-    assert doc["schema_version"] == 1 and doc["from"] is None
+    assert doc["schema_version"] == 2 and doc["from"] is None
+    assert doc["files"] == 2 and doc["bytes"] == 10 and doc["packages"][0]["files"] == 2
+    [shard] = doc["shards"]
+    assert (shard["first"], shard["last"], shard["count"]) == ("a.txt", "b/c.txt", 2)
+    stored = store_bytes(durable_store, shard["key"])
+    assert hashlib.sha256(stored).hexdigest() == shard["sha256"] and len(stored) == shard["size"]
+    assert shard["key"] == f"datasets/imagenet-subset/shards/{shard['sha256']}.json.gz"
+    columns = json.loads(gzip.decompress(stored))
+    assert columns["path"] == sorted(files) and columns["package"] == [0, 0]
     package = store_bytes(
         durable_store, package_keys(durable_store, "imagenet-subset", "train-v1")[0]
     )
-    for record in doc["files"]:
-        start = record["offset"]
-        assert package[start : start + record["size"]] == files[record["path"]]
-        blob = store_bytes(durable_store, blob_key(record["sha256"]))
-        assert blob == files[record["path"]]
-    assert Manifest.from_json(raw, obj="m").same_content(Manifest.from_json(raw, obj="m"))
+    for path, size, sha, start in zip(
+        columns["path"], columns["size"], columns["sha256"], columns["offset"], strict=True
+    ):
+        assert package[start : start + size] == files[path]
+        assert store_bytes(durable_store, blob_key(sha)) == files[path]
+    root = parse_stored(raw, obj="m")
+    assert root.digest == content_digest(
+        (p, len(files[p]), hashlib.sha256(files[p]).hexdigest()) for p in sorted(files)
+    )
 
 
 def test_publish_and_pull_on_azure(azurite_server: LocalServer, tmp_path: Path) -> None:

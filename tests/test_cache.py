@@ -287,6 +287,10 @@ def test_prune_to_10mb(tmp_path: Path) -> None:
     assert int(du.stdout.split()[0]) <= 10_000_000
     info = json.loads(run_cli(["cache", "info", "--json"], env).stdout)
     assert "dataset://shared/big2" in {v["uri"] for v in info["versions"]}
+    # Manifest shards go with the versions evicted: one kept per cached root.
+    kept = list((tmp_path / "cache" / "manifests").glob("*/shared/shards/*"))
+    roots = list((tmp_path / "cache" / "manifests").glob("*/shared/*.json"))
+    assert len(kept) == len(roots) == len(info["versions"])
 
 
 def test_size_limit_from_the_environment_applies_after_each_pull(tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ import pytest
 
 from dspkg import api
 from dspkg import zipformat as zf
+from dspkg.catalog import Catalog
 from dspkg.errors import DspkgError
 from dspkg.layout import manifest_key
+from dspkg.names import VersionUri
 from tests.helpers import (
     StoreCase,
     assert_one_line_error,
@@ -59,6 +61,17 @@ def tamper(case: StoreCase, key: str, change: Callable[[bytes], bytes]) -> None:
     async def go() -> None:
         data = await store.get(key)
         await store.put(key, change(data))
+
+    asyncio.run(go())
+
+
+def as_v1(case: StoreCase, dataset: str, version: str) -> None:
+    """Store the version in the v1 form (one JSON document), as dspkg 0.1 wrote it."""
+    store = case.open()
+
+    async def go() -> None:
+        manifest = await Catalog(store).read_manifest(VersionUri(dataset, version))
+        await store.put(manifest_key(dataset, version), manifest.to_json())
 
     asyncio.run(go())
 
@@ -170,13 +183,14 @@ def test_package_missing_from_the_store(
         (lambda d: d.update(version="other"), "describes"),
     ],
 )
-def test_hostile_manifest_is_refused(
+def test_hostile_v1_manifest_is_refused(
     durable_store: StoreCase,
     tmp_path: Path,
     change: Callable[[dict[str, object]], None],
     needle: str,
 ) -> None:
     env = publish(durable_store, tmp_path, packages_only=False)
+    as_v1(durable_store, "hostile", "v1")
     key = manifest_key("hostile", "v1")
 
     def edit(data: bytes) -> bytes:
@@ -190,10 +204,11 @@ def test_hostile_manifest_is_refused(
     assert not (tmp_path / "dest").exists()
 
 
-def test_manifest_path_colliding_by_case_is_refused(
+def test_v1_manifest_path_colliding_by_case_is_refused(
     durable_store: StoreCase, tmp_path: Path
 ) -> None:
     env = publish(durable_store, tmp_path, packages_only=False)
+    as_v1(durable_store, "hostile", "v1")
 
     def edit(data: bytes) -> bytes:
         doc = json.loads(data)

@@ -26,7 +26,14 @@ import pytest
 from dspkg.layout import manifest_key
 from dspkg.mounting import FSTYPE, MountProcess, fuse_problem, mount_argv, mounted_fstype
 from dspkg.mounting import start_mount as _start_mount
-from tests.helpers import StoreCase, assert_one_line_error, read_tree, run_cli, write_outputs
+from tests.helpers import (
+    StoreCase,
+    assert_one_line_error,
+    read_tree,
+    run_cli,
+    stored_record,
+    write_outputs,
+)
 
 pytestmark = pytest.mark.skipif(
     fuse_problem() is not None, reason=f"the kernel refuses FUSE here: {fuse_problem()}"
@@ -196,9 +203,8 @@ def test_corrupted_range_reads_eio_and_nothing_corrupt_is_cached(
     case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
     files = pet_files()
     publish(case, tmp_path, files, "--packages-only")
-    manifest = json.loads((tmp_path / "store/datasets/pets/versions/v1.json").read_bytes())
-    victim = next(f for f in manifest["files"] if f["path"] == "cat/010.jpg")
-    package = tmp_path / "store" / manifest["packages"][victim["package"]]["key"]
+    victim = stored_record(case, "pets", "v1", "cat/010.jpg")
+    package = tmp_path / "store" / victim["package_key"]
     data = bytearray(package.read_bytes())
     data[victim["offset"] + victim["size"] // 2] ^= 0xFF
     package.write_bytes(bytes(data))

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from dspkg.errors import InvalidArgument, InvalidName
 from dspkg.names import VersionUri, check_name, parse_dataset_uri
-from dspkg.paths import path_problem, tree_problem
+from dspkg.paths import all_paths_ok, path_problem, tree_problem
 from dspkg.sizes import format_size, parse_size
 
 
@@ -57,6 +57,50 @@ def test_tree_problem_finds_every_collision(paths: list[str]) -> None:
     dirs = {f.rpartition("/")[0] for f in folded if "/" in f}
     expect_problem = len(set(folded)) != len(folded) or bool(dirs & set(folded))
     assert (tree_problem(paths) is not None) == expect_problem
+
+
+# Characters each rule of the path check turns on: separators, dots and spaces at ends,
+# controls, backslash, drive colons, device names, non-ASCII (case folding, spaces that are
+# not printable, a lone surrogate that is not UTF-8).
+_TRICKY = st.sampled_from(
+    [
+        "a",
+        "A",
+        "c",
+        "o",
+        "n",
+        "l",
+        "p",
+        "t",
+        "x",
+        "u",
+        "1",
+        "/",
+        ".",
+        " ",
+        ":",
+        "\\",
+        "\x00",
+        "\n",
+        "\t",
+        "\x7f",
+        "\x85",
+        "\u00a0",
+        "\u2028",
+        "é",
+        "\u212a",
+        "\u017f",
+        "\ud800",
+        "con",
+        "LPT9",
+        "x" * 250,
+    ]
+)
+
+
+@given(st.lists(st.lists(_TRICKY, max_size=8).map("".join), max_size=4))
+def test_all_paths_ok_agrees_with_path_problem(paths: list[str]) -> None:
+    assert all_paths_ok(paths) == all(path_problem(p) is None for p in paths)
 
 
 def test_names_and_uris() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import multiprocessing
 import pickle
 import random
@@ -16,7 +15,7 @@ import pytest
 import dspkg
 from dspkg.errors import Integrity, InvalidArgument, NotFound
 from dspkg.reader import VersionReader
-from tests.helpers import StoreCase, run_cli, write_outputs
+from tests.helpers import StoreCase, run_cli, stored_record, write_outputs
 
 URI = "dataset://birds/v1"
 
@@ -98,9 +97,8 @@ def test_a_corrupt_file_raises_and_the_others_read(tmp_path: Path) -> None:
     case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
     files = bird_files()
     publish(case, tmp_path, files, "--packages-only")
-    manifest = json.loads((tmp_path / "store/datasets/birds/versions/v1.json").read_bytes())
-    victim = next(f for f in manifest["files"] if f["path"] == "b0/0003.jpg")
-    package = tmp_path / "store" / manifest["packages"][victim["package"]]["key"]
+    victim = stored_record(case, "birds", "v1", "b0/0003.jpg")
+    package = tmp_path / "store" / victim["package_key"]
     data = bytearray(package.read_bytes())
     data[victim["offset"]] ^= 0x01
     package.write_bytes(bytes(data))

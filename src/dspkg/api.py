@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dspkg import upkeep
 from dspkg.browse import (
@@ -26,6 +27,11 @@ from dspkg.browse import (
 )
 from dspkg.cache import Cache, store_id
 from dspkg.catalog import Catalog
+from dspkg.collector import DEFAULT_GRACE, GcResult, collect
+from dspkg.committer import CommitResult, commit_version
+
+if TYPE_CHECKING:
+    from dspkg.distributed import DistributedResult
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
 from dspkg.errors import InvalidArgument, NotFound
@@ -34,7 +40,7 @@ from dspkg.manifest import Manifest
 from dspkg.materialize import LinkMode
 from dspkg.mounting import MountSummary, mount_argv, require_fuse, serve, start_mount
 from dspkg.mounting import unmount as unmount_point
-from dspkg.names import SCHEME, VersionUri, parse_dataset_uri
+from dspkg.names import SCHEME, VersionUri, check_name, parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.publisher import PublishOptions, PublishResult, publish_directory
 from dspkg.pull_plan import Tuning
@@ -42,7 +48,7 @@ from dspkg.puller import PullOptions, PullResult, pull_version
 from dspkg.reader import VersionReader, start_reader
 from dspkg.selection import Selection
 from dspkg.sharding import Shard, parse_shard
-from dspkg.sizes import format_size, parse_size
+from dspkg.sizes import format_size, parse_duration, parse_size
 from dspkg.store import Store, open_store
 from dspkg.subset import Selected, Subset
 from dspkg.upkeep import CacheInfo, PruneResult, VerifyResult
@@ -73,6 +79,7 @@ def publish(
     packages_only: bool = False,
     package_size: int | str = "1GiB",
     jobs: int = 32,
+    part: str | None = None,
     store_options: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
@@ -81,17 +88,30 @@ def publish(
 
     ``packaging``: None follows each version's ``"packaging": true`` gated by
     ``VH_ENABLE_DATASET_VERSION_PACKAGING``; True packages every version; False none.
+    ``part``: stage these files as that part of each version instead; :func:`commit`
+    merges the parts into the version.
     """
     settings = Settings.from_env(env)
-    options = PublishOptions(
-        packaging=packaging,
-        gate=settings.packaging_gate,
-        packages_only=packages_only,
-        package_size=_package_size(package_size),
-        jobs=max(jobs, 1),
-    )
+    options = publish_options(settings, packaging, packages_only, package_size, jobs)
+    if part is not None:
+        check_name(part, what="part name")
     target = resolve_store(store, settings, store_options)
-    return run_sync(publish_directory(Path(outputs_dir), target, options, progress))
+    return run_sync(publish_directory(Path(outputs_dir), target, options, progress, part=part))
+
+
+def commit(
+    uri: str,
+    *,
+    store: StoreLike = None,
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> CommitResult:
+    """Merge the staged parts of ``dataset://<dataset>/<version>`` into the version, with
+    one conditional create: of two commits at once, exactly one creates it."""
+    version = VersionUri.parse(uri)
+    target = resolve_store(store, Settings.from_env(env), store_options)
+    return run_sync(commit_version(target, version, progress))
 
 
 def pull_options(
@@ -111,6 +131,74 @@ def pull_options(
         tuning=Tuning().with_jobs(jobs),
         speedups=settings.speedups,
     )
+
+
+def publish_options(
+    settings: Settings,
+    packaging: bool | None = None,
+    packages_only: bool = False,
+    package_size: int | str = "1GiB",
+    jobs: int = 32,
+) -> PublishOptions:
+    return PublishOptions(
+        packaging=packaging,
+        gate=settings.packaging_gate,
+        packages_only=packages_only,
+        package_size=_package_size(package_size),
+        jobs=max(jobs, 1),
+    )
+
+
+def publish_on_dask(
+    outputs_dir: str | Path,
+    address: str,
+    *,
+    store: StoreLike = None,
+    packaging: bool | None = None,
+    packages_only: bool = False,
+    package_size: int | str = "1GiB",
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[DistributedResult]:
+    """:func:`publish` with the packages built by the workers of the Dask scheduler at
+    ``address`` (see :mod:`dspkg.distributed`); the files must be readable by them."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise InvalidArgument("publishing on Dask needs Dask: pip install 'dspkg[dask]'") from None
+    from dspkg.distributed import publish_outputs
+
+    settings = Settings.from_env(env)
+    options = publish_options(settings, packaging, packages_only, package_size)
+    target = resolve_store(store, settings, store_options)
+    try:
+        client = Client(address, timeout="20s")  # type: ignore[no-untyped-call]
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot reach the Dask scheduler at {address} ({exc}); check --dask"
+        ) from None
+    with client:
+        return publish_outputs(
+            outputs_dir, client, store=target, options=options, progress=progress
+        )
+
+
+def gc(
+    *,
+    store: StoreLike = None,
+    grace: float | str = DEFAULT_GRACE,
+    delete: bool = False,
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> GcResult:
+    """What no version references and is older than ``grace`` (seconds, or ``"24h"``):
+    packages, blobs, manifest shards, staged parts, killed uploads. Removed only with
+    ``delete``; by default a dry run that reports them."""
+    seconds = parse_duration(grace)
+    target = resolve_store(store, Settings.from_env(env), store_options)
+    return run_sync(collect(target, grace=seconds, delete=delete, progress=progress))
 
 
 def _package_size(text: int | str) -> int:
@@ -264,14 +352,16 @@ def versions(
 def show(
     uri: str,
     *,
+    files: bool = True,
     store: StoreLike = None,
     store_options: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> VersionDetails:
-    """One version: files, bytes, parent, aliases and packages."""
+    """One version: files, bytes, parent, aliases and packages. Without ``files`` only
+    its manifest root is read: the counts, not the file list."""
     version = VersionUri.parse(uri)
     source = resolve_store(store, Settings.from_env(env), store_options)
-    return run_sync(describe_version(Catalog(source), version))
+    return run_sync(describe_version(Catalog(source), version, files=files))
 
 
 def diff(

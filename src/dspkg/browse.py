@@ -4,14 +4,15 @@ and what changed between two versions."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from dspkg.catalog import Catalog
+from dspkg.catalog import Catalog, whole
+from dspkg.errors import InvalidArgument
 from dspkg.layout import LATEST, name_from_key, versions_prefix
-from dspkg.manifest import Manifest
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot
 from dspkg.names import VersionUri
-from dspkg.versiondiff import VersionDiff, diff_files
+from dspkg.versiondiff import DiffCounts, VersionDiff, diff_files
 
 
 @dataclass(frozen=True)
@@ -42,24 +43,33 @@ class VersionSummary:
 
 @dataclass(frozen=True)
 class VersionDetails:
-    manifest: Manifest
+    """One version: its root, and its files when they were asked for."""
+
+    root: ManifestRoot
     aliases: tuple[str, ...]
     package_bytes: int
+    files: tuple[FileEntry, ...] | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        if self.files is None:
+            raise InvalidArgument(f"the files of {self.root.uri} were not loaded; ask for them")
+        return whole(self.root, self.files)
 
     def to_json(self, *, files: bool = False) -> dict[str, Any]:
-        m = self.manifest
-        used = files_per_package(m)
+        m = self.root
         doc: dict[str, Any] = {
             "uri": str(m.uri),
             "dataset": m.dataset,
             "version": m.version,
             "from": m.parent,
             "created_at": m.created_at,
-            "files": len(m.files),
-            "bytes": m.total_bytes,
+            "files": m.files,
+            "bytes": m.bytes,
             "aliases": list(self.aliases),
             "blobs": m.blobs,
-            "packaged_files": sum(used),
+            "manifest": {"schema_version": m.schema_version, "shards": len(m.shards)},
+            "packaged_files": sum(m.package_files),
             "packages": [
                 {
                     "name": p.name,
@@ -67,7 +77,7 @@ class VersionDetails:
                     "size": p.size,
                     "entries": p.entries,
                     "sha256": p.sha256,
-                    "files_used": used[i],
+                    "files_used": m.package_files[i],
                 }
                 for i, p in enumerate(m.packages)
             ],
@@ -81,7 +91,7 @@ class VersionDetails:
                     "package": m.packages[f.package].name if f.package is not None else None,
                     "offset": f.offset,
                 }
-                for f in m.files
+                for f in self.manifest.files
             ]
         return doc
 
@@ -92,23 +102,38 @@ def files_per_package(manifest: Manifest) -> list[int]:
     A package reused from an identical earlier version may hold files of others too,
     so this can be less than its ``entries``.
     """
-    used = [0] * len(manifest.packages)
-    for f in manifest.files:
-        if f.package is not None:
-            used[f.package] += 1
-    return used
+    return list(manifest.package_files())
 
 
 async def compare_versions(catalog: Catalog, a: VersionUri, b: VersionUri) -> VersionDiff:
-    """Added, removed and changed files from ``a`` to ``b`` (either may be an alias)."""
-    first, second = await asyncio.gather(catalog.read_manifest(a), catalog.read_manifest(b))
-    return diff_files(first.files, second.files, a=str(first.uri), b=str(second.uri))
+    """Added, removed and changed files from ``a`` to ``b`` (either may be an alias).
+
+    A shard both versions share (same SHA-256) covers the same files in both: its range is
+    unchanged and never read, so a child that changed a few files loads a few shards.
+    """
+    first, second = await asyncio.gather(catalog.read_root(a), catalog.read_root(b))
+    common = {s.sha256 for s in first.shards} & {s.sha256 for s in second.shards}
+    files_a, files_b = await asyncio.gather(
+        catalog.read_files(first, [s for s in first.shards if s.sha256 not in common]),
+        catalog.read_files(second, [s for s in second.shards if s.sha256 not in common]),
+    )
+    diff = diff_files(files_a, files_b, a=str(first.uri), b=str(second.uri))
+    shared = [s for s in first.shards if s.sha256 in common]
+    if not shared:
+        return diff
+    unchanged = DiffCounts(
+        diff.unchanged.files + sum(s.count for s in shared),
+        diff.unchanged.bytes + sum(s.bytes for s in shared),
+    )
+    return replace(diff, unchanged=unchanged)
 
 
 async def list_datasets(catalog: Catalog) -> list[DatasetSummary]:
     found = []
     for name in await catalog.datasets():
         versions = await catalog.versions(name)
+        if not versions:  # only staged parts or leftovers: nothing to show yet
+            continue
         latest = await catalog.read_alias(name, LATEST)
         found.append(DatasetSummary(name, len(versions), latest))
     return found
@@ -137,15 +162,19 @@ async def list_versions(catalog: Catalog, dataset: str) -> list[VersionSummary]:
     return summaries
 
 
-async def describe_version(catalog: Catalog, uri: VersionUri) -> VersionDetails:
-    manifest = await catalog.read_manifest(uri)
+async def describe_version(
+    catalog: Catalog, uri: VersionUri, *, files: bool = True
+) -> VersionDetails:
+    """One version; without ``files`` only its root is read (one request for v2)."""
+    root = await catalog.read_root(uri)
     aliases = sorted(
         alias
-        for alias, version in (await catalog.aliases(manifest.dataset)).items()
-        if version == manifest.version
+        for alias, version in (await catalog.aliases(root.dataset)).items()
+        if version == root.version
     )
     return VersionDetails(
-        manifest=manifest,
+        root=root,
         aliases=tuple(aliases),
-        package_bytes=sum(p.size for p in manifest.packages),
+        package_bytes=sum(p.size for p in root.packages),
+        files=await catalog.read_files(root) if files else None,
     )

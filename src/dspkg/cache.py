@@ -4,7 +4,8 @@ Layout under the cache root (``$DSPKG_CACHE`` or the user cache directory)::
 
     objects/<hex[0:2]>/<hex[2:]>     file contents by sha256: read-only, fixed mtime
     tmp/<host>-<pid>-<rand>/         one private directory per running process (.lock inside)
-    manifests/<store-id>/<dataset>/<version>.json    copies of immutable manifests
+    manifests/<store-id>/<dataset>/<version>.json    copies of immutable manifests (v1, v2 roots)
+    manifests/<store-id>/<dataset>/shards/<sha256>.json.gz   v2 manifest shards, checked
     versions/<store-id>/<dataset>/<version>.json     what a pulled version uses, last use
     versions/<store-id>/<dataset>/<version>.partial  beside a record of subset pulls only
     pins/<host>-<pid>-<rand>.json    a version a running pull or job uses (flock held)
@@ -344,11 +345,37 @@ class Cache:
             note = ""
         return data, note == hashlib.sha256(data).hexdigest()
 
-    def save_manifest(self, store: str, uri: VersionUri, data: bytes) -> None:
-        """Keep a manifest that was just validated, and a note saying so."""
+    def save_manifest(
+        self, store: str, uri: VersionUri, data: bytes, *, checked: bool = True
+    ) -> None:
+        """Keep a manifest and, when the whole version was just validated, a note saying so
+        (a v2 root is noted only once all its shards were checked together)."""
         path = self._record_path(self.manifests, store, uri)
         self._write_atomic(path, data)
-        self._write_atomic(path.with_suffix(".checked"), hashlib.sha256(data).hexdigest().encode())
+        if checked:
+            self.note_manifest_checked(store, uri, data)
+
+    def note_manifest_checked(self, store: str, uri: VersionUri, data: bytes) -> None:
+        path = self._record_path(self.manifests, store, uri).with_suffix(".checked")
+        self._write_atomic(path, hashlib.sha256(data).hexdigest().encode())
+
+    def shard_path(self, store: str, dataset: str, name: str) -> Path:
+        """Where the cache keeps the manifest shard stored as ``name`` (its hash and suffix)."""
+        return self.manifests / store_id(store) / dataset / "shards" / name
+
+    def load_shard(self, store: str, dataset: str, name: str) -> bytes | None:
+        """A kept shard's bytes (checked when saved; the reader verifies their hash)."""
+        try:
+            return self.shard_path(store, dataset, name).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise cache_error(exc, self.manifests) from None
+
+    def save_shard(self, store: str, dataset: str, name: str, data: bytes) -> None:
+        """Keep a shard that passed every check of its records; its name is its hash, so a
+        copy whose bytes still hash to its name is one that passed (no note needed)."""
+        self._write_atomic(self.shard_path(store, dataset, name), data)
 
     def record_version(
         self, store: str, uri: VersionUri, *, files: int, nbytes: int, objects: Iterable[str]

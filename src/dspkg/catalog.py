@@ -1,16 +1,21 @@
 """Reading and writing a store's records: manifests, aliases and the package index.
 
 Keys come from :mod:`dspkg.layout`. Every record read from the store is untrusted and
-validated here, so callers get a :class:`Manifest` that is what it claims to be or one
-of our errors.
+validated here, so callers get a :class:`Manifest` (or :class:`ManifestRoot`) that is
+what it claims to be or one of our errors. Manifests are read in both forms (v1, v2)
+and written as v2: shards first, the root last with a conditional create.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from dspkg.concurrency import BoundedTasks
 from dspkg.errors import NotFound, UnsafePackage
 from dspkg.layout import (
     DATASETS_PREFIX,
@@ -22,9 +27,20 @@ from dspkg.layout import (
     package_key_problem,
     versions_prefix,
 )
-from dspkg.manifest import Manifest, PackageInfo
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot, PackageInfo, ShardInfo
 from dspkg.names import VersionUri, check_name
+from dspkg.shards import (
+    Records,
+    decode_shard,
+    encode_manifest,
+    encode_root,
+    join_shards,
+    parse_stored,
+)
 from dspkg.store import Store
+
+# Shard requests in flight while loading a version.
+SHARD_REQUESTS = 8
 
 ALIAS_SCHEMA_VERSION = 1
 
@@ -33,16 +49,61 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_manifest(data: bytes, uri: VersionUri, *, obj: str, trusted: bool = False) -> Manifest:
-    """The manifest of exactly ``uri`` from ``data``; UnsafePackage if it is not valid or
-    describes another version (the store is inconsistent or tampered with)."""
-    manifest = Manifest.from_json(data, obj=obj, trusted=trusted)
-    if manifest.uri != uri:
+def parse_root(data: bytes, uri: VersionUri, *, obj: str, trusted: bool = False) -> ManifestRoot:
+    """The manifest (v1) or root (v2) of exactly ``uri`` from ``data``; UnsafePackage if
+    it is not valid or describes another version (the store is inconsistent or tampered
+    with). ``trusted``: bytes validated before (skips checking a v1 manifest's files)."""
+    root = parse_stored(data, obj=obj, trusted=trusted)
+    if root.uri != uri:
         raise UnsafePackage(
-            f"manifest {obj} describes {manifest.uri}, not {uri}; the store is inconsistent",
+            f"manifest {obj} describes {root.uri}, not {uri}; the store is inconsistent",
             obj=obj,
         )
-    return manifest
+    return root
+
+
+def whole(root: ManifestRoot, files: tuple[FileEntry, ...]) -> Manifest:
+    """The version of ``root`` with all its ``files``."""
+    return Manifest(
+        dataset=root.dataset,
+        version=root.version,
+        files=files,
+        packages=root.packages,
+        parent=root.parent,
+        created_at=root.created_at,
+        blobs=root.blobs,
+    )
+
+
+def chosen_shards(root: ManifestRoot, shards: Sequence[ShardInfo] | None) -> tuple[ShardInfo, ...]:
+    """``shards`` (all when None) in the root's order, each one the root lists."""
+    if shards is None:
+        return root.shards
+    wanted = set(shards)
+    return tuple(s for s in root.shards if s in wanted)
+
+
+async def load_shards(
+    shards: Sequence[ShardInfo], load: Callable[[ShardInfo], Awaitable[Records]]
+) -> list[Records]:
+    """``load`` every shard, several at once, in order."""
+    results: dict[ShardInfo, Records] = {}
+
+    async def one(shard: ShardInfo) -> None:
+        results[shard] = await load(shard)
+
+    async with BoundedTasks(SHARD_REQUESTS) as tasks:
+        for shard in shards:
+            await tasks.spawn(one(shard))
+    return [results[s] for s in shards]
+
+
+async def decode_in_thread(data: bytes, info: ShardInfo, *, obj: str, trusted: bool) -> Records:
+    """Hashing and inflating release the GIL: shards decode alongside each other."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        None, functools.partial(decode_shard, data, info, obj=obj, trusted=trusted)
+    )
 
 
 @dataclass(frozen=True)
@@ -52,25 +113,50 @@ class Catalog:
     store: Store
 
     async def read_manifest(self, uri: VersionUri) -> Manifest:
-        """The manifest of ``uri``; its version part may be an alias such as ``latest``."""
-        data = await self.manifest_bytes(uri)
-        if data is None:
-            uri = await self.resolve_alias(uri)
-            data = await self.manifest_bytes(uri)
-            if data is None:
-                raise self.not_found(uri)
-        return parse_manifest(
-            data, uri, obj=self.store.describe(manifest_key(uri.dataset, uri.version))
-        )
+        """The manifest of ``uri`` with every file; its version part may be an alias."""
+        root = await self.read_root(uri)
+        return whole(root, await self.read_files(root))
 
     async def find_manifest(self, uri: VersionUri) -> Manifest | None:
         """The manifest of exactly this version, or None if there is none."""
+        root = await self.find_root(uri)
+        if root is None:
+            return None
+        return whole(root, await self.read_files(root))
+
+    async def read_root(self, uri: VersionUri) -> ManifestRoot:
+        """The root of ``uri`` (a version or an alias such as ``latest``)."""
+        root = await self.find_root(uri)
+        if root is None:
+            uri = await self.resolve_alias(uri)
+            root = await self.find_root(uri)
+            if root is None:
+                raise self.not_found(uri)
+        return root
+
+    async def find_root(self, uri: VersionUri) -> ManifestRoot | None:
+        """The root of exactly this version (one request), or None if there is none."""
         data = await self.manifest_bytes(uri)
         if data is None:
             return None
-        return parse_manifest(
-            data, uri, obj=self.store.describe(manifest_key(uri.dataset, uri.version))
-        )
+        return parse_root(data, uri, obj=self._describe(uri))
+
+    async def read_files(
+        self, root: ManifestRoot, shards: Sequence[ShardInfo] | None = None
+    ) -> tuple[FileEntry, ...]:
+        """The files of ``shards`` (all when None) of ``root``, from the store, checked."""
+        if root.inline is not None:
+            return root.inline
+        chosen = chosen_shards(root, shards)
+
+        async def load(shard: ShardInfo) -> Records:
+            data = await self.shard_bytes(root, shard)
+            return await decode_in_thread(
+                data, shard, obj=self.store.describe(shard.key), trusted=False
+            )
+
+        records = await load_shards(chosen, load)
+        return join_shards(root, chosen, records, obj=self._describe(root.uri))
 
     def _describe(self, uri: VersionUri) -> str:
         return self.store.describe(manifest_key(uri.dataset, uri.version))
@@ -112,10 +198,29 @@ class Catalog:
                 obj=key,
             ) from None
 
+    async def shard_bytes(self, root: ManifestRoot, shard: ShardInfo) -> bytes:
+        data = await self.store.get_optional(shard.key)
+        if data is None:
+            raise UnsafePackage(
+                f"manifest shard {self.store.describe(shard.key)} of {root.uri} is missing "
+                "from the store; the version is damaged, publish it again under a new name",
+                obj=shard.key,
+            )
+        return data
+
     async def write_manifest(self, manifest: Manifest) -> bool:
-        """Create the manifest; False when the version already exists (never overwritten)."""
+        """Create the manifest (v2); False when the version already exists (never
+        overwritten). The shards go first: a root never names a shard not yet there."""
+        root, shards = encode_manifest(manifest)
+        await self.write_shards(shards)
         key = manifest_key(manifest.dataset, manifest.version)
-        return await self.store.put(key, manifest.to_json(), create=True)
+        return await self.store.put(key, encode_root(root), create=True)
+
+    async def write_shards(self, shards: Sequence[tuple[ShardInfo, bytes]]) -> None:
+        """Shards are named by their content: one already there is the same, kept."""
+        async with BoundedTasks(SHARD_REQUESTS) as tasks:
+            for info, data in shards:
+                await tasks.spawn(self.store.put(info.key, data, create=True))
 
     async def set_alias(self, dataset: str, alias: str, version: str) -> None:
         doc = {"schema_version": ALIAS_SCHEMA_VERSION, "updated_at": now_iso(), "version": version}

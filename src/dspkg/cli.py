@@ -28,7 +28,7 @@ from dspkg.pull_plan import Tuning
 from dspkg.puller import PullResult
 from dspkg.runner.command import register as register_run
 from dspkg.selection import parse_list
-from dspkg.sizes import format_size
+from dspkg.sizes import format_duration, format_size
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -72,6 +72,8 @@ def _print_json(doc: Any) -> None:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
+    if args.dask:
+        return _publish_on_dask(args)
     result = api.publish(
         args.dir,
         store=args.store,
@@ -79,6 +81,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         packages_only=args.packages_only,
         package_size=args.package_size,
         jobs=args.jobs,
+        part=args.part,
         store_options=store_options(args.store_option),
         progress=_progress(args),
     )
@@ -87,12 +90,83 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         return 0
     for v in result.versions:
         state = "created" if v.created else "unchanged"
+        what = v.uri
+        if v.part is not None:
+            state = "staged" if v.created else "already staged"
+            what = f"part {v.part!r} of {v.uri}"
         packages = f", {len(v.packages)} package{'s' if len(v.packages) != 1 else ''}"
-        print(f"{state} {v.uri}: {v.files:,} files, {format_size(v.bytes)}{packages}")
+        print(f"{state} {what}: {v.files:,} files, {format_size(v.bytes)}{packages}")
     print(
         f"published {len(result.versions)} version(s) in {result.seconds:.1f} s: "
         f"{format_size(result.bytes_uploaded)} uploaded in {result.requests:,} requests"
     )
+    return 0
+
+
+def _publish_on_dask(args: argparse.Namespace) -> int:
+    results = api.publish_on_dask(
+        args.dir,
+        args.dask,
+        store=args.store,
+        packaging=args.packaging,
+        packages_only=args.packages_only,
+        package_size=args.package_size,
+        store_options=store_options(args.store_option),
+        progress=_progress(args),
+    )
+    if args.json:
+        _print_json({"versions": [r.to_json() for r in results]})
+        return 0
+    for r in results:
+        c = r.commit
+        print(
+            f"{'created' if c.created else 'unchanged'} {c.uri}: {c.files:,} files, "
+            f"{format_size(c.bytes)}, {c.packages} package(s) built by {r.tasks} task(s)"
+        )
+    return 0
+
+
+def _cmd_commit(args: argparse.Namespace) -> int:
+    result = api.commit(
+        args.uri,
+        store=args.store,
+        store_options=store_options(args.store_option),
+        progress=_progress(args),
+    )
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    state = "committed" if result.created else "unchanged"
+    print(
+        f"{state} {result.uri}: {result.files:,} files, {format_size(result.bytes)}, "
+        f"{result.packages} package(s) from {len(result.parts)} part(s)"
+    )
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    result = api.gc(
+        store=args.store,
+        grace=args.grace,
+        delete=args.delete,
+        store_options=store_options(args.store_option),
+        progress=_progress(args),
+    )
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    verb = "removed" if result.deleted else "would remove"
+    for g in result.garbage:
+        print(f"{verb} {g.kind} {g.key} ({format_size(g.size)})")
+    counts = ", ".join(f"{n:,} {kind}(s)" for kind, n in sorted(result.counts().items()))
+    print(
+        f"{verb} {len(result.garbage):,} object(s), {format_size(result.bytes)}"
+        f"{f' ({counts})' if counts else ''} from {result.store}; {result.versions} version(s) "
+        f"referenced; {result.young:,} unreferenced object(s) younger than "
+        f"{format_duration(result.grace_seconds)} kept"
+    )
+    if not result.deleted and result.garbage:
+        print("dry run: nothing was removed; run 'dspkg gc --delete' to remove them")
     return 0
 
 
@@ -207,7 +281,12 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    details = api.show(args.uri, store=args.store, store_options=store_options(args.store_option))
+    details = api.show(
+        args.uri,
+        files=args.files,
+        store=args.store,
+        store_options=store_options(args.store_option),
+    )
     doc = details.to_json(files=args.files)
     if args.json:
         _print_json(doc)
@@ -486,8 +565,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--package-size", default="1GiB", help="split packages at SIZE (default 1GiB)")
     p.add_argument("--jobs", type=positive_int, default=32, help="requests in flight")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--part",
+        metavar="NAME",
+        help="stage these files as part NAME of each version; 'dspkg commit URI' merges the parts",
+    )
+    where.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="build the packages on the workers of this Dask scheduler (they must read DIR)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(handler=_cmd_publish)
+
+    p = sub.add_parser("commit", help="merge the staged parts of a version into it")
+    p.add_argument("uri", help="dataset://<dataset>/<version>")
+    add_store(p)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_cmd_commit)
 
     p = sub.add_parser("pull", help="make a dataset version appear in a directory")
     p.add_argument("uri", help="dataset://<dataset>/<version or alias>")
@@ -526,6 +622,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_diff_parser(sub)
     _add_serve_parser(sub)
+    p = sub.add_parser(
+        "gc", help="remove packages, blobs, shards and parts that no version references"
+    )
+    add_store(p)
+    p.add_argument(
+        "--grace",
+        default="24h",
+        help="never remove anything younger than this (default 24h; 90m, 7d, 3600s)",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run", action="store_true", help="only report what would go (the default)"
+    )
+    mode.add_argument("--delete", action="store_true", help="remove what is reported")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_cmd_gc)
 
     p = sub.add_parser("mount", help="mount a version read-only; files are fetched when opened")
     p.add_argument("uri", help="dataset://<dataset>/<version or alias>")

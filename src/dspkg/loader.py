@@ -1,81 +1,200 @@
 """The one way a consumer gets a manifest: the cache's copy, else the store, validated once.
 
-Versions are immutable, so a manifest validated once is kept in the cache with a note of
-its hash and later loads skip validation (:meth:`Cache.load_manifest`). Aliases move, so
-they are always resolved in the store. Processes loading the same version at once
-download it once: the others wait for the lock and find it in the cache.
+A version's root (or v1 manifest) and its shards are immutable, so the cache keeps what it
+validated: a root with a note of its hash once the whole version was checked, and shards
+under their own hash (a copy that still hashes to its name is one that passed). Later
+loads skip what was checked. Aliases move, so they are always resolved in the store.
+Processes loading the same version at once download its root once: the others wait for
+the lock and find it in the cache.
+
+Consumers that need only some files load the root (:func:`load_root`), then only the
+shards that can hold them (:func:`load_files` with ``ManifestRoot.shards_for(prefix)``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from collections.abc import Sequence
 
 from dspkg.cache import Cache
-from dspkg.catalog import Catalog, parse_manifest
+from dspkg.catalog import (
+    Catalog,
+    chosen_shards,
+    decode_in_thread,
+    load_shards,
+    parse_root,
+    whole,
+)
 from dspkg.errors import DspkgError
 from dspkg.layout import manifest_key
-from dspkg.manifest import Manifest
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot, ShardInfo
 from dspkg.names import VersionUri
+from dspkg.shards import Records, decode_shard, join_shards
 from dspkg.store import Store
 
 
 async def load_manifest(
     store: Store, cache: Cache, uri: VersionUri, *, read_only: bool = False
 ) -> Manifest:
-    """The manifest of ``uri`` (a version or an alias such as ``latest``).
+    """The manifest of ``uri`` (a version or an alias such as ``latest``), every file.
 
     ``read_only`` (a dry run) writes nothing to the cache: no copy, no note, no lock.
     """
+    root = await load_root(store, cache, uri, read_only=read_only)
+    return whole(root, await load_files(store, cache, root, read_only=read_only))
+
+
+async def load_root(
+    store: Store, cache: Cache, uri: VersionUri, *, read_only: bool = False
+) -> ManifestRoot:
+    """The root of ``uri`` (a version or an alias); a v1 manifest comes with its files."""
     catalog = Catalog(store)
-    manifest = await _load(catalog, cache, uri, read_only)
-    if manifest is None:  # not a version: an alias
+    root = await _load(catalog, cache, uri, read_only)
+    if root is None:  # not a version: an alias
         resolved = await catalog.resolve_alias(uri)
-        manifest = await _load(catalog, cache, resolved, read_only)
-        if manifest is None:
+        root = await _load(catalog, cache, resolved, read_only)
+        if root is None:
             raise catalog.not_found(resolved)
-    return manifest
+    return root
+
+
+async def load_files(
+    store: Store,
+    cache: Cache,
+    root: ManifestRoot,
+    shards: Sequence[ShardInfo] | None = None,
+    *,
+    read_only: bool = False,
+) -> tuple[FileEntry, ...]:
+    """The files of ``shards`` of ``root`` (all when None), checked together.
+
+    A v1 manifest has no shards: all its files are returned, for the caller to select.
+    """
+    if root.inline is not None:
+        return root.inline
+    catalog = Catalog(store)
+    chosen = chosen_shards(root, shards)
+
+    async def load(shard: ShardInfo) -> Records:
+        name = shard.key.rpartition("/")[2]
+        kept = cache.load_shard(store.url, root.dataset, name)
+        if kept is not None:
+            with contextlib.suppress(DspkgError):  # a damaged copy is a miss
+                return await decode_in_thread(kept, shard, obj=f"cached shard {name}", trusted=True)
+        data = await catalog.shard_bytes(root, shard)
+        records = await decode_in_thread(data, shard, obj=store.describe(shard.key), trusted=False)
+        if not read_only:
+            cache.save_shard(store.url, root.dataset, name, data)
+        return records
+
+    records = await load_shards(chosen, load)
+    obj = store.describe(manifest_key(root.dataset, root.version))
+    files = join_shards(root, chosen, records, obj=obj, checked=root.validated)
+    if chosen == root.shards and not root.validated and not read_only:
+        _note_checked(cache, store.url, root)
+    return files
+
+
+def _note_checked(cache: Cache, store: str, root: ManifestRoot) -> None:
+    """Note the cached root as checked with all its shards, if it is the one just checked."""
+    found = cache.load_manifest(store, root.uri)
+    if found is None:
+        return
+    with contextlib.suppress(DspkgError):
+        if parse_root(found[0], root.uri, obj="cached root") == root:
+            cache.note_manifest_checked(store, root.uri, found[0])
 
 
 async def _load(
     catalog: Catalog, cache: Cache, uri: VersionUri, read_only: bool
-) -> Manifest | None:
+) -> ManifestRoot | None:
     store = catalog.store
-    manifest = cached_manifest(cache, store.url, uri, read_only=read_only)
-    if manifest is not None or read_only:
-        return manifest or await _fetch(catalog, cache, uri, read_only=True)
+    root = cached_root(cache, store.url, uri, read_only=read_only)
+    if root is not None or read_only:
+        return root or await _fetch(catalog, cache, uri, read_only=True)
     lock = cache.lock(store.url, manifest_key(uri.dataset, uri.version))
     await lock.acquire_async()
     try:
-        return cached_manifest(cache, store.url, uri) or await _fetch(catalog, cache, uri)
+        return cached_root(cache, store.url, uri) or await _fetch(catalog, cache, uri)
     finally:
         lock.release()
+
+
+def cached_root(
+    cache: Cache, store: str, uri: VersionUri, *, read_only: bool = False
+) -> ManifestRoot | None:
+    """The cache's copy of exactly ``uri``'s root, or None (a damaged copy is a miss)."""
+    found = cache.load_manifest(store, uri)
+    if found is None:
+        return None
+    data, noted = found
+    with contextlib.suppress(DspkgError, KeyError, TypeError):
+        root = parse_root(data, uri, obj=f"cached manifest of {uri}", trusted=noted)
+        if root.inline is not None:  # v1: parsing checked every file
+            if not noted and not read_only:
+                cache.save_manifest(store, uri, data)  # note it: no checks next time
+            return root
+        return dataclasses.replace(root, validated=noted)
+    return None
 
 
 def cached_manifest(
     cache: Cache, store: str, uri: VersionUri, *, read_only: bool = False
 ) -> Manifest | None:
-    """The cache's copy of exactly ``uri``'s manifest, or None (a damaged copy is a miss)."""
-    found = cache.load_manifest(store, uri)
-    if found is None:
+    """The cache's copy of exactly ``uri``'s whole manifest (its root and every shard),
+    with no store; None when any of it is missing or damaged."""
+    root = cached_root(cache, store, uri, read_only=read_only)
+    if root is None:
         return None
-    data, trusted = found
-    with contextlib.suppress(DspkgError, KeyError, TypeError):
-        manifest = parse_manifest(data, uri, obj=f"cached manifest of {uri}", trusted=trusted)
-        if not trusted and not read_only:
-            cache.save_manifest(store, uri, data)  # note it: no checks next time
-        return manifest
+    if root.inline is not None:
+        return whole(root, root.inline)
+    records: list[Records] = []
+    for shard in root.shards:
+        name = shard.key.rpartition("/")[2]
+        data = cache.load_shard(store, root.dataset, name)
+        if data is None:
+            return None
+        try:
+            records.append(decode_shard(data, shard, obj=f"cached shard {name}", trusted=True))
+        except DspkgError:
+            return None
+    obj = f"cached manifest of {uri}"
+    with contextlib.suppress(DspkgError):
+        return whole(root, join_shards(root, root.shards, records, obj=obj, checked=root.validated))
     return None
+
+
+def cached_files(cache: Cache, store: str, uri: VersionUri) -> tuple[FileEntry, ...]:
+    """The files of ``uri`` the cache knows (its manifest and the shards it holds), read
+    only, with no store: what a pull in progress may be using."""
+    root = cached_root(cache, store, uri, read_only=True)
+    if root is None:
+        return ()
+    if root.inline is not None:
+        return root.inline
+    files: list[FileEntry] = []
+    for shard in root.shards:
+        name = shard.key.rpartition("/")[2]
+        data = cache.load_shard(store, root.dataset, name)
+        if data is None:
+            continue
+        with contextlib.suppress(DspkgError):
+            records = decode_shard(data, shard, obj=name, trusted=True)
+            files.extend(join_shards(root, [shard], [records], obj=name, checked=True))
+    return tuple(files)
 
 
 async def _fetch(
     catalog: Catalog, cache: Cache, uri: VersionUri, *, read_only: bool = False
-) -> Manifest | None:
+) -> ManifestRoot | None:
     """From the store (one request), validated, and kept in the cache."""
     data = await catalog.manifest_bytes(uri)
     if data is None:
         return None
     key = manifest_key(uri.dataset, uri.version)
-    manifest = parse_manifest(data, uri, obj=catalog.store.describe(key))
+    root = parse_root(data, uri, obj=catalog.store.describe(key))
     if not read_only:
-        cache.save_manifest(catalog.store.url, uri, data)
-    return manifest
+        # A v1 manifest was checked whole; a v2 root is noted once its shards are.
+        cache.save_manifest(catalog.store.url, uri, data, checked=root.inline is not None)
+    return root

@@ -116,10 +116,7 @@ def _read_sources(root: Path) -> Iterator[tuple[str, dict[str, Any], Where]]:
     """(relative file path, its metadata, where it was said) for every metadata record."""
     jsonl = root / JSONL_NAME
     if os.path.lexists(jsonl):
-        text = _read_inside(root, JSONL_NAME, Where(str(jsonl)))
-        # Lines end at "\n" only: str.splitlines would also split at U+2028, U+0085 and
-        # other characters that JSON allows raw inside strings, and shift line numbers.
-        for number, line in enumerate(text.split("\n"), start=1):
+        for number, line in _jsonl_lines(root, Where(str(jsonl))):
             if not line.strip():
                 continue
             where = Where(str(jsonl), number)
@@ -142,6 +139,25 @@ def _read_sources(root: Path) -> Iterator[tuple[str, dict[str, Any], Where]]:
         if not isinstance(meta, dict):
             raise _invalid(where, "must hold one JSON object")
         yield rel[: -len(SIDECAR_SUFFIX)], meta, where
+
+
+def _jsonl_lines(root: Path, where: Where) -> Iterator[tuple[int, str]]:
+    """``(number, text)`` of each line of the metadata file, read as it goes: a million
+    lines are never in memory at once. Lines end at "\n" only (binary lines split there
+    alone; text would also split at U+2028 and U+0085, which JSON allows raw in strings,
+    and shift line numbers)."""
+    path = _inside(root, JSONL_NAME, where, "metadata file")
+    try:
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    yield number, raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _invalid(
+                        Where(where.path, number), f"not valid UTF-8 ({exc.reason})"
+                    ) from None
+    except OSError as exc:
+        raise _invalid(where, f"cannot be read ({exc.strerror or exc})") from None
 
 
 def _read_inside(root: Path, rel: str, where: Where) -> str:
@@ -289,3 +305,13 @@ def _walk(root: Path, *, sidecars: bool) -> Iterator[str]:
 
 def _walk_data_files(root: Path) -> Iterator[str]:
     return _walk(root, sidecars=False)
+
+
+def directory_files(root: Path) -> dict[str, tuple[str, int]]:
+    """Every data file under ``root`` (metadata files aside), checked as publish checks the
+    files metadata names: relative path -> (real path inside ``root``, size)."""
+    if not root.is_dir():
+        raise InvalidMetadata("not a directory", path=str(root))
+    root = root.resolve()
+    where = Where(str(root))
+    return {rel: _check_file(root, rel, where) for rel in sorted(_walk_data_files(root))}

@@ -10,7 +10,7 @@ packages of at most ``package_size`` bytes, on entry boundaries, in path order.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dspkg import zipformat as zf
@@ -92,8 +92,10 @@ def plan_version(
     packaging: bool,
     package_size: int,
     attempt: str,
+    names: Callable[[int, int], str] | None = None,
 ) -> VersionPlan:
-    """``attempt`` names this publish's packages apart from any other's (see layout)."""
+    """``attempt`` names this publish's packages apart from any other's (see layout);
+    ``names(i, n)`` names package ``i`` of ``n`` (default ``ds.ver[.i-of-n].vhpkgzip``)."""
     own = tuple(local[rel] for rel in sorted(request.files))
     own_paths = {f.rel for f in own}
     inherited: list[FileEntry] = []
@@ -108,7 +110,11 @@ def plan_version(
         groups = split_packages(own, package_size)
         uri = request.uri
         for index, group in enumerate(groups):
-            name = package_name(uri.dataset, uri.version, index, len(groups))
+            name = (
+                package_name(uri.dataset, uri.version, index, len(groups))
+                if names is None
+                else names(index, len(groups))
+            )
             packages.append(
                 PackagePlan(
                     name, package_key(uri.dataset, uri.version, attempt, name), tuple(group)
@@ -129,14 +135,6 @@ def shape_digest(files: Sequence[LocalFile]) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.rel}\0{f.size}\n".encode())
-    return h.hexdigest()
-
-
-def content_digest(entries: Sequence[tuple[str, int, str]]) -> str:
-    """Identifies a package's bytes: the same (path, size, sha256) list gives the same package."""
-    h = hashlib.sha256()
-    for path, size, sha in entries:
-        h.update(f"{path}\0{size}\0{sha}\n".encode())
     return h.hexdigest()
 
 

@@ -12,18 +12,28 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dspkg.catalog import Catalog, now_iso
+from dspkg.catalog import Catalog, now_iso, whole
+from dspkg.collector import DEFAULT_GRACE
+from dspkg.committer import read_part
 from dspkg.concurrency import BoundedTasks
-from dspkg.errors import AlreadyExists, DspkgError, InvalidMetadata, NotFound
-from dspkg.layout import LATEST, blob_key, new_attempt
-from dspkg.manifest import Manifest
+from dspkg.errors import (
+    AlreadyExists,
+    DspkgError,
+    InvalidArgument,
+    InvalidMetadata,
+    NotFound,
+    StoreError,
+)
+from dspkg.layout import LATEST, blob_key, new_attempt, part_key, part_package_name
+from dspkg.manifest import Manifest, ManifestRoot, content_digest
 from dspkg.metadata import VersionRequest, read_outputs
 from dspkg.names import VersionUri
 from dspkg.packager import upload_package
+from dspkg.parts import Part
 from dspkg.paths import tree_problem
 from dspkg.progress import Progress
 from dspkg.publish_plan import (
@@ -31,12 +41,12 @@ from dspkg.publish_plan import (
     PackagePlan,
     VersionPlan,
     assemble_manifest,
-    content_digest,
     layout_offsets,
     plan_version,
     shape_digest,
     version_paths,
 )
+from dspkg.shards import encode_manifest
 from dspkg.sizes import format_size
 from dspkg.sources import FileReader, LocalFile, ReadFile
 from dspkg.store import Store
@@ -75,6 +85,9 @@ class PackageSummary:
 
 @dataclass(frozen=True)
 class VersionResult:
+    """A version published, or (``part``) this run's part of it staged: ``created`` then
+    says whether the part was staged now rather than found staged already."""
+
     uri: str
     files: int
     bytes: int
@@ -82,9 +95,10 @@ class VersionResult:
     parent: str | None
     packages: tuple[PackageSummary, ...]
     aliases: tuple[str, ...]
+    part: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "uri": self.uri,
             "files": self.files,
             "bytes": self.bytes,
@@ -93,6 +107,9 @@ class VersionResult:
             "packages": [p.to_json() for p in self.packages],
             "aliases": list(self.aliases),
         }
+        if self.part is not None:
+            doc["part"] = self.part
+        return doc
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,7 @@ class _Session:
     attempt: str = field(default_factory=new_attempt)
     known_blobs: set[str] = field(default_factory=set)
     uploaded_packages: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
 
 async def publish_directory(
@@ -136,43 +154,32 @@ async def publish_directory(
     store: Store,
     options: PublishOptions = PublishOptions(),
     progress: Progress | None = None,
+    *,
+    part: str | None = None,
 ) -> PublishResult:
-    """Publish every dataset version the metadata in ``root`` asks for."""
+    """Publish every dataset version the metadata in ``root`` asks for; with ``part``,
+    stage these files as that part of each version, for ``dspkg commit`` to merge."""
     progress = progress or Progress()
     started = time.monotonic()
     before = (store.stats.bytes_up, store.stats.requests)
     outputs = read_outputs(root)
     if not outputs.versions:
         progress.warn(f"no file in {outputs.root} names a dataset version; nothing to publish")
-    requests = _in_dependency_order(outputs.versions)
+    requests = in_dependency_order(outputs.versions)
     all_rels = sorted({rel for req in requests for rel in req.files})
     local = {rel: LocalFile(rel, outputs.paths[rel], outputs.sizes[rel]) for rel in all_rels}
     catalog = Catalog(store)
     with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
         run = _Session(store, catalog, options, progress, FileReader(executor))
-        parents, existing = await _validate(run, requests)
-        packaging = {req.uri: _packaging(req, options, progress) for req in requests}
+        packaging = {req.uri: packaging_of(req, options, progress) for req in requests}
         results: list[VersionResult] = []
-        manifests: dict[VersionUri, Manifest] = dict(existing)
         try:
-            for req in requests:
-                parent = _parent_manifest(req, parents, manifests)
-                plan = plan_version(
-                    req,
-                    parent,
-                    local,
-                    packaging=packaging[req.uri],
-                    package_size=options.package_size,
-                    attempt=run.attempt,
-                )
-                for path in plan.unmatched_excludes:
-                    progress.warn(f"{req.uri}: excluded path {path!r} is not in {req.parent}")
-                if req.uri in existing:
-                    results.append(await _confirm_same(run, plan, existing[req.uri]))
-                    continue
-                manifest, result = await _build(run, plan)
-                manifests[req.uri] = manifest
-                results.append(result)
+            if part is not None:
+                for req in requests:
+                    names = _part_names(req.uri, part)
+                    results.append(await _stage(run, req, local, packaging[req.uri], part, names))
+            else:
+                await _publish_versions(run, requests, local, packaging, results)
         except BaseException:
             await _discard_packages(run)
             raise
@@ -188,7 +195,150 @@ async def publish_directory(
     )
 
 
-def _in_dependency_order(requests: Sequence[VersionRequest]) -> list[VersionRequest]:
+async def _publish_versions(
+    run: _Session,
+    requests: Sequence[VersionRequest],
+    local: dict[str, LocalFile],
+    packaging: dict[VersionUri, bool],
+    results: list[VersionResult],
+) -> None:
+    parents, existing = await _validate(run, requests)
+    manifests: dict[VersionUri, Manifest] = {}
+    for req in requests:
+        parent = await _parent_manifest(run, req, parents, manifests, existing)
+        plan = plan_version(
+            req,
+            parent,
+            local,
+            packaging=packaging[req.uri],
+            package_size=run.options.package_size,
+            attempt=run.attempt,
+        )
+        for path in plan.unmatched_excludes:
+            run.progress.warn(f"{req.uri}: excluded path {path!r} is not in {req.parent}")
+        if req.uri in existing:
+            results.append(await _confirm_same(run, plan, existing[req.uri]))
+            continue
+        manifest, uploaded = await _build(run, plan)
+        manifest, result = await _commit_version(run, plan, manifest, uploaded)
+        manifests[req.uri] = manifest
+        results.append(result)
+
+
+def _part_names(uri: VersionUri, part: str) -> Callable[[int, int], str]:
+    return lambda i, n: part_package_name(uri.dataset, uri.version, part, i, n)
+
+
+async def stage_files(
+    store: Store,
+    request: VersionRequest,
+    files: Sequence[LocalFile],
+    part: str,
+    options: PublishOptions,
+    *,
+    package_name: str | None = None,
+    progress: Progress | None = None,
+) -> VersionResult:
+    """Stage ``files`` (no metadata needed) as part ``part`` of ``request.uri``.
+
+    ``package_name``: the files make exactly one package of this name (what a task of
+    :mod:`dspkg.distributed` builds: the package a single publish would have there).
+    """
+    local = {f.rel: f for f in files}
+    names = None if package_name is None else _one_package(package_name)
+    with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
+        run = _Session(store, Catalog(store), options, progress or Progress(), FileReader(executor))
+        try:
+            return await _stage(run, request, local, bool(options.packaging), part, names)
+        except BaseException:
+            await _discard_packages(run)
+            raise
+
+
+def _one_package(name: str) -> Callable[[int, int], str]:
+    def names(index: int, count: int) -> str:
+        if count != 1:
+            raise InvalidArgument(f"the files of package {name} do not fit in one package")
+        return name
+
+    return names
+
+
+async def _stage(
+    run: _Session,
+    req: VersionRequest,
+    local: dict[str, LocalFile],
+    packaging: bool,
+    name: str,
+    names: Callable[[int, int], str] | None,
+) -> VersionResult:
+    """Stage this run's files of ``req`` as part ``name``: packages and blobs uploaded,
+    then the part record created (conditional); the same part again is a no-op."""
+    uri = req.uri
+    if await run.catalog.find_root(uri) is not None:
+        raise AlreadyExists(
+            f"{uri} is already committed; parts can only be staged for a version that does "
+            "not exist yet, publish under a new version name",
+            uri=str(uri),
+        )
+    plan = plan_version(
+        req,
+        None,  # the parent's files join at commit
+        local,
+        packaging=packaging,
+        package_size=run.options.package_size,
+        attempt=run.attempt,
+        names=names,
+    )
+    staged = await read_part(run.catalog, uri, name)
+    if staged is not None:
+        return await _confirm_same_part(run, plan, staged)
+    manifest, uploaded = await _build(run, plan)
+    root, shards = encode_manifest(manifest)
+    part = Part(
+        name,
+        replace(root, parent=str(req.parent) if req.parent else None),
+        exclude=req.exclude,
+        start_fresh=req.start_fresh,
+        aliases=req.aliases,
+    )
+    await run.catalog.write_shards(shards)
+    await _outlived_the_grace(run)
+    key = part_key(uri.dataset, uri.version, name)
+    if not await run.store.put(key, part.to_json(), create=True):
+        other = await read_part(run.catalog, uri, name)
+        await _discard_packages(run)  # this run's copies: the staged part names its own
+        if other is None or other.root.digest != root.digest:
+            raise _part_differs(uri, name)
+        return _result(other.root, created=False, uploaded=set(), aliases=(), part=name)
+    run.uploaded_packages.clear()  # a part record names them now
+    for done in root.packages:
+        if done.key in uploaded:
+            await run.catalog.remember_package(*uploaded[done.key], done)
+    run.progress.log(f"staged part {name!r} of {uri}; run 'dspkg commit {uri}' once all are")
+    return _result(part.root, created=True, uploaded=set(uploaded), aliases=(), part=name)
+
+
+async def _confirm_same_part(run: _Session, plan: VersionPlan, staged: Part) -> VersionResult:
+    hashes: dict[str, tuple[int, str]] = {}
+    async for read in run.reader.read_all(plan.local):
+        hashes[read.file.rel] = (read.file.size, read.sha256)
+    files = sorted((f.rel, *hashes[f.rel]) for f in plan.local)
+    if content_digest(files) != staged.root.digest:
+        raise _part_differs(plan.request.uri, staged.name)
+    run.progress.log(f"part {staged.name!r} of {plan.request.uri} is staged already; nothing to do")
+    return _result(staged.root, created=False, uploaded=set(), aliases=(), part=staged.name)
+
+
+def _part_differs(uri: VersionUri, name: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"part {name!r} of {uri} is already staged with different content; stage these "
+        "files under another part name",
+        uri=str(uri),
+    )
+
+
+def in_dependency_order(requests: Sequence[VersionRequest]) -> list[VersionRequest]:
     """Parents published in the same run come before their children."""
     by_uri = {r.uri: r for r in requests}
     ordered: list[VersionRequest] = []
@@ -212,11 +362,12 @@ def _in_dependency_order(requests: Sequence[VersionRequest]) -> list[VersionRequ
 
 async def _validate(
     run: _Session, requests: Sequence[VersionRequest]
-) -> tuple[dict[VersionUri, Manifest], dict[VersionUri, Manifest]]:
-    """Parents outside this run, and versions that already exist; nothing is uploaded."""
+) -> tuple[dict[VersionUri, Manifest], dict[VersionUri, ManifestRoot]]:
+    """Parents outside this run, and versions that already exist (their roots: enough to
+    compare content); nothing is uploaded."""
     in_run = {r.uri for r in requests}
     parents: dict[VersionUri, Manifest] = {}
-    existing: dict[VersionUri, Manifest] = {}
+    existing: dict[VersionUri, ManifestRoot] = {}
     paths: dict[VersionUri, list[str]] = {}
     for req in requests:
         if req.parent is not None and req.parent not in in_run and req.parent not in parents:
@@ -240,23 +391,30 @@ async def _validate(
                 f"{req.uri}: file {collision[0]!r} {collision[1]}; rename one of them",
                 path=req.source,
             )
-        found = await run.catalog.find_manifest(req.uri)
+        found = await run.catalog.find_root(req.uri)
         if found is not None:
             existing[req.uri] = found
     return parents, existing
 
 
-def _parent_manifest(
+async def _parent_manifest(
+    run: _Session,
     req: VersionRequest,
     parents: dict[VersionUri, Manifest],
     manifests: dict[VersionUri, Manifest],
+    existing: dict[VersionUri, ManifestRoot],
 ) -> Manifest | None:
     if req.parent is None:
         return None
-    return manifests.get(req.parent) or parents.get(req.parent)
+    found = manifests.get(req.parent) or parents.get(req.parent)
+    if found is None and req.parent in existing:  # republished unchanged in this run
+        found = whole(existing[req.parent], await run.catalog.read_files(existing[req.parent]))
+        manifests[req.parent] = found
+    return found
 
 
-def _packaging(req: VersionRequest, options: PublishOptions, progress: Progress) -> bool:
+def packaging_of(req: VersionRequest, options: PublishOptions, progress: Progress) -> bool:
+    """Whether ``req`` is packaged: the options, else its metadata and the gate."""
     if options.packages_only or options.packaging is True:
         return True
     if options.packaging is False:
@@ -270,15 +428,16 @@ def _packaging(req: VersionRequest, options: PublishOptions, progress: Progress)
     return req.packaging
 
 
-async def _confirm_same(run: _Session, plan: VersionPlan, existing: Manifest) -> VersionResult:
-    """Republishing: identical content is a no-op, anything else an error."""
+async def _confirm_same(run: _Session, plan: VersionPlan, existing: ManifestRoot) -> VersionResult:
+    """Republishing: identical content is a no-op, anything else an error. The digests
+    compare the content without loading the existing version's files."""
     hashes: dict[str, tuple[int, str]] = {}
     async for read in run.reader.read_all(plan.local):
         hashes[read.file.rel] = (read.file.size, read.sha256)
     files = [f[:3] for f in plan.inherited]
     files += [(f.rel, *hashes[f.rel]) for f in plan.local]
     files.sort()
-    if files != [f[:3] for f in existing.files]:
+    if content_digest(files) != existing.file_digest():
         uri = plan.request.uri
         raise AlreadyExists(
             f"{uri} already exists with different content; versions are immutable, "
@@ -289,8 +448,9 @@ async def _confirm_same(run: _Session, plan: VersionPlan, existing: Manifest) ->
     return _result(existing, created=False, uploaded=set(), aliases=())
 
 
-async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionResult]:
-    """Read every new file once: its blob and its package go up together; then commit."""
+async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, dict[str, tuple[str, str]]]:
+    """Read every new file once: its blob and its package go up together. Returns the
+    manifest and, for the packages uploaded here, what the reuse index records."""
     if plan.parent is not None and plan.parent.blobs:
         run.known_blobs.update(f.sha256 for f in plan.parent.files)
     hashes: dict[str, tuple[int, str]] = {}
@@ -317,7 +477,7 @@ async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionRes
     manifest = assemble_manifest(
         plan, hashes, built, created_at=now_iso(), blobs=not run.options.packages_only
     )
-    return await _commit_version(run, plan, manifest, uploaded)
+    return manifest, uploaded
 
 
 async def _upload_packages(
@@ -365,18 +525,19 @@ async def _commit_version(
 ) -> tuple[Manifest, VersionResult]:
     """Create the manifest (the one commit point), then note the packages and move aliases."""
     req = plan.request
+    await _outlived_the_grace(run)
     if not await run.catalog.write_manifest(manifest):
         # Another publisher created it meanwhile; same content is fine, and then the
         # packages this one uploaded are named by nothing: remove them.
-        other = await run.catalog.find_manifest(req.uri)
-        if other is None or not other.same_content(manifest):
+        other = await run.catalog.find_root(req.uri)
+        if other is None or not manifest.same_content(other):
             raise AlreadyExists(
                 f"{req.uri} was created by another publisher with different content "
                 "while this one ran; publish under a new version name",
                 uri=str(req.uri),
             )
         await _discard_packages(run)
-        return other, _result(other, created=False, uploaded=set(), aliases=())
+        return manifest, _result(other, created=False, uploaded=set(), aliases=())
     run.uploaded_packages.clear()  # referenced by a manifest now: never discard them
     for done in manifest.packages:
         if done.key in uploaded:
@@ -384,7 +545,26 @@ async def _commit_version(
     aliases = (LATEST, *req.aliases)
     for alias in aliases:
         await run.catalog.set_alias(req.uri.dataset, alias, req.uri.version)
-    return manifest, _result(manifest, created=True, uploaded=set(uploaded), aliases=aliases)
+    return manifest, _result(manifest.root(), created=True, uploaded=set(uploaded), aliases=aliases)
+
+
+async def _outlived_the_grace(run: _Session) -> None:
+    """``dspkg gc`` never removes objects younger than its grace period (24 hours by
+    default); a publish that ran longer checks its packages are still there before a
+    manifest names them."""
+    if time.monotonic() - run.started <= DEFAULT_GRACE:
+        return
+    run.progress.warn(
+        "this publish ran longer than dspkg gc's default grace period (24h); checking that "
+        "its packages are still in the store"
+    )
+    for key in run.uploaded_packages:
+        if await run.store.head(key) is None:
+            raise StoreError(
+                f"{run.store.describe(key)} vanished while this publish ran (dspkg gc with a "
+                "shorter grace?); nothing was published, run it again",
+                key=key,
+            )
 
 
 async def _reusable(
@@ -429,18 +609,24 @@ async def _discard_packages(run: _Session) -> None:
 
 
 def _result(
-    manifest: Manifest, *, created: bool, uploaded: Iterable[str], aliases: Sequence[str]
+    root: ManifestRoot,
+    *,
+    created: bool,
+    uploaded: Iterable[str],
+    aliases: Sequence[str],
+    part: str | None = None,
 ) -> VersionResult:
     uploaded = set(uploaded)
     return VersionResult(
-        uri=str(manifest.uri),
-        files=len(manifest.files),
-        bytes=manifest.total_bytes,
+        part=part,
+        uri=str(root.uri),
+        files=root.files,
+        bytes=root.bytes,
         created=created,
-        parent=manifest.parent,
+        parent=root.parent,
         packages=tuple(
             PackageSummary(p.name, p.key, p.size, p.entries, p.key in uploaded)
-            for p in manifest.packages
+            for p in root.packages
         ),
         aliases=tuple(aliases),
     )

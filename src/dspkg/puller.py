@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from dspkg.cache import Cache
+from dspkg.catalog import whole
 from dspkg.errors import DestinationError
 from dspkg.fetcher import Fetcher
-from dspkg.loader import load_manifest
-from dspkg.manifest import FileEntry, Manifest
+from dspkg.loader import load_files, load_root
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot
 from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, plan_tree, prepare_destination
 from dspkg.names import VersionUri
 from dspkg.progress import Progress
@@ -103,14 +104,23 @@ async def pull_version(
     progress = progress or Progress()
     started = time.monotonic()
     before = (store.stats.bytes_down, store.stats.requests)
-    version = await load_manifest(store, cache, uri, read_only=options.dry_run)
+    root = await load_root(store, cache, uri, read_only=options.dry_run)
+    # A subset reads only the manifest shards whose path range it may match (all of a
+    # v1 manifest): ``version`` then holds those shards' files, the root the totals.
+    shards = None
+    if not subset.everything:
+        # One shard at least: a selection that matches nothing is named from real files.
+        shards = [s for s in root.shards if subset.may_match_range(s.first, s.last)]
+        shards = shards or list(root.shards[:1])
+    files = await load_files(store, cache, root, shards, read_only=options.dry_run)
+    version = whole(root, files)
     # From here on the manifest lists only the chosen files (its packages stay whole).
     manifest = subset.view(version)
     if options.dry_run:
         present = set() if options.refetch else _cached(manifest, cache)
         plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
         return _result(
-            manifest, dest, store, before, started, plan, tuning=options.tuning, version=version
+            manifest, dest, store, before, started, plan, tuning=options.tuning, root=root
         )
     with (
         _destination_lock(cache, dest),
@@ -128,7 +138,7 @@ async def pull_version(
         except BaseException:
             builder.abort()
             raise
-        _record_use(cache, store.url, version, manifest)
+        _record_use(cache, store.url, version, manifest, root.files)
         if options.max_cache_size is not None:
             prune(cache, options.max_cache_size)  # this version stays: it is pinned
     return _result(
@@ -141,14 +151,17 @@ async def pull_version(
         builder.mode.value,
         fallbacks,
         fetched,
-        version=version,
+        root=root,
     )
 
 
-def _record_use(cache: Cache, store: str, version: Manifest, taken: Manifest) -> None:
+def _record_use(
+    cache: Cache, store: str, version: Manifest, taken: Manifest, version_files: int
+) -> None:
     """Note the use of ``version`` for LRU eviction. A subset pull records only the
     objects it linked, merged with what earlier subsets recorded, and never claims the
-    whole version: eviction would otherwise count the rest as held."""
+    whole version: eviction would otherwise count the rest as held. (``version`` may hold
+    only the shards a subset read; ``version_files`` counts them all.)"""
     if taken is version:
         cache.record_version(
             store,
@@ -161,7 +174,7 @@ def _record_use(cache: Cache, store: str, version: Manifest, taken: Manifest) ->
 
     def tally(objects: set[str]) -> tuple[int, int, bool]:
         held = [f for f in version.files if f.sha256 in objects]
-        return len(held), sum(f.size for f in held), len(held) == len(version.files)
+        return len(held), sum(f.size for f in held), len(held) == version_files
 
     cache.record_part(store, version.uri, objects=(f.sha256 for f in taken.files), tally=tally)
 
@@ -274,7 +287,7 @@ def _result(
     fetched: int = 0,
     *,
     tuning: Tuning | None = None,
-    version: Manifest | None = None,
+    root: ManifestRoot | None = None,
 ) -> PullResult:
     """The result of a pull; with a ``plan`` (a dry run), the plan and its estimates."""
     plan_doc = None
@@ -288,12 +301,11 @@ def _result(
             "files_cached": plan.files_cached,
             "estimates": estimate(plan, manifest, tuning or Tuning()),
         }
-    whole = version or manifest
     return PullResult(
         uri=str(manifest.uri),
         dest=str(dest),
-        files=len(whole.files),
-        bytes=whole.total_bytes,
+        files=root.files if root is not None else len(manifest.files),
+        bytes=root.bytes if root is not None else manifest.total_bytes,
         bytes_downloaded=store.stats.bytes_down - before[0],
         requests=store.stats.requests - before[1],
         files_from_cache=len(manifest.files) - (plan.files_to_fetch if plan else fetched),

@@ -1,4 +1,4 @@
-"""Byte sizes as people write and read them (pure)."""
+"""Byte sizes and durations as people write and read them (pure)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,28 @@ def format_size(n: int | float) -> str:
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     raise AssertionError("unreachable")
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
+
+
+def parse_duration(text: str | float) -> float:
+    """``"24h"`` -> 86400.0, ``"90m"`` -> 5400.0, ``"7d"``, ``"30s"``, ``"120"`` (seconds)."""
+    if isinstance(text, int | float):
+        if text < 0:
+            raise InvalidArgument(f"invalid duration {text!r}: must not be negative")
+        return float(text)
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise InvalidArgument(
+            f"invalid duration {text!r}: use a number with s, m, h, d or w (24h, 90m, 7d)"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import errno
+import os
 import random
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
@@ -77,6 +79,7 @@ class Store:
     url: str
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     stats: StoreStats = field(default_factory=StoreStats)
+    local_dir: Path | None = None  # the directory of a file:// store
 
     def describe(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
@@ -285,6 +288,34 @@ class Store:
 
         return await self._call(prefix, op)
 
+    def incomplete_uploads(self, prefixes: tuple[str, ...]) -> builtins.list[ObjectInfo]:
+        """What multipart uploads killed midway left under ``prefixes``, where it can be
+        seen: obstore's local store writes ``<key>#<n>`` beside the key and renames it on
+        completion, and its listings skip such names. Object stores keep incomplete
+        uploads out of sight (an S3 lifecycle rule removes them; docs/cli.md)."""
+        if self.local_dir is None:
+            return []
+        found: builtins.list[ObjectInfo] = []
+        for prefix in prefixes:
+            for dirpath, _dirs, names in os.walk(self.local_dir / prefix):
+                for name in names:
+                    if not _STAGING_NAME.fullmatch(name):
+                        continue
+                    path = Path(dirpath, name)
+                    with contextlib.suppress(OSError):
+                        st = path.lstat()
+                        modified = datetime.fromtimestamp(st.st_mtime, UTC)
+                        key = path.relative_to(self.local_dir).as_posix()
+                        found.append(ObjectInfo(key, st.st_size, None, modified))
+        return found
+
+    def delete_incomplete(self, key: str) -> None:
+        """Remove what :meth:`incomplete_uploads` found (nothing else)."""
+        if self.local_dir is None or not _STAGING_NAME.fullmatch(key.rpartition("/")[2]):
+            raise InvalidArgument(f"{self.describe(key)} is not an incomplete upload")
+        with contextlib.suppress(FileNotFoundError):
+            (self.local_dir / key).unlink()
+
     async def delete(self, key: str) -> None:
         async def op() -> None:
             try:
@@ -295,6 +326,9 @@ class Store:
 
         await self._call(key, op)
 
+
+# obstore's local store uploads in parts into "<key>#<n>", renamed to "<key>" at the end.
+_STAGING_NAME = re.compile(r".+#[0-9]+")
 
 # How S3, GCS and Azure say that the bucket or container itself does not exist.
 _NO_CONTAINER = ("NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist")
@@ -403,7 +437,7 @@ def open_store(
                     "choose another --store"
                 ) from None
             inner: ObjectStore = LocalStore(prefix=path)
-            return Store(inner, f"file://{path}")
+            return Store(inner, f"file://{path}", local_dir=path)
         if scheme == "memory":
             name = parsed.netloc + parsed.path
             inner = _MEMORY.setdefault(name, MemoryStore())

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from dspkg.cache import Cache, VersionRecord, object_problem
-from dspkg.loader import cached_manifest
+from dspkg.loader import cached_files
 from dspkg.names import VersionUri
+from dspkg.shards import shard_names
 
 
 def _disk_bytes(info: os.stat_result) -> int:
@@ -148,9 +149,7 @@ def _pinned_objects(
         if record is not None:
             objects.update(record.objects)
         # A pull still running has no record yet: its cached manifest tells.
-        manifest = cached_manifest(cache, store, VersionUri.parse(uri), read_only=True)
-        if manifest is not None:
-            objects.update(f.sha256 for f in manifest.files)
+        objects.update(f.sha256 for f in cached_files(cache, store, VersionUri.parse(uri)))
     return pins, objects
 
 
@@ -247,8 +246,24 @@ def prune(cache: Cache, max_size: int) -> PruneResult:
                 refs[sha] -= 1
                 if refs[sha] <= 0:
                     total -= remove(sha)
+        if result.evicted:
+            _sweep_shards(cache)
         result.after = disk_usage(cache.root)
         return result
+
+
+def _sweep_shards(cache: Cache) -> None:
+    """Remove kept manifest shards that no kept root names any more (shards are shared
+    by content, so a shard goes with the last version that uses it)."""
+    for folder in cache.manifests.glob("*/*/shards"):
+        named: set[str] = set()
+        for root in folder.parent.glob("*.json"):
+            with contextlib.suppress(OSError):
+                named |= shard_names(root.read_bytes())
+        for shard in folder.iterdir():
+            if shard.name not in named:
+                with contextlib.suppress(OSError):
+                    shard.unlink()
 
 
 def _record_bytes(cache: Cache, record: VersionRecord) -> int:

@@ -1,4 +1,4 @@
-"""``dspkg bench --manifest``: a synthetic manifest round-trips and is timed."""
+"""``dspkg bench --manifest``: a synthetic manifest round-trips in both forms and is timed."""
 
 from __future__ import annotations
 
@@ -15,9 +15,30 @@ def test_synthetic_manifest_is_valid_and_round_trips() -> None:
     figures = run_manifest(3000)
     assert figures["files"] == 3000 and figures["bytes"] == len(manifest.to_json())
     assert all(figures[k] > 0 for k in ("write_seconds", "load_seconds", "load_checked_seconds"))
+    v2 = figures["v2"]
+    assert v2["shards"] == 1 and 0 < v2["shard_bytes"] < figures["bytes"] / 2
+    assert v2["root_bytes"] < 2000
+    assert all(v2[k] > 0 for k in ("root_load_seconds", "load_seconds", "load_cached_seconds"))
 
 
 def test_manifest_mode_of_the_command() -> None:
     result = run_cli(["bench", "--manifest", "--files", "2000", "--json"], {})
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["files"] == 2000
+    doc = json.loads(result.stdout)
+    assert doc["files"] == 2000 and doc["v2"]["shards"] == 1
+
+
+def test_scale_mode_of_the_command() -> None:
+    result = run_cli(["bench", "--scale", "--files", "1500", "--size", "200", "--json"], {})
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["files"] == 1500 and doc["manifest"]["shards"] == 1
+    assert doc["pull_cold"]["files_fetched"] == 1500 and doc["pull_warm"]["files_fetched"] == 0
+    assert doc["publish"]["peak_rss_mb"] > 10 and doc["pull_cold"]["requests"] >= 2
+    assert set(doc["targets"]) == {
+        "root_load_seconds",
+        "manifest_load_seconds",
+        "publish_peak_rss_mb",
+        "pull_peak_rss_mb",
+        "pull_requests",
+    }

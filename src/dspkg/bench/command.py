@@ -45,13 +45,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(default 1,000,000); no servers",
     )
     p.add_argument(
+        "--scale",
+        action="store_true",
+        help="publish and pull --files files (default 1,000,000) of --size bytes (default "
+        "1000) on a local store: time, requests, peak memory, manifest load; no servers",
+    )
+    p.add_argument(
         "--files",
         type=positive_int,
         help=f"files to generate (default {PULL_FILES:,}; {PUBLISH_FILES:,} with --publish, "
         f"{MOUNT_FILES:,} with --mount)",
     )
     p.add_argument(
-        "--size", type=non_negative_int, default=FILE_SIZE, help="bytes per file (default 10000)"
+        "--size", type=non_negative_int, help="bytes per file (default 10000; 1000 with --scale)"
     )
     p.add_argument(
         "--rtt-ms", type=non_negative_float, default=RTT_MS, help="added round trip (default 30)"
@@ -85,6 +91,10 @@ def run_command(args: argparse.Namespace) -> int:
     from dspkg.bench.results import Report
     from dspkg.bench.settings import BenchSettings
 
+    if args.scale:
+        return _run_scale(args)
+    if args.size is None:
+        args.size = FILE_SIZE
     if args.manifest:
         from dspkg.bench.manifest_bench import describe as describe_manifest
         from dspkg.bench.manifest_bench import run_manifest
@@ -135,6 +145,25 @@ def run_command(args: argparse.Namespace) -> int:
         if args.markdown:
             print()
             print(markdown(report))
+    return 0
+
+
+def _run_scale(args: argparse.Namespace) -> int:
+    from dspkg.bench.scale_bench import describe, run_scale
+
+    work = _work_dir(args.keep)
+    _stop_on_sigterm()
+    say = _say(time.monotonic())
+    try:
+        figures = run_scale(
+            args.files or 1_000_000, 1000 if args.size is None else args.size, work, say
+        )
+        figures["load_average_at_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    finally:
+        if args.keep is None:
+            say("removing the work directory")
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(figures, indent=2) if args.json else describe(figures))
     return 0
 
 

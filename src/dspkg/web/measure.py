@@ -24,9 +24,11 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message
 
+from dspkg.catalog import Catalog
 from dspkg.concurrency import run_sync
 from dspkg.layout import alias_key, manifest_key, package_key, package_name
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
+from dspkg.shards import encode_manifest, encode_root
 from dspkg.store import Store, open_store
 from dspkg.web.app import create_app
 from dspkg.web.manifests import ManifestCache
@@ -75,9 +77,12 @@ def make_manifest(version: str, files: int, *, flat: bool, changed_every: int = 
 
 
 async def put_manifest(store: Store, manifest: Manifest) -> int:
-    data = manifest.to_json()
+    """Store ``manifest`` as dspkg writes it (v2: shards, then the root); its bytes."""
+    root, shards = encode_manifest(manifest)
+    await Catalog(store).write_shards(shards)
+    data = encode_root(root)
     await store.put(manifest_key(manifest.dataset, manifest.version), data)
-    return len(data)
+    return len(data) + sum(len(d) for _, d in shards)
 
 
 async def asgi_get(app: ASGIApp, url: str) -> tuple[int, bytes]:

@@ -1,0 +1,306 @@
+"""Publishing one version on a Dask cluster: each task builds one package, one commit.
+
+The client lists the files and cuts them into packages exactly as a single publish would
+(:func:`~dspkg.publish_plan.split_packages`, same names); each package is a task that
+a worker runs: read and hash its files, stream the package to the store, upload blobs,
+stage the result as a part (:func:`~dspkg.publisher.stage_files`). The client then
+commits those parts (:func:`~dspkg.committer.commit_version`): the version has the same
+files, packages (bytes, names, SHA-256) and shards as a single publish of the same files;
+only the ``<attempt>`` in package keys differs.
+
+A worker lost mid-task: Dask runs the task again elsewhere; the attempt that died never
+staged its part, so whatever it uploaded is referenced by nothing (``dspkg gc`` removes
+it). Part names come from the plan, so running the same publish again after a failure
+stages only the parts still missing. Workers read the files at the client's paths (a
+shared file system) and reach the store with their own environment (credentials).
+
+Dask is an optional dependency: ``pip install 'dspkg[dask]'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dspkg.catalog import Catalog
+from dspkg.committer import CommitResult, commit_version
+from dspkg.concurrency import run_sync
+from dspkg.config import Settings
+from dspkg.errors import AlreadyExists, InvalidArgument, InvalidMetadata
+from dspkg.layout import package_name
+from dspkg.metadata import VersionRequest, directory_files, read_outputs
+from dspkg.names import VersionUri
+from dspkg.paths import path_problem, tree_problem
+from dspkg.progress import Progress
+from dspkg.publish_plan import split_packages
+from dspkg.publisher import PublishOptions, in_dependency_order, packaging_of, stage_files
+from dspkg.sizes import parse_size
+from dspkg.sources import LocalFile
+from dspkg.store import Store, open_store
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+# Without packages, a task stages this many files (or bytes) as one part.
+UNPACKAGED_TASK_FILES = 20_000
+UNPACKAGED_TASK_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class PartTask:
+    """What one task needs: plain data, pickled to a worker."""
+
+    store: str
+    store_options: tuple[tuple[str, str], ...]
+    uri: str
+    parent: str | None
+    exclude: tuple[str, ...]
+    start_fresh: bool
+    aliases: tuple[str, ...]
+    part: str
+    files: tuple[tuple[str, str, int], ...]  # (path in the version, path to read, size)
+    package: str | None  # the package name, when the files make one
+    packages_only: bool
+    package_size: int
+
+
+@dataclass(frozen=True)
+class DistributedResult:
+    """The committed version, and how many tasks (parts) built it."""
+
+    commit: CommitResult
+    tasks: int
+    staged: int  # parts staged by this run (the others were staged already)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.commit.to_json(), "tasks": self.tasks, "staged": self.staged}
+
+
+def run_part(task: PartTask) -> bool:
+    """The task a worker runs: stage one part; True when it staged it now."""
+    store = open_store(task.store, dict(task.store_options), os.environ)
+    request = VersionRequest(
+        uri=VersionUri.parse(task.uri),
+        files=tuple(rel for rel, _, _ in task.files),
+        packaging=task.package is not None,
+        parent=VersionUri.parse(task.parent) if task.parent else None,
+        exclude=task.exclude,
+        start_fresh=task.start_fresh,
+        aliases=task.aliases,
+    )
+    options = PublishOptions(
+        packaging=task.package is not None,
+        packages_only=task.packages_only,
+        package_size=task.package_size,
+    )
+    files = [LocalFile(rel, path, size) for rel, path, size in task.files]
+    result = run_sync(
+        stage_files(store, request, files, task.part, options, package_name=task.package)
+    )
+    return result.created
+
+
+def collect_files(files_or_dirs: Iterable[str | Path]) -> list[LocalFile]:
+    """The files to publish: a directory's data files under their path inside it, a file
+    under its name; checked as publish checks them."""
+    found: dict[str, LocalFile] = {}
+    for item in map(Path, files_or_dirs):
+        if item.is_dir():
+            entries = directory_files(item)
+        else:
+            problem = path_problem(item.name)
+            if problem or not item.is_file():
+                raise InvalidMetadata(
+                    f"cannot publish {item}: {problem or 'not a regular file'}", path=str(item)
+                )
+            entries = {item.name: (str(item.resolve()), item.stat().st_size)}
+        for rel, (path, size) in entries.items():
+            if rel in found:
+                raise InvalidMetadata(
+                    f"{rel!r} comes from two of the inputs ({found[rel].path} and {path}); "
+                    "publish them under different paths",
+                    path=str(item),
+                )
+            found[rel] = LocalFile(rel, path, size)
+    collision = tree_problem(sorted(found))
+    if collision:
+        raise InvalidMetadata(
+            f"file {collision[0]!r} {collision[1]}; rename one of them", path=collision[0]
+        )
+    return [found[rel] for rel in sorted(found)]
+
+
+def plan_tasks(
+    store: Store,
+    request: VersionRequest,
+    files: Sequence[LocalFile],
+    *,
+    packaging: bool,
+    packages_only: bool,
+    package_size: int,
+    store_options: Mapping[str, str] | None = None,
+) -> list[PartTask]:
+    """One task per package a single publish would build (or per chunk of files when not
+    packaging); part names follow from the plan, so the same plan stages the same parts."""
+    uri = request.uri
+    groups = split_packages(files, package_size) if packaging else _chunks(files)
+    plan_id = hashlib.sha256(
+        "".join(f"{f.rel}\0{f.size}\n" for f in files).encode()
+        + f"{packaging}{packages_only}{package_size}".encode()
+    ).hexdigest()[:12]
+    width = len(str(len(groups)))
+    return [
+        PartTask(
+            store=store.url,
+            store_options=tuple(sorted((store_options or {}).items())),
+            uri=str(uri),
+            parent=str(request.parent) if request.parent else None,
+            exclude=request.exclude,
+            start_fresh=request.start_fresh,
+            aliases=request.aliases,
+            part=f"dask-{plan_id}-{i + 1:0{width}d}-of-{len(groups)}",
+            files=tuple((f.rel, f.path, f.size) for f in group),
+            package=package_name(uri.dataset, uri.version, i, len(groups)) if packaging else None,
+            packages_only=packages_only,
+            package_size=package_size,
+        )
+        for i, group in enumerate(groups)
+    ]
+
+
+def _chunks(files: Sequence[LocalFile]) -> list[list[LocalFile]]:
+    chunks: list[list[LocalFile]] = []
+    size = 0
+    for f in files:
+        if not chunks or len(chunks[-1]) >= UNPACKAGED_TASK_FILES or size >= UNPACKAGED_TASK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(f)
+        size += f.size
+    return chunks
+
+
+def publish(
+    files_or_dirs: Iterable[str | Path],
+    uri: str,
+    client: Client,
+    *,
+    store: Store | str | None = None,
+    packaging: bool = True,
+    packages_only: bool = False,
+    package_size: int | str = "1GiB",
+    parent: str | None = None,
+    retries: int = 3,
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> DistributedResult:
+    """Publish ``files_or_dirs`` as version ``uri`` on the Dask cluster of ``client``.
+
+    Directories contribute their files under their path inside the directory, files
+    under their name. ``parent``: a version the new one is built ``from``.
+    """
+    request = VersionRequest(
+        uri=VersionUri.parse(uri),
+        files=(),
+        packaging=packaging,
+        parent=VersionUri.parse(parent) if parent else None,
+    )
+    target = _store(store, store_options, env)
+    files = collect_files(files_or_dirs)
+    tasks = plan_tasks(
+        target,
+        request,
+        files,
+        packaging=packaging,
+        packages_only=packages_only,
+        package_size=parse_size(package_size),
+        store_options=store_options,
+    )
+    return publish_request(target, request, tasks, client, retries=retries, progress=progress)
+
+
+def publish_request(
+    store: Store,
+    request: VersionRequest,
+    tasks: Sequence[PartTask],
+    client: Client,
+    *,
+    retries: int = 3,
+    progress: Progress | None = None,
+) -> DistributedResult:
+    """Run ``tasks`` on the cluster, then commit their parts."""
+    progress = progress or Progress()
+    uri = request.uri
+    if not tasks:
+        raise InvalidArgument(f"no files to publish as {uri}")
+    if run_sync(_exists(store, uri)):
+        raise AlreadyExists(
+            f"{uri} already exists; versions are immutable, publish under a new version name",
+            uri=str(uri),
+        )
+    workers = len(client.scheduler_info()["workers"])
+    progress.log(f"{uri}: {len(tasks)} task(s) on {workers} worker(s)")
+    run_id = secrets.token_hex(4)  # task keys never meet an earlier run's on the scheduler
+    futures = [
+        client.submit(run_part, task, key=f"dspkg-{task.part}-{run_id}", retries=retries)
+        for task in tasks
+    ]
+    staged = sum(f.result() for f in futures)  # raises the first task error, if any
+    commit = run_sync(commit_version(store, uri, progress, only={t.part for t in tasks}))
+    return DistributedResult(commit=commit, tasks=len(tasks), staged=staged)
+
+
+def publish_outputs(
+    outputs_dir: str | Path,
+    client: Client,
+    *,
+    store: Store | str | None = None,
+    options: PublishOptions | None = None,
+    retries: int = 3,
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[DistributedResult]:
+    """``dspkg publish DIR --dask ADDRESS``: every version the metadata in ``outputs_dir``
+    asks for, each built by tasks on the cluster and committed in turn (parents first)."""
+    progress = progress or Progress()
+    options = options or PublishOptions()
+    target = _store(store, store_options, env)
+    outputs = read_outputs(Path(outputs_dir))
+    results = []
+    for request in in_dependency_order(outputs.versions):
+        files = [LocalFile(rel, outputs.paths[rel], outputs.sizes[rel]) for rel in request.files]
+        files.sort(key=lambda f: f.rel)
+        packaging = packaging_of(request, options, progress)
+        tasks = plan_tasks(
+            target,
+            request,
+            files,
+            packaging=packaging,
+            packages_only=options.packages_only,
+            package_size=options.package_size,
+            store_options=store_options,
+        )
+        results.append(
+            publish_request(target, request, tasks, client, retries=retries, progress=progress)
+        )
+    return results
+
+
+async def _exists(store: Store, uri: VersionUri) -> bool:
+    return await Catalog(store).find_root(uri) is not None
+
+
+def _store(
+    store: Store | str | None, options: Mapping[str, str] | None, env: Mapping[str, str] | None
+) -> Store:
+    if isinstance(store, Store):
+        return store
+    settings = Settings.from_env(env)
+    return open_store(store or settings.store_url, options, settings.env)
