@@ -149,7 +149,12 @@ def weed_binary() -> Path | None:
 
 
 def start_seaweedfs(
-    bucket: str, credentials: S3Credentials, work: Path, *, log: Path | None = None
+    bucket: str,
+    credentials: S3Credentials,
+    work: Path,
+    *,
+    log: Path | None = None,
+    metrics_port: int | None = None,
 ) -> LocalServer:
     """SeaweedFS (``weed mini``: master, volume, filer and S3 gateway in one process).
 
@@ -220,6 +225,10 @@ def start_seaweedfs(
         "s3.localSocket": str(work / "s3.sock"),
         "bucket": bucket,
     }
+    if metrics_port is not None:
+        # Prometheus counters of the S3 gateway (requests by action): the server's own
+        # count, against which the tests check the WAN emulator's.
+        options |= {"metricsPort": str(metrics_port), "metricsIp": "127.0.0.1"}
     # -logtostderr: glog would otherwise write log files into /tmp.
     argv = [str(weed), "-logtostderr", "mini", *(f"-{k}={v}" for k, v in options.items())]
     s3_port = ports["s3.port"]
