@@ -3,6 +3,7 @@ by Content-Length and chunked, every way of splitting the bytes across reads."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from hypothesis import given
@@ -56,9 +57,13 @@ def _requests(draw: st.DrawFn) -> _Request:
     body = b"".join(pieces) if method in ("PUT", "POST") else b""
     chunks = None
     if body and draw(st.booleans()):
-        cuts = sorted(draw(st.sets(st.integers(1, len(body) - 1), max_size=4))) if len(body) > 1 else []
+        cuts = (
+            sorted(draw(st.sets(st.integers(1, len(body) - 1), max_size=4)))
+            if len(body) > 1
+            else []
+        )
         bounds = [0, *cuts, len(body)]
-        chunks = tuple(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+        chunks = tuple(b - a for a, b in itertools.pairwise(bounds))
     headers = draw(
         st.lists(
             st.sampled_from(
@@ -79,7 +84,7 @@ def _requests(draw: st.DrawFn) -> _Request:
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     bounds = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def _count(pieces: list[bytes]) -> tuple[list[RequestHead], RequestStream]:
