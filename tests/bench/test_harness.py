@@ -280,3 +280,18 @@ def test_sigterm_stops_the_server_and_removes_the_work_dir() -> None:
         time.sleep(0.1)
     assert not _alive(int(pid.group(1)))
     assert not Path(work.group(1)).exists()
+
+
+def test_mount_mode_on_seaweedfs() -> None:
+    from dspkg.mounting import fuse_problem
+
+    problem = fuse_problem()
+    if problem is not None:
+        pytest.skip(f"the kernel refuses FUSE here: {problem}")
+    doc, _ = _bench("--mount")
+    assert doc["mode"] == "mount" and doc["facts"]["server"] == "SeaweedFS"
+    rows = _rows(doc)
+    assert set(rows) == {"pull_read", "mount_pass", "mount_random"}
+    assert rows["mount_pass"]["files"] == FILES
+    assert rows["mount_pass"]["requests"] >= 2  # the manifest and at least one range
+    assert {t["answers"] for t in doc["targets"]} == {"issue 10"}

@@ -65,15 +65,17 @@ def _spread(t: Target) -> str:
     """min-max of the rounds and how many passed, e.g. ``1.41-1.62x, 2/3 pass``."""
     spread = t.spread
     if spread is None:
-        return "-"
+        return ""
     low, high = (_fmt(v, t.unit) for v in spread)
-    if t.unit == "x":
+    if low == high:
+        low = ""
+    elif t.unit == "x":
         low = low.removesuffix("x")
     elif t.unit:
         low = low.removesuffix(t.unit).strip()
     measured = sum(v is not None for v in t.rounds)
     passing = t.to_json()["rounds_passing"]
-    return f"{low}-{high}, {passing}/{measured} pass"
+    return f"{low}{'-' if low else ''}{high}, {passing}/{measured} pass"
 
 
 def _target_goal(t: Target) -> str:
@@ -97,6 +99,8 @@ def _states(report: Report) -> list[DiskState]:
 
 def _rows_heading(report: Report, state: DiskState) -> str:
     if state == "rested":
+        if len(_states(report)) == 1:
+            return "rows:"
         return f"rows, {STATE_LABELS[state]} (nothing deleted during the rounds):"
     return f"rows, {STATE_LABELS[state]}: {_deletions(report.facts)}"
 
@@ -136,9 +140,10 @@ def text(report: Report) -> str:
     label_width = max(len(_label(t)) for t in report.targets)
     for t in report.targets:
         reason = f"  ({t.skipped})" if t.skipped else ""
+        spread = f"  [{_spread(t)}]" if t.spread else ""
         lines.append(
             f"  {t.status:<4}  {_label(t):<{label_width}}  {_target_value(t):>10}"
-            f"  [{_spread(t)}]  (goal {_target_goal(t)}, {t.answers or '-'}){reason}"
+            f"{spread}  (goal {_target_goal(t)}, {t.answers or '-'}){reason}"
         )
     lines.append(verdict(report))
     lines.append(_rss_note(report))
@@ -203,7 +208,7 @@ def markdown(report: Report) -> str:
     for t in report.targets:
         result = f"**{t.status}**" + (f" ({t.skipped})" if t.skipped else "")
         lines.append(
-            f"| {_label(t)} | {t.answers or '-'} | {_target_value(t)} | {_spread(t)} "
+            f"| {_label(t)} | {t.answers or '-'} | {_target_value(t)} | {_spread(t) or '-'} "
             f"| {_target_goal(t)} | {result} |"
         )
     lines += ["", verdict(report) + ". " + _rss_note(report)]
