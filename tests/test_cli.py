@@ -86,8 +86,9 @@ def test_demo_runs_on_the_default_store(tmp_path: Path) -> None:
         "XDG_DATA_HOME": str(tmp_path / "data"),
         "XDG_CACHE_HOME": str(tmp_path / "c"),
     }
-    demo = run_cli(["demo", "--files", "300"], env)
+    demo = run_cli(["demo", "--files", "300", "--no-wan"], env)
     assert demo.returncode == 0, demo.stderr
+    assert demo.stdout.startswith("store: the default local store, where a request costs almost")
     assert "(dataset version package 1/1) uploading dspkg-demo.images-300.vhpkgzip" in demo.stdout
     assert "speedup from packages" in demo.stdout
     assert "pulled tree identical to the outputs: yes" in demo.stdout

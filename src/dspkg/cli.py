@@ -438,7 +438,7 @@ def _cmd_unmount(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dspkg.demo import run_demo
 
-    return run_demo(files=args.files, root=args.root)
+    return run_demo(files=args.files, root=args.root, wan=args.wan)
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
@@ -670,6 +670,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="publish and pull a generated dataset, with timings")
     p.add_argument("--files", type=positive_int, default=20_000, help="files to generate")
     p.add_argument("--root", help="work directory (default: a temporary directory)")
+    p.add_argument(
+        "--wan",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pull from a local S3 server (SeaweedFS) behind an emulated 30 ms network "
+        "(default when SeaweedFS is installed); --no-wan: from the default local store",
+    )
     p.set_defaults(handler=_cmd_demo)
     return parser
 

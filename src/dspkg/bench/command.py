@@ -17,10 +17,22 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from dspkg.bench.settings import FILE_SIZE, MBIT, MOUNT_FILES, PUBLISH_FILES, PULL_FILES, RTT_MS
+from dspkg.bench.settings import (
+    FILE_SIZE,
+    MBIT,
+    MOUNT_FILES,
+    PUBLISH_FILES,
+    PULL_FILES,
+    REPEAT,
+    RTT_MS,
+    SERVERS,
+)
 from dspkg.cli_args import non_negative_float, non_negative_int, positive_int
+
+if TYPE_CHECKING:
+    from dspkg.bench.results import DiskState
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser(
         "bench",
         help="measure pulls (or publishes) against s5cmd, zip and unzip on an emulated WAN",
-        description="Run moto's S3 server on 127.0.0.1 behind a WAN emulator and time dspkg "
-        "against what users would use instead. Every figure is measured in this run.",
+        description="Run an S3 server (SeaweedFS, or moto) on 127.0.0.1 behind a WAN emulator "
+        "and time dspkg against what users would use instead. Every figure is measured in "
+        "this run; see docs/benchmarks.md.",
     )
     p.add_argument("--publish", action="store_true", help="measure publishing instead of pulling")
     p.add_argument(
@@ -69,10 +82,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="bandwidth cap in Mbit/s, 0 for unlimited (default 1000)",
     )
     p.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="seaweedfs",
+        help="the S3 server behind the emulated link (default seaweedfs; moto for comparison "
+        "with earlier results)",
+    )
+    p.add_argument(
         "--repeat",
         type=positive_int,
-        default=1,
-        help="measure every row N times and report the median (default 1)",
+        default=REPEAT,
+        help=f"rounds per disk state; each target is judged on the median of its per-round "
+        f"values (default {REPEAT})",
+    )
+    p.add_argument(
+        "--disk-states",
+        type=_disk_states,
+        metavar="STATES",
+        help="pull mode: measure on a rested disk, right after deleting the previous round's "
+        "trees, or both (rested, deleted, rested,deleted; default both)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     p.add_argument(
@@ -108,8 +136,24 @@ def run_command(args: argparse.Namespace) -> int:
     files = args.files or (
         PUBLISH_FILES if args.publish else MOUNT_FILES if args.mount else PULL_FILES
     )
+    states: tuple[DiskState, ...] = args.disk_states or (
+        ("rested", "deleted") if mode == "pull" else ("rested",)
+    )
+    if mode != "pull" and states != ("rested",):
+        from dspkg.errors import UsageError
+
+        raise UsageError(
+            f"--disk-states {','.join(states)}: only pull mode measures after deletions "
+            "(publishing and mounting create few files); leave the option out"
+        )
     settings = BenchSettings(
-        files=files, size=args.size, rtt_ms=args.rtt_ms, mbit=args.mbit, repeat=args.repeat
+        files=files,
+        size=args.size,
+        rtt_ms=args.rtt_ms,
+        mbit=args.mbit,
+        repeat=args.repeat,
+        server=args.server,
+        disk_states=states,
     )
     work = _work_dir(args.keep)
     _stop_on_sigterm()
@@ -167,8 +211,17 @@ def _run_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _disk_states(text: str) -> tuple[DiskState, ...]:
+    from dspkg.bench.rounds import parse_disk_states
+
+    try:
+        return parse_disk_states(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _stop_on_sigterm() -> None:
-    """``kill`` stops a run as Ctrl-C does: moto stopped, the work directory removed."""
+    """``kill`` stops a run as Ctrl-C does: the server stopped, the work directory removed."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

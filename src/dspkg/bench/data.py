@@ -23,6 +23,33 @@ def rel_path(index: int) -> str:
     return f"d{index // PER_FOLDER:03d}/f{index:06d}.bin"
 
 
+def tenth_globs(files: int) -> tuple[list[str], int]:
+    """``--include`` globs that take the first tenth of the files, and how many they take.
+
+    The tenth is contiguous, as a folder of ten would be: whole folders when the folders
+    come in tens (``d000/`` of 10,000 files, ``d00?/`` of 100,000), else the first
+    ``files // 10`` file names (``*/f0000[0-1]?.bin`` of 200 files).
+    """
+    folders, rest = divmod(files, PER_FOLDER)
+    if rest == 0 and folders % 10 == 0:
+        return [f"d{p}/" for p in _below(folders // 10, 3)], folders // 10 * PER_FOLDER
+    return [f"*/f{p}.bin" for p in _below(files // 10, 6)], files // 10
+
+
+def _below(n: int, width: int) -> list[str]:
+    """Globs over ``width`` decimal digits that together match exactly 0 .. n-1: one per
+    non-zero digit of n (the digits before it kept, a smaller one there, any after)."""
+    if not 0 <= n < 10**width:
+        raise ValueError(f"{n} does not fit in {width} digits")
+    digits = f"{n:0{width}d}"
+    globs = []
+    for i, d in enumerate(digits):
+        if d != "0":
+            smaller = "0" if d == "1" else f"[0-{int(d) - 1}]"
+            globs.append(digits[:i] + smaller + "?" * (width - i - 1))
+    return globs
+
+
 def generate(root: Path, indices: Iterable[int], size: int, *, seed: int = SEED) -> list[str]:
     """Write one file of ``size`` random bytes per index under ``root``; return the paths."""
     rng = random.Random(seed)

@@ -1,17 +1,17 @@
-"""The test bed: moto's S3 server behind the WAN emulator, and what a run asked of it.
+"""The test bed: an S3 server (SeaweedFS or moto) behind the WAN emulator, and what a
+run asked of it.
 
-Requests are counted from moto's log, where werkzeug writes one line per request: the
-count between two marks is what a measurement asked of the store.
+Requests, bytes and connections are counted by the WAN emulator, which every client
+talks to: the same count whichever server is behind it. The server's CPU time comes
+from /proc, so a row can say whether the server set its pace.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import resource
-import time
-from collections import Counter
+import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,57 +19,15 @@ from types import TracebackType
 from typing import Self
 
 from dspkg.bench.processes import Sample, Spawner
-from dspkg.bench.servers import LocalServer, S3Credentials, start_moto
+from dspkg.bench.servers import LocalServer, S3Credentials, start_moto, start_seaweedfs
+from dspkg.bench.settings import SERVER_NAMES, ServerKind
 from dspkg.bench.wan import WanConfig, WanEmulator
 
 BUCKET = "dspkg-bench"
-CREDENTIALS = S3Credentials("bench", "bench")
-# werkzeug's access line: `127.0.0.1 - - [date] "GET /path HTTP/1.1" 200 -`, the request
-# part wrapped in ANSI colour codes (werkzeug colours even when logging to a file).
-_REQUEST_LINE = re.compile(rb'"(?:\x1b\[[0-9;]*m)*([A-Z]+) \S+ HTTP/\d\.\d')
+CREDENTIALS = S3Credentials("bench", "bench-secret")
 _UNLIMITED = WanConfig(rtt_ms=0.0, mbit=0.0, connect_rtt=False)
-_LOG_SETTLE_POLL = 0.02
-_LOG_SETTLE_QUIET = 3  # polls without growth before a count is final
-_LOG_SETTLE_MAX = 5.0
 
 Say = Callable[[str], None]
-
-
-class RequestLog:
-    """Counts request lines that moto appends to its log, from one mark to the next."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._offset = 0
-        self._partial = b""
-
-    def _read_new(self) -> bytes:
-        with self._path.open("rb") as f:
-            f.seek(self._offset)
-            data = f.read()
-        self._offset += len(data)
-        return data
-
-    def take(self) -> Counter[str]:
-        """Requests by method logged since the last call, once the log has stopped growing.
-
-        moto writes a line after it sent the response, so the client can exit a moment
-        before its last lines land; waiting for a quiet log catches them.
-        """
-        chunks = [self._partial]
-        quiet = 0
-        deadline = time.monotonic() + _LOG_SETTLE_MAX
-        while quiet < _LOG_SETTLE_QUIET and time.monotonic() < deadline:
-            data = self._read_new()
-            if data:
-                chunks.append(data)
-                quiet = 0
-            else:
-                quiet += 1
-            time.sleep(_LOG_SETTLE_POLL)
-        text = b"".join(chunks)
-        complete, _, self._partial = text.rpartition(b"\n")
-        return Counter(m.group(1).decode() for m in _REQUEST_LINE.finditer(complete))
 
 
 @dataclass(frozen=True)
@@ -77,12 +35,14 @@ class StoreSample:
     """A :class:`Sample` plus what the store and the link saw during it."""
 
     sample: Sample
-    requests: Counter[str]
+    requests: Mapping[str, int]  # by method
+    ranged_requests: int  # requests with a Range header
     bytes_down: int
     bytes_up: int
     connections: int
-    server_cpu_seconds: float | None  # moto's CPU time during the run
+    server_cpu_seconds: float | None  # the server's CPU time during the run
     emulator_cpu_seconds: float  # this process's: in effect the WAN emulator's thread
+    unparsed_connections: int = 0  # connections whose requests could not be counted
 
     @property
     def request_count(self) -> int:
@@ -90,19 +50,26 @@ class StoreSample:
 
 
 class S3Lab:
-    """moto's S3 server in a subprocess behind the WAN emulator, all on 127.0.0.1.
+    """An S3 server in a subprocess behind the WAN emulator, all on 127.0.0.1.
 
-    Use as a context manager: both are always stopped on the way out, Ctrl-C included.
-    ``work`` receives moto's log.
+    Use as a context manager: both are always stopped on the way out, Ctrl-C and
+    SIGTERM included (``dspkg bench`` turns SIGTERM into KeyboardInterrupt). The
+    server's data and log live under ``work``.
     """
 
-    def __init__(self, work: Path, link: WanConfig, say: Say = lambda line: None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        link: WanConfig,
+        say: Say = lambda line: None,
+        server: ServerKind = "seaweedfs",
+    ) -> None:
         self.work = work
         self.link = link
         self.say = say
-        self._moto: LocalServer | None = None
+        self.server_kind: ServerKind = server
+        self._server: LocalServer | None = None
         self._wan: WanEmulator | None = None
-        self._log: RequestLog | None = None
         self._spawner: Spawner | None = None
         self.rss_floor_kib = 0
 
@@ -128,15 +95,20 @@ class S3Lab:
         self._spawner = Spawner(scratch)
         # What any command reports at least: the spawner's own memory, inherited at exec.
         self.rss_floor_kib = self.run(["true"]).peak_rss_kib
-        log_path = self.work / "moto.log"
-        self._moto = start_moto(BUCKET, CREDENTIALS, log=log_path)
-        self._log = RequestLog(log_path)
-        self._wan = WanEmulator(("127.0.0.1", self._moto.port), self.link)
+        if self.server_kind == "seaweedfs":
+            self.say("starting SeaweedFS (weed mini)")
+            data = self.work / "seaweedfs"
+            self._server = start_seaweedfs(
+                BUCKET, CREDENTIALS, data, log=self.work / "seaweedfs.log"
+            )
+        else:
+            self._server = start_moto(BUCKET, CREDENTIALS, log=self.work / "moto.log")
+        self._wan = WanEmulator(("127.0.0.1", self._server.port), self.link)
         self._wan.start()
-        self._log.take()
         self.say(
-            f"moto S3 on 127.0.0.1:{self._moto.port}, WAN emulator at {self.url} "
-            f"({_describe(self.link)})"
+            f"{self.server_name} S3 on 127.0.0.1:{self._server.port} "
+            f"(pid {self._server.process.pid}), WAN emulator at {self.url} "
+            f"({describe_link(self.link)})"
         )
 
     def close(self) -> None:
@@ -146,13 +118,30 @@ class S3Lab:
         if self._wan is not None:
             self._wan.stop()
             self._wan = None
-        if self._moto is not None:
-            self._moto.stop()
-            self._moto = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def server_name(self) -> str:
+        return SERVER_NAMES[self.server_kind]
+
+    @property
+    def server_cores(self) -> int:
+        """How many CPUs the server can keep busy: moto's request handling holds the GIL
+        (one), SeaweedFS is Go and uses them all."""
+        if self.server_kind == "moto":
+            return 1
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+    @property
+    def server_process(self) -> subprocess.Popen[bytes]:
+        assert self._server is not None
+        return self._server.process
 
     @property
     def url(self) -> str:
-        """The S3 endpoint clients use: the emulator, never moto directly."""
+        """The S3 endpoint clients use: the emulator, never the server directly."""
         assert self._wan is not None
         return self._wan.url
 
@@ -188,29 +177,32 @@ class S3Lab:
         self, argv: Sequence[str], env: Mapping[str, str], *, cwd: Path | None = None
     ) -> StoreSample:
         """Run ``argv`` like :meth:`run` and count what it asked of the store."""
-        assert self._wan is not None and self._log is not None
-        assert self._moto is not None
-        self._log.take()  # anything earlier belongs to someone else
+        assert self._wan is not None and self._server is not None
         self._wan.reset_stats()
-        # The client, moto and the emulator share the CPUs; their CPU times show which
-        # of the three a run was waiting for.
-        server_before = _process_cpu(self._moto.process.pid)
+        # The client, the server and the emulator share the CPUs; their CPU times show
+        # which of the three a run was waiting for.
+        server_pid = self._server.process.pid
+        server_before = _process_cpu(server_pid)
         own_before = _own_cpu()
         sample = self.run(argv, env=env, cwd=cwd)
         own_after = _own_cpu()
-        server_after = _process_cpu(self._moto.process.pid)
+        server_after = _process_cpu(server_pid)
+        # Requests are counted as the client sends them, so once it has exited (having
+        # had its answers) every one of them is in.
         stats = self._wan.stats()
         server = None
         if server_before is not None and server_after is not None:
             server = server_after - server_before
         return StoreSample(
             sample=sample,
-            requests=self._log.take(),
+            requests=stats.requests,
+            ranged_requests=stats.ranged_requests,
             bytes_down=stats.bytes_down,
             bytes_up=stats.bytes_up,
             connections=stats.connections,
             server_cpu_seconds=server,
             emulator_cpu_seconds=own_after - own_before,
+            unparsed_connections=stats.unparsed_connections,
         )
 
 
@@ -231,6 +223,6 @@ def _process_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _describe(link: WanConfig) -> str:
+def describe_link(link: WanConfig) -> str:
     rate = "unlimited" if link.bytes_per_second is None else f"{link.mbit:g} Mbit/s"
     return f"{link.rtt_ms:g} ms RTT, {rate}"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
+from dspkg.bench.servers import weed_binary
 from dspkg.bench.tools import find_s5cmd, version_of
 
 
@@ -30,6 +32,7 @@ def describe(work: Path) -> dict[str, Any]:
             "dspkg": _dist_version("dspkg"),
             "obstore": _dist_version("obstore"),
             "moto": _dist_version("moto"),
+            "seaweedfs": _weed_version(),
             "s5cmd": version_of([str(s5cmd), "version"]) if s5cmd else None,
             "unzip": _first_sentence(version_of(["unzip", "-v"])),
             "zip": _zip_version(),
@@ -46,7 +49,8 @@ def summary(machine: dict[str, Any]) -> list[str]:
         f"work dir: {machine['work_dir']} on {machine['file_system']} "
         f"({machine['file_system_device']} at {machine['file_system_mount']})",
         f"versions: Python {machine['python']}, dspkg {v['dspkg']}, obstore {v['obstore']}, "
-        f"moto {v['moto']}, s5cmd {v['s5cmd'] or 'missing'}",
+        f"SeaweedFS {v.get('seaweedfs') or 'missing'}, moto {v['moto'] or 'missing'}, "
+        f"s5cmd {v['s5cmd'] or 'missing'}",
     ]
 
 
@@ -100,12 +104,28 @@ def _file_system(path: Path) -> tuple[str | None, str | None, str | None]:
     return best[2], best[0], best[1]
 
 
-def _zip_version() -> str | None:
-    # `zip -v` starts with a copyright line; `zip -h` starts with "Zip 3.0 (...). Usage:".
-    line = version_of(["zip", "-h"])
+def _weed_version() -> str | None:
+    # `weed version` prints "version 8000GB 4.48 pypi linux amd64": the number is the third word.
+    weed = weed_binary()
+    line = version_of([str(weed), "version"]) if weed else None
     if line is None:
         return None
-    return line.partition(". Usage")[0]
+    words = line.split()
+    return words[2] if len(words) > 2 else line
+
+
+def _zip_version() -> str | None:
+    # `zip -h` prints a copyright line, then "Zip 3.0 (July 5th 2008). Usage:".
+    try:
+        done = subprocess.run(
+            ["zip", "-h"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in done.stdout.splitlines():
+        if line.startswith("Zip "):
+            return line.partition(". Usage")[0]
+    return None
 
 
 def _first_sentence(line: str | None) -> str | None:

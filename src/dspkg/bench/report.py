@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from dspkg.bench.machine import summary
-from dspkg.bench.results import Report, Row, Target
+from dspkg.bench.results import DISK_STATES, STATE_LABELS, DiskState, Report, Row, Target
 
 _Cell = Callable[[Row], str]
 
@@ -31,23 +32,50 @@ def title(report: Report) -> str:
     link = f"{c['rtt_ms']:g} ms RTT, " + (
         f"{c['mbit']:g} Mbit/s" if c["mbit"] > 0 else "unlimited bandwidth"
     )
-    rounds = f", median of {c['repeat']} rounds" if c.get("repeat", 1) > 1 else ""
+    server = report.facts.get("server")
+    where = f"{server}, " if server else ""
+    repeat = c.get("repeat", 1)
+    rounds = ""
+    if repeat > 1 and report.mode != "mount":
+        per_state = " per disk state" if len(c.get("disk_states", ())) > 1 else ""
+        rounds = f", median of {repeat} rounds{per_state}"
     return (
         f"dspkg bench ({report.mode}): {c['files']:,} files x {c['size']:,} bytes "
-        f"({c['bytes'] / 1e6:,.1f} MB), {link}{rounds}"
+        f"({c['bytes'] / 1e6:,.1f} MB), {where}{link}{rounds}"
     )
 
 
+def _fmt(value: float, unit: str) -> str:
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "%":
+        return f"{value:.2f}%"
+    if unit == "s":
+        return f"{value:,.2f} s"
+    if unit in ("GETs", "files"):
+        return f"{value:,.0f} {unit}"
+    return f"{value:,.1f} {unit}"
+
+
 def _target_value(t: Target) -> str:
-    if t.value is None:
-        return "-"
-    if t.unit == "x":
-        return f"{t.value:.2f}x"
-    if t.unit == "%":
-        return f"{t.value:.2f}%"
-    if t.unit == "s":
-        return f"{t.value:,.2f} s"
-    return f"{t.value:,.1f} {t.unit}"
+    return "-" if t.value is None else _fmt(t.value, t.unit)
+
+
+def _spread(t: Target) -> str:
+    """min-max of the rounds and how many passed, e.g. ``1.41-1.62x, 2/3 pass``."""
+    spread = t.spread
+    if spread is None:
+        return ""
+    low, high = (_fmt(v, t.unit) for v in spread)
+    if low == high:
+        low = ""
+    elif t.unit == "x":
+        low = low.removesuffix("x")
+    elif t.unit:
+        low = low.removesuffix(t.unit).strip()
+    measured = sum(v is not None for v in t.rounds)
+    passing = t.to_json()["rounds_passing"]
+    return f"{low}{'-' if low else ''}{high}, {passing}/{measured} pass"
 
 
 def _target_goal(t: Target) -> str:
@@ -65,6 +93,30 @@ def verdict(report: Report) -> str:
     return ", ".join(parts)
 
 
+def _states(report: Report) -> list[DiskState]:
+    return [s for s in DISK_STATES if any(r.state == s for r in report.rows)]
+
+
+def _rows_heading(report: Report, state: DiskState) -> str:
+    if state == "rested":
+        if len(_states(report)) == 1:
+            return "rows:"
+        return f"rows, {STATE_LABELS[state]} (nothing deleted during the rounds):"
+    return f"rows, {STATE_LABELS[state]}: {_deletions(report.facts)}"
+
+
+def _deletions(facts: dict[str, Any]) -> str:
+    done = facts.get("deletions") or []
+    if not done:
+        return "each round first deleted the round before it"
+    files = [d["files"] for d in done]
+    seconds = [d["seconds"] for d in done]
+    return (
+        f"each round first deleted the round before it ({min(files):,}-{max(files):,} files "
+        f"in {min(seconds):.1f}-{max(seconds):.1f} s), synced, then measured"
+    )
+
+
 def text(report: Report) -> str:
     columns = _columns(report)
     width = max(len(r.method) for r in report.rows) + 2
@@ -73,26 +125,39 @@ def text(report: Report) -> str:
         f"started {report.started_at}, took {report.seconds:.0f} s{_load(report)}",
     ]
     lines += summary(report.machine)
-    lines.append("")
     header = "method".ljust(width) + "".join(f"{name:>13}" for name, _ in columns)
-    lines += [header, "-" * len(header)]
-    for row in report.rows:
-        if row.skipped:
-            lines.append(row.method.ljust(width) + f"  skipped: {row.skipped}")
-            continue
-        lines.append(row.method.ljust(width) + "".join(f"{cell(row):>13}" for _, cell in columns))
-    lines += ["", "targets:"]
-    label_width = max(len(t.label) for t in report.targets)
+    for state in _states(report):
+        lines += ["", _rows_heading(report, state), header, "-" * len(header)]
+        for row in report.rows:
+            if row.state != state:
+                continue
+            if row.skipped:
+                lines.append(row.method.ljust(width) + f"  skipped: {row.skipped}")
+                continue
+            cells = "".join(f"{cell(row):>13}" for _, cell in columns)
+            lines.append(row.method.ljust(width) + cells + _after_deletion(row))
+    lines += ["", "targets (the median of the rounds decides; spread: min-max of the rounds):"]
+    label_width = max(len(_label(t)) for t in report.targets)
     for t in report.targets:
         reason = f"  ({t.skipped})" if t.skipped else ""
+        spread = f"  [{_spread(t)}]" if t.spread else ""
         lines.append(
-            f"  {t.status:<4}  {t.label:<{label_width}}  {_target_value(t):>10}"
-            f"  (target {_target_goal(t)}){reason}"
+            f"  {t.status:<4}  {_label(t):<{label_width}}  {_target_value(t):>10}"
+            f"{spread}  (goal {_target_goal(t)}, {t.answers or '-'}){reason}"
         )
     lines.append(verdict(report))
     lines.append(_rss_note(report))
     lines += [f"note: {n}" for n in report.facts.get("notes", ())]
     return "\n".join(lines)
+
+
+def _label(t: Target) -> str:
+    return t.label if t.state == "rested" else f"{t.label} ({STATE_LABELS[t.state]})"
+
+
+def _after_deletion(row: Row) -> str:
+    after = row.extra.get("seconds_after_deletion")
+    return "" if after is None else f"   ({after:g} s after the deletion)"
 
 
 def _rss_note(report: Report) -> str:
@@ -109,26 +174,43 @@ def markdown(report: Report) -> str:
     columns = _columns(report)
     m = report.machine
     v = m["versions"]
+    server = report.facts.get("server")
+    server_version = v.get("seaweedfs") if server == "SeaweedFS" else v.get("moto")
     lines = [
         f"### {title(report)}",
         "",
         f"Run {report.started_at}{_load(report)}. Machine: {m['nproc']} CPUs ({m['cpu_model']}), "
         f"{m['memory_gb']} GB RAM, {m['file_system']} work dir, kernel {m['kernel']}, "
-        f"Python {m['python']}; dspkg {v['dspkg']}, obstore {v['obstore']}, moto {v['moto']}, "
-        f"s5cmd {v['s5cmd'] or 'missing'}.",
-        "",
-        "| method | " + " | ".join(name for name, _ in columns) + " |",
-        "|---|" + "---:|" * len(columns),
+        f"Python {m['python']}; dspkg {v['dspkg']}, obstore {v['obstore']}, "
+        f"{server or 'server'} {server_version or '?'}, s5cmd {v['s5cmd'] or 'missing'}.",
     ]
-    for row in report.rows:
-        if row.skipped:
-            cells = ["skipped"] + [""] * (len(columns) - 1)
-        else:
-            cells = [cell(row) for _, cell in columns]
-        lines.append(f"| {row.method} | " + " | ".join(cells) + " |")
-    lines += ["", "| target | measured | goal | result |", "|---|---:|---:|---|"]
+    for state in _states(report):
+        lines.append("")
+        if state == "deleted":
+            lines += [f"Rows {STATE_LABELS[state]}: {_deletions(report.facts)}.", ""]
+        lines += [
+            "| method | " + " | ".join(name for name, _ in columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        for row in report.rows:
+            if row.state != state:
+                continue
+            if row.skipped:
+                cells = ["skipped"] + [""] * (len(columns) - 1)
+            else:
+                cells = [cell(row) for _, cell in columns]
+            lines.append(f"| {row.method}{_after_deletion(row)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| target | answers | measured (median) | spread (rounds) | goal | result |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for t in report.targets:
-        lines.append(f"| {t.label} | {_target_value(t)} | {_target_goal(t)} | **{t.status}** |")
+        result = f"**{t.status}**" + (f" ({t.skipped})" if t.skipped else "")
+        lines.append(
+            f"| {_label(t)} | {t.answers or '-'} | {_target_value(t)} | {_spread(t) or '-'} "
+            f"| {_target_goal(t)} | {result} |"
+        )
     lines += ["", verdict(report) + ". " + _rss_note(report)]
     lines += [f"\nNote: {n}." for n in report.facts.get("notes", ())]
     return "\n".join(lines)

@@ -8,14 +8,22 @@ baseline.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+# 2: rows and targets carry their disk state; targets their rounds, spread and the goal
+# they answer.
+SCHEMA_VERSION = 2
 
 Op = Literal[">=", "<=", "<"]
 Status = Literal["PASS", "FAIL", "SKIP"]
+# The disk a row ran on: "rested" (nothing deleted for minutes) or "deleted" (within a
+# minute of deleting the previous round's trees; ext4 creates files slowly then).
+DiskState = Literal["rested", "deleted"]
+DISK_STATES: tuple[DiskState, ...] = ("rested", "deleted")
+STATE_LABELS: dict[DiskState, str] = {"rested": "disk rested", "deleted": "after deletions"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class Row:
     cpu_seconds: float | None = None
     skipped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    state: DiskState = "rested"
 
     @property
     def files_per_second(self) -> float | None:
@@ -60,35 +69,49 @@ class Row:
             "peak_rss_mb": _round(self.peak_rss_mb, 1),
             "cpu_seconds": _round(self.cpu_seconds, 3),
             "skipped": self.skipped,
+            "state": self.state,
             **({"extra": self.extra} if self.extra else {}),
         }
 
 
 @dataclass(frozen=True)
 class Target:
-    """A performance target as a ratio (or size) measured in this run, and its verdict."""
+    """A performance target as a ratio (or size) measured in this run, and its verdict.
+
+    With several rounds, ``value`` is the median of the per-round values in ``rounds``
+    (each computed from the rows of one round, which ran side by side) and the verdict
+    is the median's; :attr:`spread` shows how far the rounds disagreed.
+    """
 
     key: str
     label: str
     value: float | None
     op: Op
     threshold: float
-    unit: str  # "x", "%", "s" or "MB": how value and threshold are shown
+    unit: str  # "x", "%", "s", "MB" or "files": how value and threshold are shown
     skipped: str | None = None
+    answers: str = ""  # the goal this target checks, e.g. "issue 13"
+    state: DiskState = "rested"
+    rounds: tuple[float | None, ...] = ()
+    # Judge the worst round rather than the median (a memory limit must hold every time).
+    worst_round: bool = False
 
     @property
     def status(self) -> Status:
         if self.value is None or self.skipped is not None:
             return "SKIP"
-        if self.op == ">=":
-            ok = self.value >= self.threshold
-        elif self.op == "<=":
-            ok = self.value <= self.threshold
-        else:
-            ok = self.value < self.threshold
-        return "PASS" if ok else "FAIL"
+        return "PASS" if meets(self.value, self.op, self.threshold) else "FAIL"
+
+    @property
+    def spread(self) -> tuple[float, float] | None:
+        """(min, max) of the per-round values, when there were at least two."""
+        values = [v for v in self.rounds if v is not None]
+        if len(values) < 2:
+            return None
+        return min(values), max(values)
 
     def to_json(self) -> dict[str, Any]:
+        spread = self.spread
         return {
             "key": self.key,
             "label": self.label,
@@ -98,7 +121,59 @@ class Target:
             "unit": self.unit,
             "status": self.status,
             "skipped": self.skipped,
+            "answers": self.answers,
+            "state": self.state,
+            "rounds": [_round(v, 4) for v in self.rounds],
+            "spread": None if spread is None else [_round(v, 4) for v in spread],
+            "rounds_passing": sum(
+                v is not None and meets(v, self.op, self.threshold) for v in self.rounds
+            ),
         }
+
+
+def meets(value: float, op: Op, threshold: float) -> bool:
+    if op == ">=":
+        return value >= threshold
+    if op == "<=":
+        return value <= threshold
+    return value < threshold
+
+
+def at_scale(target: Target, files: int, min_files: int) -> Target:
+    """``target`` marked SKIP (its value still shown) when the run is smaller than the
+    size its goal was set for: fixed costs (an interpreter start) weigh more below it."""
+    if files >= min_files or target.skipped is not None:
+        return target
+    return replace(target, skipped=f"the goal is set for {min_files:,} files or more")
+
+
+def combine_targets(per_round: Sequence[Sequence[Target]]) -> list[Target]:
+    """One target per key from several rounds: the median value decides (the worst one
+    for a ``worst_round`` target), every round's value is kept (``rounds``) for the
+    spread. Keys keep the first round's order."""
+    if not per_round:
+        return []
+    by_key: dict[str, list[Target]] = {}
+    for targets in per_round:
+        for t in targets:
+            by_key.setdefault(t.key, []).append(t)
+    combined = []
+    for targets in by_key.values():
+        values = tuple(t.value for t in targets)
+        present = [v for v in values if v is not None]
+        skipped = next((t.skipped for t in targets if t.skipped is not None), None)
+        value = statistics.median(present) if present else None
+        if present and targets[0].worst_round:
+            value = min(present) if targets[0].op == ">=" else max(present)
+        combined.append(
+            replace(
+                targets[0],
+                value=value,
+                skipped=skipped,
+                rounds=values,
+            )
+        )
+    return combined
 
 
 @dataclass(frozen=True)
@@ -121,9 +196,9 @@ class Report:
     seconds: float
     facts: dict[str, Any] = field(default_factory=dict)
 
-    def row(self, key: str) -> Row:
+    def row(self, key: str, state: DiskState = "rested") -> Row:
         for r in self.rows:
-            if r.key == key:
+            if r.key == key and r.state == state:
                 return r
         raise KeyError(key)
 

@@ -10,10 +10,11 @@ from typing import Any, Literal
 from dspkg.bench.data import count_files
 from dspkg.bench.harness import BUCKET, S3Lab, StoreSample
 from dspkg.bench.processes import BenchError, Sample
-from dspkg.bench.results import Row
+from dspkg.bench.results import STATE_LABELS, Row
 
 Direction = Literal["down", "up"]
-# moto's CPU seconds per wall second above which a row measured moto rather than the method.
+# The share of the CPUs the server can use (one for moto, whose request handling holds
+# the GIL; all for SeaweedFS) above which a row measured the server, not the method.
 SERVER_BOUND = 0.6
 
 
@@ -37,7 +38,9 @@ def store_row(
         cpu_seconds=s.cpu_seconds,
         extra={
             "requests_by_method": dict(sorted(measured.requests.items())),
+            "ranged_requests": measured.ranged_requests,
             "connections": measured.connections,
+            "unparsed_connections": measured.unparsed_connections,
             "server_cpu_seconds": _round3(measured.server_cpu_seconds),
             "emulator_cpu_seconds": _round3(measured.emulator_cpu_seconds),
             **(extra or {}),
@@ -46,34 +49,44 @@ def store_row(
 
 
 def testbed_facts(rows: Sequence[Row], lab: S3Lab) -> dict[str, Any]:
-    """Figures about the test bed itself, and notes where it, not the method, set the pace.
-
-    moto is one Python process whose request handling holds the GIL, so about one CPU
-    second per second is all it can give; a row that kept it that busy measured moto.
-    """
+    """Figures about the test bed itself, and notes where it, not the method, set the pace."""
+    server, cores = lab.server_name, lab.server_cores
     notes: list[str] = []
     for row in rows:
-        server = row.extra.get("server_cpu_seconds")
-        if server is None or not row.seconds:
+        cpu = row.extra.get("server_cpu_seconds")
+        if cpu is None or not row.seconds:
             continue
-        busy = server / row.seconds
+        busy = cpu / (row.seconds * cores)
         if busy >= SERVER_BOUND:
+            where = "" if row.state == "rested" else f" ({STATE_LABELS[row.state]})"
             notes.append(
-                f"{row.method}: moto was busy {busy:.0%} of the time ({row.requests:,} "
-                f"requests, {server:.1f} CPU s); the row is bound by the test server, not by "
+                f"{row.method}{where}: {server} was busy {busy:.0%} of the time "
+                f"({cpu:.1f} CPU s on {cores} CPU{'s' if cores > 1 else ''} it can use, "
+                f"{row.requests:,} requests); the row is bound by the test server, not by "
                 "the link or the method, and real S3 would serve it faster"
             )
-    per_request = [
+    closing = [
         r
         for r in rows
         if r.requests and r.requests >= 100 and r.extra.get("connections", 0) >= 0.9 * r.requests
     ]
-    if per_request:
+    if closing:
         notes.append(
-            "moto (werkzeug) closes the connection after every response, so each request "
-            "also pays a TCP handshake round trip, which real S3 with keep-alive would not"
+            f"{server} closed the connection after (almost) every response in "
+            f"{len(closing)} row(s), so each request also paid a TCP handshake round trip, "
+            "which real S3 with keep-alive would not"
         )
-    return {"rss_floor_mb": round(lab.rss_floor_kib * 1024 / 1e6, 1), "notes": notes}
+    unparsed = sum(r.extra.get("unparsed_connections", 0) for r in rows)
+    if unparsed:
+        notes.append(
+            f"{unparsed} connection(s) could not be read as HTTP/1.1 by the WAN emulator; "
+            "their requests after that point are not counted"
+        )
+    return {
+        "server": server,
+        "rss_floor_mb": round(lab.rss_floor_kib * 1024 / 1e6, 1),
+        "notes": notes,
+    }
 
 
 def local_row(key: str, method: str, files: int, *samples: Sample) -> Row:

@@ -73,6 +73,8 @@ class LocalServer:
     client_env: Mapping[str, str]
     process: subprocess.Popen[bytes] = field(repr=False)
     stop_timeout: float = 10.0
+    # Files the server removes when it stops on its own, to remove if it had to be killed.
+    leftovers: tuple[Path, ...] = ()
 
     def env(self) -> dict[str, str]:
         """Credentials and endpoint, as ``open_store(..., env=)`` and ``dspkg`` read them."""
@@ -91,6 +93,8 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process.wait()
+        for path in self.leftovers:
+            path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self
@@ -149,7 +153,12 @@ def weed_binary() -> Path | None:
 
 
 def start_seaweedfs(
-    bucket: str, credentials: S3Credentials, work: Path, *, log: Path | None = None
+    bucket: str,
+    credentials: S3Credentials,
+    work: Path,
+    *,
+    log: Path | None = None,
+    metrics_port: int | None = None,
 ) -> LocalServer:
     """SeaweedFS (``weed mini``: master, volume, filer and S3 gateway in one process).
 
@@ -220,6 +229,10 @@ def start_seaweedfs(
         "s3.localSocket": str(work / "s3.sock"),
         "bucket": bucket,
     }
+    if metrics_port is not None:
+        # Prometheus counters of the S3 gateway (requests by action): the server's own
+        # count, against which the tests check the WAN emulator's.
+        options |= {"metricsPort": str(metrics_port), "metricsIp": "127.0.0.1"}
     # -logtostderr: glog would otherwise write log files into /tmp.
     argv = [str(weed), "-logtostderr", "mini", *(f"-{k}={v}" for k, v in options.items())]
     s3_port = ports["s3.port"]
@@ -230,9 +243,25 @@ def start_seaweedfs(
     with _started(argv, log, "SeaweedFS", env) as proc:
         _wait_until(proc, "SeaweedFS", log, lambda: _bucket_answers(endpoint, bucket, credentials))
     client_env = {**credentials.env(), "AWS_ENDPOINT_URL": endpoint}
-    # It stops its parts one by one: a few seconds.
+    # It stops its parts one by one in a few seconds, but once clients have talked to it
+    # its volume server waits for idle internal connections to time out (30 s) before it
+    # exits. Nothing it holds needs keeping (its data dir is scratch), so it is killed
+    # after a few seconds; its gRPC sockets, which it puts in /tmp whatever it is told,
+    # are then removed here.
+    sockets = tuple(
+        Path(f"/tmp/seaweedfs-{part}-grpc-{ports[f'{part}.port.grpc']}.sock")
+        for part in ("master", "volume", "filer", "s3", "admin")
+    )
     return LocalServer(
-        "SeaweedFS", "s3", bucket, endpoint, s3_port, client_env, proc, stop_timeout=30
+        "SeaweedFS",
+        "s3",
+        bucket,
+        endpoint,
+        s3_port,
+        client_env,
+        proc,
+        stop_timeout=5,
+        leftovers=sockets,
     )
 
 

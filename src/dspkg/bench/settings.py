@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from dspkg.bench.results import DiskState
     from dspkg.bench.wan import WanConfig
+
+ServerKind = Literal["seaweedfs", "moto"]
+SERVERS: tuple[ServerKind, ...] = ("seaweedfs", "moto")
+SERVER_NAMES: dict[ServerKind, str] = {"seaweedfs": "SeaweedFS", "moto": "moto"}
 
 DATASET = "bench"
 PULL_FILES = 10_000
@@ -15,6 +20,7 @@ MOUNT_FILES = 100_000
 FILE_SIZE = 10_000
 RTT_MS = 30.0
 MBIT = 1000.0
+REPEAT = 3  # rounds: a target's verdict is the median of its per-round ratios
 
 
 @dataclass(frozen=True)
@@ -23,7 +29,9 @@ class BenchSettings:
     size: int
     rtt_ms: float = RTT_MS
     mbit: float = MBIT
-    repeat: int = 1  # rounds of measurements; rows report the median round
+    repeat: int = REPEAT  # rounds of measurements (per disk state)
+    server: ServerKind = "seaweedfs"
+    disk_states: tuple[DiskState, ...] = ("rested",)
 
     @property
     def link(self) -> WanConfig:
@@ -45,4 +53,6 @@ class BenchSettings:
             "rtt_ms": self.rtt_ms,
             "mbit": self.mbit,
             "repeat": self.repeat,
+            "server": self.server,
+            "disk_states": list(self.disk_states),
         }

@@ -12,6 +12,10 @@ control pushes back on the sender.
 
 So the link behaves as if TCP windows were always large enough: no slow start, no loss,
 only delay, rate and the faults injected with :meth:`WanEmulator.cut_connections`.
+
+It also counts what crossed it: connections, bytes each way, and the HTTP/1.1 requests
+in the client-to-server bytes (by method, and how many were ranged), so a benchmark
+counts requests the same way whichever S3 server is behind it.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
+
+from dspkg.bench.httpcount import RequestHead, RequestStream
 
 _log = logging.getLogger(__name__)
 
@@ -81,13 +87,24 @@ class WanConfig:
 class WanStats:
     """Counters since start or the last :meth:`WanEmulator.reset_stats`.
 
-    Bytes count what was delivered to the other side, not what was read.
+    Bytes count what was delivered to the other side, not what was read. Requests are
+    the HTTP/1.1 requests clients sent (:mod:`dspkg.bench.httpcount`), by method;
+    ``ranged_requests`` those with a Range header. A connection whose client bytes could
+    not be framed as HTTP/1.1 counts in ``unparsed_connections`` and adds no requests
+    after that point.
     """
 
     connections: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     connections_cut: int = 0
+    requests: Mapping[str, int] = field(default_factory=dict)
+    ranged_requests: int = 0
+    unparsed_connections: int = 0
+
+    @property
+    def request_count(self) -> int:
+        return sum(self.requests.values())
 
 
 class _Counters:
@@ -95,25 +112,42 @@ class _Counters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stats = WanStats()
+        self.reset()
 
     def add(self, *, connections: int = 0, up: int = 0, down: int = 0, cut: int = 0) -> None:
         with self._lock:
-            s = self._stats
-            self._stats = WanStats(
-                s.connections + connections,
-                s.bytes_up + up,
-                s.bytes_down + down,
-                s.connections_cut + cut,
-            )
+            self._connections += connections
+            self._up += up
+            self._down += down
+            self._cut += cut
+
+    def add_requests(self, heads: list[RequestHead]) -> None:
+        with self._lock:
+            for head in heads:
+                self._requests[head.method] += 1
+                self._ranged += head.ranged
+
+    def add_unparsed(self) -> None:
+        with self._lock:
+            self._unparsed += 1
 
     def snapshot(self) -> WanStats:
         with self._lock:
-            return self._stats
+            return WanStats(
+                self._connections,
+                self._up,
+                self._down,
+                self._cut,
+                dict(sorted(self._requests.items())),
+                self._ranged,
+                self._unparsed,
+            )
 
     def reset(self) -> None:
         with self._lock:
-            self._stats = WanStats()
+            self._connections = self._up = self._down = self._cut = 0
+            self._requests: collections.Counter[str] = collections.Counter()
+            self._ranged = self._unparsed = 0
 
 
 class _TokenBucket:
@@ -257,6 +291,8 @@ class _Pipe:
         arrival = time.monotonic()
         if self._upstream_bound:
             arrival = max(arrival, self._conn.ready_at)
+            if data is not None:
+                self._conn.count_requests(data)
         self._queue.append((arrival, data))
         self._has_data.set()
         if data is None:
@@ -381,6 +417,21 @@ class _Connection:
         self.down.set_sink(client)
         self._pipes_done = 0
         self._closed = False
+        self._requests: RequestStream | None = RequestStream()
+
+    def count_requests(self, data: bytes) -> None:
+        """Count the requests in what the client sent (as it arrives, so a client that
+        got its answers and exited has had every request counted)."""
+        stream = self._requests
+        if stream is None:
+            return
+        heads = stream.feed(data)
+        if heads:
+            self.link.counters.add_requests(heads)
+        if stream.failure is not None:
+            _log.debug("WAN emulator: no more requests counted on a connection: %s", stream.failure)
+            self.link.counters.add_unparsed()
+            self._requests = None
 
     def start(self) -> None:
         self.link.connections.add(self)
