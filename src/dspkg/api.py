@@ -28,6 +28,7 @@ from dspkg.cache import Cache, store_id
 from dspkg.catalog import Catalog
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
+from dspkg.dirversion import DirectoryVersion
 from dspkg.errors import InvalidArgument, NotFound
 from dspkg.loader import load_manifest
 from dspkg.manifest import Manifest
@@ -36,7 +37,7 @@ from dspkg.mounting import MountSummary, mount_argv, require_fuse, serve, start_
 from dspkg.mounting import unmount as unmount_point
 from dspkg.names import SCHEME, VersionUri, parse_dataset_uri
 from dspkg.progress import Progress
-from dspkg.publisher import PublishOptions, PublishResult, publish_directory
+from dspkg.publisher import PublishOptions, PublishResult, publish_directory, publish_tree
 from dspkg.pull_plan import Tuning
 from dspkg.puller import PullOptions, PullResult, pull_version
 from dspkg.reader import VersionReader, start_reader
@@ -73,15 +74,36 @@ def publish(
     packages_only: bool = False,
     package_size: int | str = "1GiB",
     jobs: int = 32,
+    to: str | None = None,
+    from_: str | None = None,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    aliases: Iterable[str] = (),
     store_options: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
 ) -> PublishResult:
-    """Publish the dataset versions that the metadata in ``outputs_dir`` asks for.
+    """Publish the dataset versions that the metadata in ``outputs_dir`` asks for; or,
+    with ``to``, every file of ``outputs_dir`` as the version ``to`` (no metadata).
 
     ``packaging``: None follows each version's ``"packaging": true`` gated by
     ``VH_ENABLE_DATASET_VERSION_PACKAGING``; True packages every version; False none.
+    With ``to``: ``from_`` is the version to build on (its files, minus those that
+    ``exclude`` globs match, plus the directory's), ``include`` globs pick the
+    directory's files (default: all), ``aliases`` move to the new version besides
+    ``latest``. A version with no new files is fine; the same files under an existing
+    name are a no-op (its ``aliases`` still move), different ones an error.
     """
+    include, exclude, aliases = tuple(include), tuple(exclude), tuple(aliases)
+    if to is None and (from_ or include or exclude or aliases):
+        raise InvalidArgument(
+            "from_, include, exclude and aliases describe the version that to= names; give to="
+        )
+    target = (
+        DirectoryVersion.parse(to, from_=from_, include=include, exclude=exclude, aliases=aliases)
+        if to is not None
+        else None
+    )
     settings = Settings.from_env(env)
     options = PublishOptions(
         packaging=packaging,
@@ -90,8 +112,10 @@ def publish(
         package_size=_package_size(package_size),
         jobs=max(jobs, 1),
     )
-    target = resolve_store(store, settings, store_options)
-    return run_sync(publish_directory(Path(outputs_dir), target, options, progress))
+    where = resolve_store(store, settings, store_options)
+    if target is not None:
+        return run_sync(publish_tree(Path(outputs_dir), target, where, options, progress))
+    return run_sync(publish_directory(Path(outputs_dir), where, options, progress))
 
 
 def pull_options(

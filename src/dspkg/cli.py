@@ -16,7 +16,14 @@ from typing import Any
 from dspkg import api
 from dspkg._version import __version__
 from dspkg.bench.command import register as register_bench
-from dspkg.cli_args import add_store, non_negative_int, positive_int, store_options
+from dspkg.cli_args import (
+    add_store,
+    glob_option,
+    non_negative_int,
+    positive_int,
+    store_options,
+    version_uri,
+)
 from dspkg.cli_args import progress as progress_for
 from dspkg.errors import DspkgError, UsageError
 from dspkg.manifest import Manifest
@@ -72,6 +79,21 @@ def _print_json(doc: Any) -> None:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
+    if args.to is None:
+        given = [
+            option
+            for option, value in (
+                ("--from", args.from_),
+                ("--include", args.include),
+                ("--exclude", args.exclude),
+                ("--alias", args.alias),
+            )
+            if value
+        ]
+        if given:
+            args.parser.error(
+                f"{', '.join(given)}: only with --to dataset://DS/VER (a version from any directory)"
+            )
     result = api.publish(
         args.dir,
         store=args.store,
@@ -79,6 +101,11 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         packages_only=args.packages_only,
         package_size=args.package_size,
         jobs=args.jobs,
+        to=args.to,
+        from_=args.from_,
+        include=args.include or (),
+        exclude=args.exclude or (),
+        aliases=args.alias or (),
         store_options=store_options(args.store_option),
         progress=_progress(args),
     )
@@ -88,7 +115,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     for v in result.versions:
         state = "created" if v.created else "unchanged"
         packages = f", {len(v.packages)} package{'s' if len(v.packages) != 1 else ''}"
-        print(f"{state} {v.uri}: {v.files:,} files, {format_size(v.bytes)}{packages}")
+        aliases = f"; aliases {', '.join(v.aliases)}" if v.aliases else ""
+        print(f"{state} {v.uri}: {v.files:,} files, {format_size(v.bytes)}{packages}{aliases}")
     print(
         f"published {len(result.versions)} version(s) in {result.seconds:.1f} s: "
         f"{format_size(result.bytes_uploaded)} uploaded in {result.requests:,} requests"
@@ -472,8 +500,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "publish", help="publish the dataset versions named by a directory's metadata"
     )
-    p.add_argument("dir", help="directory of outputs with valohai.metadata.jsonl and/or sidecars")
+    p.add_argument(
+        "dir",
+        help="directory of outputs with valohai.metadata.jsonl and/or sidecars; "
+        "with --to, any directory",
+    )
     add_store(p)
+    p.add_argument(
+        "--to",
+        metavar="URI",
+        type=version_uri,
+        help="publish every file of DIR as this version (dataset://DS/VER); metadata is ignored",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_",
+        metavar="URI",
+        type=version_uri,
+        help="with --to: build on this version (its files, plus DIR's)",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        metavar="GLOB",
+        type=glob_option("--include"),
+        help="with --to: take only DIR's files this glob matches (repeatable)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        type=glob_option("--exclude"),
+        help="with --to: leave out the files (DIR's and --from's) this glob matches (repeatable)",
+    )
+    p.add_argument(
+        "--alias",
+        action="append",
+        metavar="NAME",
+        help="with --to: move this alias to the version too (repeatable)",
+    )
     p.add_argument(
         "--packaging",
         action=argparse.BooleanOptionalAction,
@@ -487,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--package-size", default="1GiB", help="split packages at SIZE (default 1GiB)")
     p.add_argument("--jobs", type=positive_int, default=32, help="requests in flight")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.set_defaults(handler=_cmd_publish)
+    p.set_defaults(handler=_cmd_publish, parser=p)
 
     p = sub.add_parser("pull", help="make a dataset version appear in a directory")
     p.add_argument("uri", help="dataset://<dataset>/<version or alias>")

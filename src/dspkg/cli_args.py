@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from dspkg.errors import InvalidArgument
+from dspkg.errors import DspkgError, InvalidArgument
+from dspkg.globs import compile_glob
+from dspkg.names import VersionUri
 from dspkg.progress import LinePrinter, Progress, TerminalProgress
 
 
@@ -76,3 +78,25 @@ def non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError("must be a finite number >= 0")
     return value
+
+
+def version_uri(text: str) -> str:
+    """A ``dataset://<dataset>/<version>`` argument, checked (kept as text)."""
+    try:
+        VersionUri.parse(text)
+    except DspkgError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def glob_option(option: str) -> Callable[[str], str]:
+    """A glob argument of ``option``, checked (kept as text)."""
+
+    def check(text: str) -> str:
+        try:
+            compile_glob(text, option=option)
+        except DspkgError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check

@@ -9,6 +9,7 @@ validation passes, and a version exists whole (its manifest) or not at all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +19,11 @@ from typing import Any
 
 from dspkg.catalog import Catalog, now_iso
 from dspkg.concurrency import BoundedTasks
+from dspkg.dirversion import DirectoryVersion, read_directory, version_request
 from dspkg.errors import AlreadyExists, DspkgError, InvalidMetadata, NotFound
 from dspkg.layout import LATEST, blob_key, new_attempt
 from dspkg.manifest import Manifest
-from dspkg.metadata import VersionRequest, read_outputs
+from dspkg.metadata import Outputs, VersionRequest, read_outputs
 from dspkg.names import VersionUri
 from dspkg.packager import upload_package
 from dspkg.paths import tree_problem
@@ -140,10 +142,63 @@ async def publish_directory(
     """Publish every dataset version the metadata in ``root`` asks for."""
     progress = progress or Progress()
     started = time.monotonic()
-    before = (store.stats.bytes_up, store.stats.requests)
+    requests = store.stats.requests
     outputs = read_outputs(root)
     if not outputs.versions:
         progress.warn(f"no file in {outputs.root} names a dataset version; nothing to publish")
+    return await _publish(outputs, store, options, progress, (started, requests))
+
+
+async def publish_tree(
+    root: Path,
+    target: DirectoryVersion,
+    store: Store,
+    options: PublishOptions = PublishOptions(),
+    progress: Progress | None = None,
+) -> PublishResult:
+    """Publish the files of ``root`` as the version ``target`` names (no metadata)."""
+    progress = progress or Progress()
+    started = time.monotonic()
+    requests = store.stats.requests
+    outputs, used = read_directory(root, target)
+    parent: Manifest | None = None
+    if target.parent is not None:
+        try:
+            parent = await Catalog(store).read_manifest(target.parent)
+        except NotFound:
+            raise InvalidMetadata(
+                f"--from {target.parent} does not exist in {store.url}; publish it first "
+                "or fix --from",
+                path=str(outputs.root),
+            ) from None
+    request, excluded = version_request(
+        target,
+        outputs,
+        parent.uri if parent is not None else None,
+        [f.path for f in parent.files] if parent is not None else [],
+    )
+    for glob in target.exclude:
+        if glob.text not in used and not any(map(glob.matches, excluded)):
+            progress.warn(f"{target.uri}: --exclude {glob.text!r} matches no file")
+    return await _publish(
+        dataclasses.replace(outputs, versions=(request,)),
+        store,
+        options,
+        progress,
+        (started, requests),
+    )
+
+
+async def _publish(
+    outputs: Outputs,
+    store: Store,
+    options: PublishOptions,
+    progress: Progress,
+    since: tuple[float, int],
+) -> PublishResult:
+    """``since``: when the publish started and the store's request count then."""
+    started, requests_before = since
+    bytes_before = store.stats.bytes_up
     requests = _in_dependency_order(outputs.versions)
     all_rels = sorted({rel for req in requests for rel in req.files})
     local = {rel: LocalFile(rel, outputs.paths[rel], outputs.sizes[rel]) for rel in all_rels}
@@ -182,8 +237,8 @@ async def publish_directory(
         versions=tuple(results),
         files=files,
         bytes=nbytes,
-        bytes_uploaded=store.stats.bytes_up - before[0],
-        requests=store.stats.requests - before[1],
+        bytes_uploaded=store.stats.bytes_up - bytes_before,
+        requests=store.stats.requests - requests_before,
         seconds=time.monotonic() - started,
     )
 
@@ -286,7 +341,12 @@ async def _confirm_same(run: _Session, plan: VersionPlan, existing: Manifest) ->
             uri=str(uri),
         )
     run.progress.log(f"{plan.request.uri} already exists with the same content; nothing to do")
-    return _result(existing, created=False, uploaded=set(), aliases=())
+    # Aliases asked for by name move to it all the same (`latest` only moves on creation):
+    # publishing the same files under a new alias is how a version gets one.
+    req = plan.request
+    for alias in req.aliases:
+        await run.catalog.set_alias(req.uri.dataset, alias, req.uri.version)
+    return _result(existing, created=False, uploaded=set(), aliases=req.aliases)
 
 
 async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionResult]:
