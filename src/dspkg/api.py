@@ -37,6 +37,8 @@ from dspkg.mounting import MountSummary, mount_argv, require_fuse, serve, start_
 from dspkg.mounting import unmount as unmount_point
 from dspkg.names import SCHEME, VersionUri, parse_dataset_uri
 from dspkg.progress import Progress
+from dspkg.publish_plan import PACKAGE_MAX_FILE
+from dspkg.publish_plan import package_max_file as check_package_max_file
 from dspkg.publisher import PublishOptions, PublishResult, publish_directory, publish_tree
 from dspkg.pull_plan import Tuning
 from dspkg.puller import PullOptions, PullResult, pull_version
@@ -73,6 +75,7 @@ def publish(
     packaging: bool | None = None,
     packages_only: bool = False,
     package_size: int | str = "1GiB",
+    package_max_file: int | str = PACKAGE_MAX_FILE,
     jobs: int = 32,
     to: str | None = None,
     from_: str | None = None,
@@ -88,6 +91,9 @@ def publish(
 
     ``packaging``: None follows each version's ``"packaging": true`` gated by
     ``VH_ENABLE_DATASET_VERSION_PACKAGING``; True packages every version; False none.
+    Files of ``package_max_file`` bytes or more (default 10 MB) stay out of packages
+    and are stored as blobs, also with ``packages_only``.
+
     With ``to``: ``from_`` is the version to build on (its files, minus those that
     ``exclude`` globs match, plus the directory's), ``include`` globs pick the
     directory's files (default: all), ``aliases`` move to the new version besides
@@ -110,6 +116,7 @@ def publish(
         gate=settings.packaging_gate,
         packages_only=packages_only,
         package_size=_package_size(package_size),
+        package_max_file=check_package_max_file(package_max_file),
         jobs=max(jobs, 1),
     )
     where = resolve_store(store, settings, store_options)

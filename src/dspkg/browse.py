@@ -60,6 +60,8 @@ class VersionDetails:
             "aliases": list(self.aliases),
             "blobs": m.blobs,
             "packaged_files": sum(used),
+            "package_max_file": m.package_max_file,
+            "unpackaged": unpackaged(m),
             "packages": [
                 {
                     "name": p.name,
@@ -84,6 +86,20 @@ class VersionDetails:
                 for f in m.files
             ]
         return doc
+
+
+def unpackaged(manifest: Manifest) -> dict[str, dict[str, int]]:
+    """The files in no package, which are blobs, by why: ``too_big`` (at or above the
+    version's ``package_max_file``, kept out of its packages) and ``not_packaged`` (the
+    rest: a version or parent made without packages)."""
+    groups = {"too_big": {"files": 0, "bytes": 0}, "not_packaged": {"files": 0, "bytes": 0}}
+    limit = manifest.package_max_file
+    for f in manifest.files:
+        if f.package is None:
+            group = groups["too_big" if limit is not None and f.size >= limit else "not_packaged"]
+            group["files"] += 1
+            group["bytes"] += f.size
+    return groups
 
 
 def files_per_package(manifest: Manifest) -> list[int]:

@@ -16,21 +16,17 @@ from typing import Any
 from dspkg import api
 from dspkg._version import __version__
 from dspkg.bench.command import register as register_bench
-from dspkg.cli_args import (
-    add_store,
-    glob_option,
-    non_negative_int,
-    positive_int,
-    store_options,
-    version_uri,
-)
+from dspkg.cli_args import add_store, non_negative_int, positive_int, store_options, usage
 from dspkg.cli_args import progress as progress_for
+from dspkg.dirversion import DirectoryVersion
 from dspkg.errors import DspkgError, UsageError
 from dspkg.manifest import Manifest
 from dspkg.materialize import LinkMode
 from dspkg.mounting import announce_ready, exit_with_parent
 from dspkg.names import parse_dataset_uri
 from dspkg.progress import Progress
+from dspkg.publish_plan import PACKAGE_MAX_FILE
+from dspkg.publish_plan import package_max_file as check_package_max_file
 from dspkg.pull_plan import Tuning
 from dspkg.puller import PullResult
 from dspkg.runner.command import register as register_run
@@ -79,27 +75,37 @@ def _print_json(doc: Any) -> None:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    if args.to is None:
-        given = [
-            option
-            for option, value in (
-                ("--from", args.from_),
-                ("--include", args.include),
-                ("--exclude", args.exclude),
-                ("--alias", args.alias),
-            )
-            if value
-        ]
-        if given:
-            args.parser.error(
-                f"{', '.join(given)}: only with --to dataset://DS/VER (a version from any directory)"
-            )
+    given = [
+        option
+        for option, value in (
+            ("--from", args.from_),
+            ("--include", args.include),
+            ("--exclude", args.exclude),
+            ("--alias", args.alias),
+        )
+        if value
+    ]
+    if args.to is None and given:
+        raise UsageError(
+            f"{', '.join(given)}: only with --to dataset://DS/VER (a version from any directory)"
+        )
+    max_file = usage(check_package_max_file, args.package_max_file)
+    if args.to is not None:
+        usage(
+            DirectoryVersion.parse,
+            args.to,
+            from_=args.from_,
+            include=args.include or (),
+            exclude=args.exclude or (),
+            aliases=args.alias or (),
+        )
     result = api.publish(
         args.dir,
         store=args.store,
         packaging=args.packaging,
         packages_only=args.packages_only,
         package_size=args.package_size,
+        package_max_file=max_file,
         jobs=args.jobs,
         to=args.to,
         from_=args.from_,
@@ -245,7 +251,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"  from:     {doc['from'] or '-'}")
     print(f"  created:  {doc['created_at']}")
     print(f"  aliases:  {', '.join(doc['aliases']) or '-'}")
-    print(f"  blobs:    {'yes' if doc['blobs'] else 'no (files only inside packages)'}")
+    print(
+        f"  blobs:    {'yes' if doc['blobs'] else 'no (packaged files are only inside packages)'}"
+    )
     if doc["packages"]:
         print(f"  packages: {len(doc['packages'])} ({doc['packaged_files']:,} files packaged)")
         for p in doc["packages"]:
@@ -255,9 +263,21 @@ def _cmd_show(args: argparse.Namespace) -> int:
             )
     else:
         print("  packages: none (files are fetched one by one)")
+    big, rest = doc["unpackaged"]["too_big"], doc["unpackaged"]["not_packaged"]
+    if big["files"]:
+        print(
+            f"  big files: {big['files']:,} of {format_size(doc['package_max_file'])} or more "
+            f"({format_size(big['bytes'])}) stored as blobs, not packaged: too big to gain "
+            "from a package; pulled in parallel parts"
+        )
+    if rest["files"] and doc["packages"]:
+        print(
+            f"  unpackaged: {rest['files']:,} file(s) ({format_size(rest['bytes'])}) in no "
+            "package, stored as blobs: made without packaging"
+        )
     if args.files:
         for f in doc["file_list"]:
-            where = f"  [{f['package']} @ {f['offset']}]" if f["package"] else ""
+            where = f"  [{f['package']} @ {f['offset']}]" if f["package"] else "  [blob]"
             print(f"    {f['path']}  {f['size']:,}  {f['sha256'][:12]}{where}")
     return 0
 
@@ -488,6 +508,16 @@ def _add_subset(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_package_max_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--package-max-file",
+        metavar="SIZE",
+        default=str(PACKAGE_MAX_FILE),
+        help=f"files of SIZE or more stay out of packages, stored as blobs "
+        f"(default {format_size(PACKAGE_MAX_FILE)})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dspkg",
@@ -509,28 +539,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--to",
         metavar="URI",
-        type=version_uri,
         help="publish every file of DIR as this version (dataset://DS/VER); metadata is ignored",
     )
     p.add_argument(
         "--from",
         dest="from_",
         metavar="URI",
-        type=version_uri,
         help="with --to: build on this version (its files, plus DIR's)",
     )
     p.add_argument(
         "--include",
         action="append",
         metavar="GLOB",
-        type=glob_option("--include"),
         help="with --to: take only DIR's files this glob matches (repeatable)",
     )
     p.add_argument(
         "--exclude",
         action="append",
         metavar="GLOB",
-        type=glob_option("--exclude"),
         help="with --to: leave out the files (DIR's and --from's) this glob matches (repeatable)",
     )
     p.add_argument(
@@ -550,9 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--packages-only", action="store_true", help="store files only inside packages (no blobs)"
     )
     p.add_argument("--package-size", default="1GiB", help="split packages at SIZE (default 1GiB)")
+    add_package_max_file(p)
     p.add_argument("--jobs", type=positive_int, default=32, help="requests in flight")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.set_defaults(handler=_cmd_publish, parser=p)
+    p.set_defaults(handler=_cmd_publish)
 
     p = sub.add_parser("pull", help="make a dataset version appear in a directory")
     p.add_argument("uri", help="dataset://<dataset>/<version or alias>")

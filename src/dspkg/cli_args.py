@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
 
-from dspkg.errors import DspkgError, InvalidArgument
-from dspkg.globs import compile_glob
-from dspkg.names import VersionUri
+from dspkg.errors import DspkgError, InvalidArgument, UsageError
 from dspkg.progress import LinePrinter, Progress, TerminalProgress
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def add_store(p: argparse.ArgumentParser) -> None:
@@ -80,23 +82,11 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def version_uri(text: str) -> str:
-    """A ``dataset://<dataset>/<version>`` argument, checked (kept as text)."""
+def usage(parse: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``parse(...)``, whose errors are bad usage (exit 2, one line)."""
     try:
-        VersionUri.parse(text)
+        return parse(*args, **kwargs)
+    except UsageError:
+        raise
     except DspkgError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def glob_option(option: str) -> Callable[[str], str]:
-    """A glob argument of ``option``, checked (kept as text)."""
-
-    def check(text: str) -> str:
-        try:
-            compile_glob(text, option=option)
-        except DspkgError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
-
-    return check
+        raise UsageError(str(exc)) from None

@@ -23,7 +23,9 @@ Stored at ``datasets/<dataset>/versions/<version>.json``, written with sorted ke
 
 ``package`` indexes ``packages`` and ``offset`` is where the file's bytes start in
 that package, so any run of files is one ranged GET. Files are sorted by path.
-``blobs`` says whether every file is also stored on its own under ``blobs/``.
+``blobs`` says whether every packaged file is also stored on its own under ``blobs/``;
+a file in no package is always a blob. ``package_max_file`` (only in versions made
+with packaging) is the size at or above which files were kept out of the packages.
 
 A manifest read from the store is untrusted: :func:`Manifest.from_json` checks
 every path, size, hash, offset and package key before anything uses them.
@@ -87,6 +89,9 @@ class Manifest:
     parent: str | None = None
     created_at: str = ""
     blobs: bool = True
+    # Files at or above this size were kept out of the packages made for this version
+    # (they are blobs); None when it was not packaged.
+    package_max_file: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -126,6 +131,8 @@ class Manifest:
             "schema_version": self.schema_version,
             "version": self.version,
         }
+        if self.package_max_file is not None:
+            head["package_max_file"] = self.package_max_file
         before, _, after = json.dumps(head, sort_keys=True, separators=(",", ":")).partition(
             '"files":null'
         )
@@ -175,6 +182,7 @@ def _parse(data: bytes, *, obj: str, max_files: int, trusted: bool) -> Manifest:
         raw_files = doc["files"]
         created_at = doc.get("created_at", "")
         blobs = doc.get("blobs", True)
+        max_file = doc.get("package_max_file")
     except (KeyError, TypeError) as exc:
         raise bad(f"missing or malformed field {exc}") from None
     except Exception as exc:
@@ -185,6 +193,8 @@ def _parse(data: bytes, *, obj: str, max_files: int, trusted: bool) -> Manifest:
         raise bad(f"'files' must be a list of at most {max_files} entries")
     if not isinstance(created_at, str) or not isinstance(blobs, bool):
         raise bad("malformed created_at or blobs")
+    if max_file is not None and (not _is_count(max_file) or max_file == 0):
+        raise bad("malformed package_max_file")
     files = _trusted_files(raw_files) if trusted else _parse_files(raw_files, packages, bad)
     return Manifest(
         dataset=dataset,
@@ -194,6 +204,7 @@ def _parse(data: bytes, *, obj: str, max_files: int, trusted: bool) -> Manifest:
         parent=parent,
         created_at=created_at,
         blobs=blobs,
+        package_max_file=max_file,
     )
 
 

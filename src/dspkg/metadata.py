@@ -166,7 +166,9 @@ def inside_root(root: Path, rel: str, where: Where, what: str) -> str:
         raise _invalid(where, f"{what} {rel!r} does not exist in {root}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise _invalid(where, f"{what} {rel!r} is a symbolic link loop; remove the link") from None
+            raise _invalid(
+                where, f"{what} {rel!r} is a symbolic link loop; remove the link"
+            ) from None
         raise _invalid(where, f"{what} {rel!r} cannot be read ({exc.strerror})") from None
     if not Path(real).is_relative_to(root):
         raise _invalid(

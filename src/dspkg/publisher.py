@@ -29,6 +29,8 @@ from dspkg.packager import upload_package
 from dspkg.paths import tree_problem
 from dspkg.progress import Progress
 from dspkg.publish_plan import (
+    FEW_FILES,
+    PACKAGE_MAX_FILE,
     BuiltPackage,
     PackagePlan,
     VersionPlan,
@@ -51,8 +53,9 @@ class PublishOptions:
 
     packaging: bool | None = None
     gate: bool = False
-    packages_only: bool = False
+    packages_only: bool = False  # files in no package (too big) are still blobs
     package_size: int = 1 << 30
+    package_max_file: int = PACKAGE_MAX_FILE
     jobs: int = 32
     read_threads: int = 4
 
@@ -219,6 +222,7 @@ async def _publish(
                     packaging=packaging[req.uri],
                     package_size=options.package_size,
                     attempt=run.attempt,
+                    max_file=options.package_max_file,
                 )
                 for path in plan.unmatched_excludes:
                     progress.warn(f"{req.uri}: excluded path {path!r} is not in {req.parent}")
@@ -351,10 +355,14 @@ async def _confirm_same(run: _Session, plan: VersionPlan, existing: Manifest) ->
 
 async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionResult]:
     """Read every new file once: its blob and its package go up together; then commit."""
-    if plan.parent is not None and plan.parent.blobs:
-        run.known_blobs.update(f.sha256 for f in plan.parent.files)
+    if plan.parent is not None:
+        parent = plan.parent
+        run.known_blobs.update(f.sha256 for f in parent.files if parent.blobs or f.package is None)
+    _say_where_files_go(run, plan)
     hashes: dict[str, tuple[int, str]] = {}
-    want_blobs = not run.options.packages_only
+    packaged = {f.rel for p in plan.packages for f in p.files}
+    # Without blobs (--packages-only), a file in no package still needs its blob.
+    every_blob = not run.options.packages_only
     run.progress.start(
         f"publishing {plan.request.uri}", len(plan.local), sum(f.size for f in plan.local)
     )
@@ -363,13 +371,13 @@ async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionRes
 
             async def on_file(read: ReadFile) -> None:
                 hashes[read.file.rel] = (read.file.size, read.sha256)
-                if want_blobs and read.sha256 not in run.known_blobs:
+                wanted = every_blob or read.file.rel not in packaged
+                if wanted and read.sha256 not in run.known_blobs:
                     run.known_blobs.add(read.sha256)
                     await blobs.spawn(_put_blob(run, read))
                 run.progress.advance(1, read.file.size)
 
             built, uploaded = await _upload_packages(run, plan, hashes, on_file)
-            packaged = {f.rel for p in plan.packages for f in p.files}
             async for read in run.reader.read_all([f for f in plan.local if f.rel not in packaged]):
                 await on_file(read)
     finally:
@@ -378,6 +386,25 @@ async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionRes
         plan, hashes, built, created_at=now_iso(), blobs=not run.options.packages_only
     )
     return await _commit_version(run, plan, manifest, uploaded)
+
+
+def _say_where_files_go(run: _Session, plan: VersionPlan) -> None:
+    """One line each: files kept out of the packages for their size, and a version too
+    small to gain much from packages."""
+    uri = plan.request.uri
+    big = plan.too_big
+    if big and plan.package_max_file is not None:
+        nbytes = format_size(sum(f.size for f in big))
+        run.progress.log(
+            f"{uri}: {len(big):,} file{'s' if len(big) != 1 else ''} of "
+            f"{format_size(plan.package_max_file)} or more ({nbytes}) "
+            "stored as blobs, not packaged (--package-max-file)"
+        )
+    if plan.packages and plan.files < FEW_FILES:
+        run.progress.log(
+            f"{uri}: packaging it as asked, though a version of {plan.files:,} files "
+            f"(under {FEW_FILES:,}) gains little from packages"
+        )
 
 
 async def _upload_packages(

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import errno
 import random
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,6 +60,17 @@ class StoreStats:
     bytes_down: int = 0
     bytes_up: int = 0
     retries: int = 0
+    in_flight: int = 0  # requests running now (uploads of a stream aside)
+    peak_in_flight: int = 0  # the most that ran at once
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,8 @@ class Store:
         for attempt in range(self.retry.attempts):
             self.stats.requests += 1
             try:
-                return await op()
+                with self.stats.running():
+                    return await op()
             except TRANSIENT as exc:
                 if not transient(exc):
                     raise translate(exc, self.describe(key)) from exc
@@ -163,26 +176,27 @@ class Store:
         while position < end:
             self.stats.requests += 1
             try:
-                result = await obstore.get_async(
-                    self.inner, key, options={"range": (position, end)}
-                )
-                got = result.range
-                if got[0] != position or got[1] != end:
-                    # A full 200 or a different range: never splice it, start over.
-                    raise ConnectionError(
-                        f"asked for bytes {position}-{end}, the store sent {got[0]}-{got[1]}"
+                with self.stats.running():
+                    result = await obstore.get_async(
+                        self.inner, key, options={"range": (position, end)}
                     )
-                async for chunk in result.stream(min_chunk_size=chunk_size):
-                    view = memoryview(chunk)
-                    if position + len(view) > end:
-                        raise StoreError(
-                            f"{self.describe(key)}: the store sent more bytes than asked for",
-                            key=key,
+                    got = result.range
+                    if got[0] != position or got[1] != end:
+                        # A full 200 or a different range: never splice it, start over.
+                        raise ConnectionError(
+                            f"asked for bytes {position}-{end}, the store sent {got[0]}-{got[1]}"
                         )
-                    position += len(view)
-                    self.stats.bytes_down += len(view)
-                    failures = 0
-                    yield view
+                    async for chunk in result.stream(min_chunk_size=chunk_size):
+                        view = memoryview(chunk)
+                        if position + len(view) > end:
+                            raise StoreError(
+                                f"{self.describe(key)}: the store sent more bytes than asked for",
+                                key=key,
+                            )
+                        position += len(view)
+                        self.stats.bytes_down += len(view)
+                        failures = 0
+                        yield view
                 if position < end:
                     raise ConnectionError(f"body ended at byte {position} of {end}")
             except TRANSIENT as exc:
