@@ -388,6 +388,16 @@ async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionRes
     return await _commit_version(run, plan, manifest, uploaded)
 
 
+def log_upload_start(progress: Progress, prefix: str, store: Store, name: str, size: int) -> None:
+    """The first two of the reference product's three lines per package."""
+    progress.log(f"{prefix} uploading {name} ({format_size(size)})")
+    progress.log(f"{prefix} uploading to {store.kind} bucket {store.bucket}")
+
+
+def log_upload_done(progress: Progress, prefix: str, key: str) -> None:
+    progress.log(f"{prefix} upload complete ({key})")
+
+
 def _say_where_files_go(run: _Session, plan: VersionPlan) -> None:
     """One line each: files kept out of the packages for their size, and a version too
     small to gain much from packages."""
@@ -402,8 +412,8 @@ def _say_where_files_go(run: _Session, plan: VersionPlan) -> None:
         )
     if plan.packages and plan.files < FEW_FILES:
         run.progress.log(
-            f"{uri}: packaging it as asked, though a version of {plan.files:,} files "
-            f"(under {FEW_FILES:,}) gains little from packages"
+            f"{uri}: packaging it as asked, though a version of {plan.files:,} "
+            f"file{'s' if plan.files != 1 else ''} (under {FEW_FILES:,}) gains little from packages"
         )
 
 
@@ -429,9 +439,7 @@ async def _upload_packages(
             )
             built.append(reused)
             continue
-        run.progress.log(
-            f"{prefix} uploading {package.name} ({format_size(package.estimated_size)})"
-        )
+        log_upload_start(run.progress, prefix, run.store, package.name, package.estimated_size)
         run.uploaded_packages.append(package.key)
         done = await upload_package(
             run.store,
@@ -443,7 +451,7 @@ async def _upload_packages(
         built.append(done)
         entries = [(f.rel, *hashes[f.rel]) for f in package.files]
         uploaded[package.key] = (shape, content_digest(entries))
-        run.progress.log(f"{prefix} upload complete")
+        log_upload_done(run.progress, prefix, package.key)
     return built, uploaded
 
 

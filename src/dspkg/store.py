@@ -93,6 +93,20 @@ class Store:
     def describe(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
+    @property
+    def kind(self) -> str:
+        """What kind of store this is, as a user calls it: S3, GCS, Azure, local, memory."""
+        scheme = urlparse(self.url).scheme.lower()
+        return _KINDS.get(scheme, scheme or "local")
+
+    @property
+    def bucket(self) -> str:
+        """The bucket or container and prefix (``bucket/prefix``), or the local directory."""
+        parsed = urlparse(self.url)
+        if parsed.scheme.lower() in ("", "file"):
+            return parsed.path or self.url
+        return f"{parsed.netloc}{parsed.path}".rstrip("/")
+
     def _no_container(self, exc: BaseException) -> None:
         """A "not found" that means the bucket or container is missing is final."""
         if missing_container(exc):
@@ -309,6 +323,20 @@ class Store:
 
         await self._call(key, op)
 
+
+_KINDS = {
+    "s3": "S3",
+    "s3a": "S3",
+    "gs": "GCS",
+    "gcs": "GCS",
+    "az": "Azure",
+    "azure": "Azure",
+    "abfs": "Azure",
+    "abfss": "Azure",
+    "adl": "Azure",
+    "file": "local",
+    "memory": "memory",
+}
 
 # How S3, GCS and Azure say that the bucket or container itself does not exist.
 _NO_CONTAINER = ("NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist")
