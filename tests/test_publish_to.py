@@ -11,7 +11,6 @@ import pytest
 
 from dspkg import api
 from dspkg.errors import AlreadyExists, InvalidArgument, InvalidMetadata
-from dspkg.globs import compile_glob, matching
 from dspkg.layout import alias_key
 from tests.helpers import (
     StoreCase,
@@ -221,24 +220,3 @@ def test_usage_errors(tmp_path: Path, env: dict[str, str]) -> None:
     with pytest.raises(InvalidArgument, match="give to="):
         api.publish(root, store=store, from_=URI, env=env)
     assert api.datasets(store=store, env=env) == []
-
-
-@pytest.mark.parametrize(
-    ("pattern", "hits"),
-    [
-        ("*.jpg", ["a.jpg", "d/b.jpg", "d/e/c.jpg"]),
-        ("/a.jpg", ["a.jpg"]),
-        ("d/*.jpg", ["d/b.jpg"]),
-        ("d/**/*.jpg", ["d/b.jpg", "d/e/c.jpg"]),
-        ("**/e", ["d/e/c.jpg"]),
-        ("d/", ["d/b.jpg", "d/e/c.jpg", "d/x"]),
-        ("d", ["d/b.jpg", "d/e/c.jpg", "d/x"]),
-        ("?.jpg", ["a.jpg", "d/b.jpg", "d/e/c.jpg"]),
-        ("[ab].jpg", ["a.jpg", "d/b.jpg"]),
-        ("[!ab].jpg", ["d/e/c.jpg"]),
-        ("\\*", ["*"]),
-    ],
-)
-def test_glob_rules(pattern: str, hits: list[str]) -> None:
-    paths = ["*", "a.jpg", "d/b.jpg", "d/e/c.jpg", "d/x"]
-    assert matching(paths, [compile_glob(pattern)]) == hits

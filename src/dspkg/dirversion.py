@@ -16,17 +16,18 @@ path, found before anything is uploaded.
 from __future__ import annotations
 
 import os
+import re
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dspkg.errors import InvalidArgument, InvalidMetadata
-from dspkg.globs import Glob, compile_glob, matching
 from dspkg.layout import LATEST
 from dspkg.metadata import Outputs, VersionRequest, Where, inside_root
 from dspkg.names import VersionUri, check_name
 from dspkg.paths import path_problem
+from dspkg.selection import Pattern, compile_pattern
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class DirectoryVersion:
 
     uri: VersionUri
     parent: VersionUri | None = None
-    include: tuple[Glob, ...] = ()
-    exclude: tuple[Glob, ...] = ()
+    include: tuple[Pattern, ...] = ()
+    exclude: tuple[Pattern, ...] = ()
     aliases: tuple[str, ...] = ()
 
     @classmethod
@@ -67,8 +68,8 @@ class DirectoryVersion:
         return cls(
             uri=uri,
             parent=parent,
-            include=tuple(compile_glob(g, option="--include") for g in include),
-            exclude=tuple(compile_glob(g, option="--exclude") for g in exclude),
+            include=tuple(compile_pattern(g, option="--include") for g in include),
+            exclude=tuple(compile_pattern(g, option="--exclude") for g in exclude),
             aliases=tuple(sorted({check_name(a, what="alias") for a in aliases} - {LATEST})),
         )
 
@@ -86,7 +87,7 @@ def read_directory(root: Path, target: DirectoryVersion) -> tuple[Outputs, froze
     if target.include:
         chosen = matching(chosen, target.include)
         for glob in target.include:
-            if not any(map(glob.matches, chosen)):
+            if not any(map(_matcher(glob), chosen)):
                 raise InvalidMetadata(
                     f"--include {glob.text!r} matches no file; check the pattern", path=str(root)
                 )
@@ -126,7 +127,21 @@ def version_request(
     return request, excluded
 
 
-def _walk(root: Path, exclude: Sequence[Glob], used: set[str]) -> Iterator[tuple[str, str, int]]:
+def matching(paths: Iterable[str], patterns: Sequence[Pattern]) -> list[str]:
+    """The ``paths`` that any of ``patterns`` matches, in their order (the rules of
+    :mod:`dspkg.selection`, which pulls use too)."""
+    if not patterns:
+        return []
+    one = re.compile("|".join(f"(?:{p.regex})" for p in patterns)).fullmatch
+    return [p for p in paths if one(p)]
+
+
+def _matcher(pattern: Pattern) -> Callable[[str], bool]:
+    one = re.compile(pattern.regex).fullmatch
+    return lambda path: one(path) is not None
+
+
+def _walk(root: Path, exclude: Sequence[Pattern], used: set[str]) -> Iterator[tuple[str, str, int]]:
     """``(relative path, real path, size)`` of every file under ``root``; links resolved
     and checked to stay inside ``root``. What ``exclude`` matches (a file, or a folder
     and all under it) is skipped before any check, and its pattern noted in ``used``."""
@@ -135,8 +150,10 @@ def _walk(root: Path, exclude: Sequence[Glob], used: set[str]) -> Iterator[tuple
     stack: list[tuple[str, str, tuple[str, ...]]] = [("", base, (base,))]
     where = Where(base)
 
+    tests = [(g.text, _matcher(g)) for g in exclude]
+
     def skipped(rel: str) -> bool:
-        hit = [g.text for g in exclude if g.matches(rel) or g.matches(rel + "/")]
+        hit = [text for text, matches in tests if matches(rel) or matches(rel + "/")]
         used.update(hit)
         return bool(hit)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from dspkg.catalog import Catalog, now_iso
 from dspkg.concurrency import BoundedTasks
-from dspkg.dirversion import DirectoryVersion, read_directory, version_request
+from dspkg.dirversion import DirectoryVersion, matching, read_directory, version_request
 from dspkg.errors import AlreadyExists, DspkgError, InvalidMetadata, NotFound
 from dspkg.layout import LATEST, blob_key, new_attempt
 from dspkg.manifest import Manifest
@@ -181,7 +181,7 @@ async def publish_tree(
         [f.path for f in parent.files] if parent is not None else [],
     )
     for glob in target.exclude:
-        if glob.text not in used and not any(map(glob.matches, excluded)):
+        if glob.text not in used and not matching(excluded, [glob]):
             progress.warn(f"{target.uri}: --exclude {glob.text!r} matches no file")
     return await _publish(
         dataclasses.replace(outputs, versions=(request,)),
