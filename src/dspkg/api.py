@@ -36,6 +36,7 @@ from dspkg.materialize import LinkMode
 from dspkg.mounting import MountSummary, mount_argv, require_fuse, serve, start_mount
 from dspkg.mounting import unmount as unmount_point
 from dspkg.names import SCHEME, VersionUri, parse_dataset_uri
+from dspkg.packing import PackOptions, PackResult, package_version
 from dspkg.progress import Progress
 from dspkg.publish_plan import PACKAGE_MAX_FILE
 from dspkg.publish_plan import package_max_file as check_package_max_file
@@ -123,6 +124,36 @@ def publish(
     if target is not None:
         return run_sync(publish_tree(Path(outputs_dir), target, where, options, progress))
     return run_sync(publish_directory(Path(outputs_dir), where, options, progress))
+
+
+def package(
+    uri: str,
+    *,
+    store: StoreLike = None,
+    package_size: int | str = "1GiB",
+    package_max_file: int | str = PACKAGE_MAX_FILE,
+    jobs: int = 32,
+    dry_run: bool = False,
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> PackResult:
+    """Add packages to an existing version (or the one an alias names) for its files in no
+    package, read from their blobs; files of ``package_max_file`` or more stay blobs.
+
+    The version keeps its files, name and URI; only its package facts are added, by a
+    conditional replace of its manifest (of runs at once exactly one wins). Idempotent:
+    a version with nothing to package is left as it is. ``dry_run`` returns the plan.
+    """
+    version = VersionUri.parse(uri)
+    options = PackOptions(
+        package_size=_package_size(package_size),
+        package_max_file=check_package_max_file(package_max_file),
+        jobs=max(jobs, 1),
+        dry_run=dry_run,
+    )
+    source = resolve_store(store, Settings.from_env(env), store_options)
+    return run_sync(package_version(version, source, options, progress))
 
 
 def pull_options(

@@ -24,7 +24,7 @@ from dspkg.layout import (
 )
 from dspkg.manifest import Manifest, PackageInfo
 from dspkg.names import VersionUri, check_name
-from dspkg.store import Store
+from dspkg.store import Revision, Store
 
 ALIAS_SCHEMA_VERSION = 1
 
@@ -74,6 +74,28 @@ class Catalog:
 
     def _describe(self, uri: VersionUri) -> str:
         return self.store.describe(manifest_key(uri.dataset, uri.version))
+
+    async def manifest_for_update(self, uri: VersionUri) -> tuple[Manifest, Revision]:
+        """The manifest of ``uri`` (an alias resolved) and the revision of the record that
+        was read, for :meth:`replace_manifest`."""
+        key = manifest_key(uri.dataset, uri.version)
+        found = await self.store.get_revision(key)
+        if found is None:
+            uri = await self.resolve_alias(uri)
+            key = manifest_key(uri.dataset, uri.version)
+            found = await self.store.get_revision(key)
+            if found is None:
+                raise self.not_found(uri)
+        data, revision = found
+        return parse_manifest(data, uri, obj=self.store.describe(key)), revision
+
+    async def replace_manifest(self, manifest: Manifest, revision: Revision) -> bool:
+        """Write a version's record anew, only if it is still at ``revision``: False (and
+        nothing written) when another process changed it since. Only package facts may
+        change this way (``dspkg package``): files, identity and URI never do. This is the
+        one place that knows the record's form."""
+        key = manifest_key(manifest.dataset, manifest.version)
+        return await self.store.replace(key, manifest.to_json(), revision)
 
     async def manifest_bytes(self, uri: VersionUri) -> bytes | None:
         """The stored manifest of exactly ``uri`` (one request), or None."""

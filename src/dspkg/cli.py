@@ -130,6 +130,59 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_package(args: argparse.Namespace) -> int:
+    result = api.package(
+        args.uri,
+        store=args.store,
+        package_size=args.package_size,
+        package_max_file=usage(check_package_max_file, args.package_max_file),
+        jobs=args.jobs,
+        dry_run=args.dry_run,
+        store_options=store_options(args.store_option),
+        progress=_progress(args),
+    )
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    stay = f"; {result.too_big:,} file(s) stay blobs for their size" if result.too_big else ""
+    if result.plan is not None:
+        plan = result.plan
+        print(
+            f"plan for {result.uri}: {plan['files_to_package']:,} files "
+            f"({format_size(plan['bytes_to_package'])}) into {len(plan['packages'])} "
+            f"package(s){stay}; {plan['files_packaged_before']:,} already in packages"
+        )
+        for p in plan["packages"]:
+            print(f"  {p['name']}  {format_size(p['size'])}  {p['files']:,} files")
+        return 0
+    if result.state == "packaged":
+        print(
+            f"packaged {result.uri}: {result.files:,} files ({format_size(result.bytes)}) into "
+            f"{len(result.packages)} package(s){stay}; {format_size(result.bytes_downloaded)} "
+            f"read and {format_size(result.bytes_uploaded)} written in {result.requests:,} "
+            f"requests, {result.seconds:.1f} s"
+        )
+    return 0
+
+
+def _add_package_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "package",
+        help="add packages to an existing version for its files in no package",
+        description="Build packages for an existing version's files that are in no package "
+        "(a version made with --no-packaging, by --to, or by an older dspkg), reading their "
+        "blobs, and record them in the version: its files, name and URI stay the same.",
+    )
+    p.add_argument("uri", help="dataset://<dataset>/<version or alias>")
+    add_store(p)
+    p.add_argument("--package-size", default="1GiB", help="split packages at SIZE (default 1GiB)")
+    add_package_max_file(p)
+    p.add_argument("--jobs", type=positive_int, default=32, help="blob reads in flight")
+    p.add_argument("--dry-run", action="store_true", help="print the plan only; write nothing")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_cmd_package)
+
+
 def _cmd_pull(args: argparse.Namespace) -> int:
     result = api.pull(
         args.uri,
@@ -262,7 +315,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 f"  ({p['files_used']:,} used by this version)"
             )
     else:
-        print("  packages: none (files are fetched one by one)")
+        print(
+            f"  packages: none (files are fetched one by one; dspkg package {doc['uri']} adds them)"
+        )
     big, rest = doc["unpackaged"]["too_big"], doc["unpackaged"]["not_packaged"]
     if big["files"]:
         print(
@@ -273,7 +328,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if rest["files"] and doc["packages"]:
         print(
             f"  unpackaged: {rest['files']:,} file(s) ({format_size(rest['bytes'])}) in no "
-            "package, stored as blobs: made without packaging"
+            f"package, stored as blobs: made without packaging (dspkg package {doc['uri']})"
         )
     if args.files:
         for f in doc["file_list"]:
@@ -616,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_show)
 
+    _add_package_parser(sub)
     _add_diff_parser(sub)
     _add_serve_parser(sub)
 

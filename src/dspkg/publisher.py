@@ -25,11 +25,10 @@ from dspkg.layout import LATEST, blob_key, new_attempt
 from dspkg.manifest import Manifest
 from dspkg.metadata import Outputs, VersionRequest, read_outputs
 from dspkg.names import VersionUri
-from dspkg.packager import upload_package
+from dspkg.packager import log_few_files, log_upload_done, log_upload_start, upload_package
 from dspkg.paths import tree_problem
 from dspkg.progress import Progress
 from dspkg.publish_plan import (
-    FEW_FILES,
     PACKAGE_MAX_FILE,
     BuiltPackage,
     PackagePlan,
@@ -388,16 +387,6 @@ async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, VersionRes
     return await _commit_version(run, plan, manifest, uploaded)
 
 
-def log_upload_start(progress: Progress, prefix: str, store: Store, name: str, size: int) -> None:
-    """The first two of the reference product's three lines per package."""
-    progress.log(f"{prefix} uploading {name} ({format_size(size)})")
-    progress.log(f"{prefix} uploading to {store.kind} bucket {store.bucket}")
-
-
-def log_upload_done(progress: Progress, prefix: str, key: str) -> None:
-    progress.log(f"{prefix} upload complete ({key})")
-
-
 def _say_where_files_go(run: _Session, plan: VersionPlan) -> None:
     """One line each: files kept out of the packages for their size, and a version too
     small to gain much from packages."""
@@ -410,11 +399,8 @@ def _say_where_files_go(run: _Session, plan: VersionPlan) -> None:
             f"{format_size(plan.package_max_file)} or more ({nbytes}) "
             "stored as blobs, not packaged (--package-max-file)"
         )
-    if plan.packages and plan.files < FEW_FILES:
-        run.progress.log(
-            f"{uri}: packaging it as asked, though a version of {plan.files:,} "
-            f"file{'s' if plan.files != 1 else ''} (under {FEW_FILES:,}) gains little from packages"
-        )
+    if plan.packages:
+        log_few_files(run.progress, uri, plan.files)
 
 
 async def _upload_packages(

@@ -12,8 +12,11 @@ import asyncio
 import builtins
 import contextlib
 import errno
+import fcntl
+import os
 import random
 import re
+import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -79,6 +82,15 @@ class ObjectInfo:
     size: int
     etag: str | None = None
     modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Revision:
+    """Which state of an object a reader saw, for a conditional :meth:`Store.replace`:
+    its ETag, and its version where the store has them (GCS generations)."""
+
+    etag: str | None
+    version: str | None = None
 
 
 @dataclass
@@ -156,6 +168,22 @@ class Store:
                 return None
             self.stats.bytes_down += len(data)
             return data
+
+        return await self._call(key, op)
+
+    async def get_revision(self, key: str) -> tuple[bytes, Revision] | None:
+        """The object's bytes and the revision they are, or None when there is none."""
+
+        async def op() -> tuple[bytes, Revision] | None:
+            try:
+                result = await obstore.get_async(self.inner, key)
+                data = bytes(await result.bytes_async())
+            except FileNotFoundError as exc:
+                self._no_container(exc)
+                return None
+            self.stats.bytes_down += len(data)
+            meta = result.meta
+            return data, Revision(meta.get("e_tag"), meta.get("version"))
 
         return await self._call(key, op)
 
@@ -247,6 +275,88 @@ class Store:
                 return False
             self.stats.bytes_up += len(data)
             return True
+
+        return await self._call(key, op)
+
+    async def replace(self, key: str, data: bytes, revision: Revision) -> bool:
+        """Overwrite ``key`` with ``data`` only if it is still at ``revision`` (the one a
+        :meth:`get_revision` saw); False, writing nothing, if anything changed it since
+        or it is gone. Of several writers replacing the same revision, exactly one wins.
+
+        S3 (``If-Match``), Azure and memory stores check it in the store itself; GCS by
+        generation. A local directory has no such request: there, writers on one machine
+        (or a file system with working ``flock``) take a lock on the object's folder,
+        compare, and rename a new file into place.
+        """
+        if revision.etag is None and revision.version is None:
+            raise StoreError(
+                f"{self.describe(key)}: the store gave no ETag or version to replace it by; "
+                "this store cannot replace objects safely",
+                key=key,
+            )
+        if isinstance(self.inner, LocalStore):
+            return await self._replace_local(key, data, revision)
+        mode: dict[str, str] = {}
+        if revision.etag is not None:
+            mode["e_tag"] = revision.etag
+        if revision.version is not None:
+            mode["version"] = revision.version
+
+        async def op() -> bool:
+            try:
+                await obstore.put_async(
+                    self.inner,
+                    key,
+                    data,
+                    mode=mode,  # type: ignore[arg-type]
+                    use_multipart=False,
+                )
+            except obx.PreconditionError:
+                return False  # changed since, or gone (S3 answers 404, Azure 412)
+            except NotImplementedError as exc:
+                raise StoreError(
+                    f"{self.describe(key)}: this store cannot replace objects conditionally "
+                    f"({_first_line(exc)})",
+                    key=key,
+                ) from None
+            self.stats.bytes_up += len(data)
+            return True
+
+        return await self._call(key, op)
+
+    async def _replace_local(self, key: str, data: bytes, revision: Revision) -> bool:
+        root = self.url.removeprefix("file://")
+        path = Path(root, key)
+        store = self.inner
+
+        def swap() -> bool:
+            try:
+                fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False  # gone, and its folder with it
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = obstore.head(store, key)
+                except FileNotFoundError:
+                    return False
+                if current.get("e_tag") != revision.etag:
+                    return False
+                tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+                try:
+                    tmp.write_bytes(data)
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                return True
+            finally:
+                os.close(fd)  # releases the lock
+
+        async def op() -> bool:
+            done = await asyncio.to_thread(swap)
+            if done:
+                self.stats.bytes_up += len(data)
+            return done
 
         return await self._call(key, op)
 
