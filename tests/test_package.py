@@ -244,15 +244,34 @@ def test_package_racing_another_package_and_a_pull_in_processes(
     assert pulled.requests <= 20
 
 
-def test_usage(tmp_path: Path, env: dict[str, str]) -> None:
+def test_a_version_published_from_metadata_without_the_gate(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     store_url = f"file://{tmp_path / 'store'}"
-    write_outputs(tmp_path / "out", {"a": b"a"}, [URI])
-    api.publish(tmp_path / "out", store=store_url, env=env)
+    files = {"a/1.txt": b"one", "a/2.txt": b"two", "b/3.txt": b"three"}
+    write_outputs(tmp_path / "out", files, [{"uri": URI, "packaging": True}])
+    api.publish(tmp_path / "out", store=store_url, env=env)  # the gate is off: no packages
+    again = run_cli(["publish", str(tmp_path / "out"), "--store", store_url, "--packaging"], env)
+    assert f"{URI} has files in no package: dspkg package {URI} adds packages" in again.stdout
     base = ["package", URI, "--store", store_url]
     assert_usage_error(run_cli([*base, "--package-max-file", "0"], env), "0 would keep every file")
     assert_one_line_error(
         run_cli(["package", "dataset://pk/nope", "--store", store_url], env), "not found"
     )
+    made = run_cli(["package", "dataset://pk/latest", "--store", store_url], env)  # an alias
+    assert made.returncode == 0, made.stderr
+    assert f"{URI}: packaging it as asked, though a version of 3 files" in made.stdout
+    assert f"packaged {URI}: 3 files (11 B) into 1 package(s)" in made.stdout
+    shown = run_cli(["show", URI, "--store", store_url], env)
+    assert "packages: 1 (3 files packaged)" in shown.stdout
+    api.pull(URI, tmp_path / "dest", store=store_url, env=env)
+    assert read_tree(tmp_path / "dest") == files
+
+
+def test_a_missing_blob_is_named_by_the_api(tmp_path: Path, env: dict[str, str]) -> None:
+    store_url = f"file://{tmp_path / 'store'}"
+    write_outputs(tmp_path / "out", {"a": b"a"}, [URI])
+    api.publish(tmp_path / "out", store=store_url, env=env)
     asyncio.run(open_store(store_url).delete(blob_key(hashlib.sha256(b"a").hexdigest())))
     with pytest.raises(Integrity, match="file 'a' has no blob in the store"):
         api.package(URI, store=store_url, env=env)

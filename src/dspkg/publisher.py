@@ -344,6 +344,13 @@ async def _confirm_same(run: _Session, plan: VersionPlan, existing: Manifest) ->
             uri=str(uri),
         )
     run.progress.log(f"{plan.request.uri} already exists with the same content; nothing to do")
+    if plan.packages and any(
+        f.package is None and f.size < run.options.package_max_file for f in existing.files
+    ):
+        run.progress.log(
+            f"{plan.request.uri} has files in no package: dspkg package {plan.request.uri} "
+            "adds packages to it"
+        )
     # Aliases asked for by name move to it all the same (`latest` only moves on creation):
     # publishing the same files under a new alias is how a version gets one.
     req = plan.request
