@@ -66,9 +66,9 @@ def package_dirs(store: Store, uri: str = URI) -> list[str]:
 
 
 def test_package_a_10000_file_version_on_s3(
-    s3_server: S3Server, tmp_path: Path, env: dict[str, str]
+    seaweedfs_server: S3Server, tmp_path: Path, env: dict[str, str]
 ) -> None:
-    case = StoreCase("s3", f"s3://dspkg-test/{os.urandom(8).hex()}", s3_server.env())
+    case = StoreCase("s3", seaweedfs_server.url(os.urandom(8).hex()), seaweedfs_server.env())
     full_env = {**env, **case.env, "DSPKG_STORE": case.url}
     files = make_tree(tmp_path / "src", 10_000)
     api.publish(tmp_path / "src", store=case.url, to=URI, env=full_env)
@@ -199,9 +199,10 @@ def test_racing_runs_in_one_process_exactly_one_replace_wins(
 
 
 def test_package_racing_another_package_and_a_pull_in_processes(
-    s3_server: S3Server, tmp_path: Path, env: dict[str, str]
+    seaweedfs_server: S3Server, tmp_path: Path, env: dict[str, str]
 ) -> None:
-    case = StoreCase("s3", f"s3://dspkg-test/{os.urandom(8).hex()}", s3_server.env())
+    server = seaweedfs_server
+    case = StoreCase("s3", server.url(os.urandom(8).hex()), server.env())
     full_env = {**env, **case.env, "DSPKG_STORE": case.url}
     files = make_tree(tmp_path / "src", 3_000)
     api.publish(tmp_path / "src", store=case.url, to=URI, env=full_env)
