@@ -140,9 +140,18 @@ def run_cli(
     )
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+def assert_usage_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit status 2 (bad usage), one ``dspkg: error:`` line and nothing else on stderr."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return assert_one_line_error(result, *needles, status=2)
+
+
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], *needles: str, status: int = 1
+) -> str:
     """Exit status 1, one ``dspkg: error:`` line on stderr, no traceback; return the line."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("dspkg: error: ")]
     assert len(errors) == 1, result.stderr

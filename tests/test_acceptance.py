@@ -20,6 +20,7 @@ from dspkg.bench.servers import LocalServer
 from dspkg.layout import blob_key, manifest_key
 from dspkg.manifest import content_digest
 from dspkg.shards import parse_stored
+from dspkg.sizes import format_size
 from tests.helpers import (
     StoreCase,
     assert_one_line_error,
@@ -71,8 +72,20 @@ def test_image_classification_case(durable_store: StoreCase, tmp_path: Path) -> 
 
     published = run_cli(["publish", str(outputs)], env)
     assert published.returncode == 0, published.stderr
-    assert f"(dataset version package 1/1) uploading {PACKAGE} (" in published.stdout
-    assert "(dataset version package 1/1) upload complete" in published.stdout
+    # The reference product's three lines per package.
+    manifest = json.loads(store_bytes(durable_store, manifest_key("imagenet-subset", "train-v1")))
+    ((key, size),) = [(p["key"], p["size"]) for p in manifest["packages"]]
+    where = (
+        f"local bucket {tmp_path / 'store'}"
+        if durable_store.kind == "file"
+        else f"S3 bucket {durable_store.url.removeprefix('s3://')}"
+    )
+    lines = published.stdout.splitlines()
+    at = lines.index(f"(dataset version package 1/1) uploading {PACKAGE} ({format_size(size)})")
+    assert lines[at + 1 : at + 3] == [
+        f"(dataset version package 1/1) uploading to {where}",
+        f"(dataset version package 1/1) upload complete ({key})",
+    ]
 
     # The package sits where DESIGN.md says, and stock tools accept it.
     package = tmp_path / PACKAGE

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dspkg.errors import UnsafePackage
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
 from dspkg.metadata import VersionRequest
 from dspkg.names import VersionUri
 from dspkg.publish_plan import (
     BuiltPackage,
     assemble_manifest,
+    layout_offsets,
     package_bytes,
     plan_version,
     split_packages,
@@ -157,3 +160,60 @@ def test_start_fresh_inherits_nothing() -> None:
         attempt="a1",
     )
     assert plan.inherited == () and plan.files == 0
+
+
+@given(
+    sizes=st.lists(st.integers(0, 3_000), min_size=1, max_size=40),
+    max_file=st.integers(1, 3_000),
+    packages_only=st.booleans(),
+)
+def test_files_at_or_above_the_limit_stay_out_of_packages(
+    sizes: list[int], max_file: int, packages_only: bool
+) -> None:
+    files = local_files(sizes)
+    local = {f.rel: f for f in files}
+    plan = plan_version(
+        request(tuple(local)),
+        None,
+        local,
+        packaging=True,
+        package_size=1 << 30,
+        attempt="a1",
+        max_file=max_file,
+    )
+    packaged = [f for p in plan.packages for f in p.files]
+    assert packaged == [f for f in files if f.size < max_file]
+    assert plan.too_big == tuple(f for f in files if f.size >= max_file)
+    assert plan.package_max_file == max_file
+    built = [
+        BuiltPackage(
+            PackageInfo(p.name, p.key, package_bytes(p.files), "1" * 64, len(p.files)),
+            layout_offsets([(f.rel, f.size, 0) for f in p.files]),
+        )
+        for p in plan.packages
+    ]
+    hashes = {f.rel: (f.size, hashlib.sha256(f.rel.encode()).hexdigest()) for f in files}
+    manifest = assemble_manifest(plan, hashes, built, created_at="t", blobs=not packages_only)
+    # A file in no package is a blob: a pull fetches it so, also without blobs.
+    fetch = plan_fetch(manifest, lambda f: False)
+    assert {f.path for f in fetch.blobs} == {f.rel for f in files if f.size >= max_file}
+    assert Manifest.from_json(manifest.to_json(), obj="m") == manifest
+
+
+@given(size=st.integers(0, 1 << 36), part=st.integers(1 << 20, 1 << 26))
+def test_blob_parts_cover_the_blob_in_order(size: int, part: int) -> None:
+    parts = Tuning(blob_part=part).blob_parts(size)
+    assert parts[0][0] == 0 and parts[-1][1] == size
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
+    assert len(parts) == max(1, size // part)
+    # Parts are about blob_part each: at least it, under twice it (one part if smaller).
+    assert all(part <= end - start < 2 * part for start, end in parts) or len(parts) == 1
+
+
+def test_a_malformed_package_max_file_is_refused() -> None:
+    manifest = Manifest("d", "v", (FileEntry("a", 1, "a" * 64),), package_max_file=10)
+    assert Manifest.from_json(manifest.to_json(), obj="m").package_max_file == 10
+    for bad in (b"0", b"-1", b'"10MB"', b"1.5"):
+        data = manifest.to_json().replace(b'"package_max_file":10', b'"package_max_file":' + bad)
+        with pytest.raises(UnsafePackage, match="malformed package_max_file"):
+            Manifest.from_json(data, obj="m")

@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -248,15 +249,22 @@ def test_image_classification_example(tmp_path: Path, run_env: dict[str, str]) -
 
     prepared = ok(dspkg_run(["prepare", "--root", str(root)], run_env, cwd=example))
     assert "wrote 3000 images in 3 classes" in prepared
-    assert PACKAGE_LINE in prepared
-    assert "(dataset version package 1/1) upload complete" in prepared
     assert "created dataset://imagenet-subset/train-v1: 3,000 files" in prepared
     stored = stored_outputs(tmp_path, root)
     assert len(stored) == 3000  # the metadata file is read, not stored
     assert stored["cat/cat_0000.jpg"] == (root / "outputs" / "cat" / "cat_0000.jpg").read_bytes()
     package = tmp_path / "store" / "packages" / "imagenet-subset" / "train-v1"
     # One package, in the directory of the publish attempt that uploaded it.
-    assert [p.name for p in package.glob("*/*")] == ["imagenet-subset.train-v1.vhpkgzip"]
+    (key,) = [p.relative_to(tmp_path / "store").as_posix() for p in package.glob("*/*")]
+    assert key.endswith("/imagenet-subset.train-v1.vhpkgzip")
+    # The reference product's three lines, one after the other.
+    lines = prepared.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(PACKAGE_LINE))
+    assert re.fullmatch(re.escape(PACKAGE_LINE) + r"[0-9.]+ [KMG]?B\)", lines[at])
+    assert lines[at + 1 : at + 3] == [
+        f"(dataset version package 1/1) uploading to local bucket {tmp_path / 'store'}",
+        f"(dataset version package 1/1) upload complete ({key})",
+    ]
 
     yaml_file = str(example / "valohai.yaml")
     trained = ok(dspkg_run(["train", "-f", yaml_file, "--root", str(root)], run_env))

@@ -46,6 +46,34 @@ def test_conditional_create_never_overwrites(store_case: StoreCase) -> None:
     run(go())
 
 
+def test_conditional_replace_lets_exactly_one_writer_win(store_case: StoreCase) -> None:
+    store = store_case.open()
+
+    async def go() -> None:
+        assert await store.get_revision("m.json") is None
+        await store.put("m.json", b"first", create=True)
+        found = await store.get_revision("m.json")
+        assert found is not None and found[0] == b"first"
+        seen = found[1]
+        assert await store.replace("m.json", b"second", seen) is True
+        # What the first reader saw is stale now: a second replace from it loses.
+        assert await store.replace("m.json", b"third", seen) is False
+        assert await store.get("m.json") == b"second"
+        # Eight writers replace the same revision at once: exactly one wins.
+        again = await store.get_revision("m.json")
+        assert again is not None and again[1] != seen
+        wins = await asyncio.gather(
+            *(store.replace("m.json", f"writer {i}".encode(), again[1]) for i in range(8))
+        )
+        assert wins.count(True) == 1
+        assert await store.get("m.json") == f"writer {wins.index(True)}".encode()
+        # A replace never creates: a missing object stays missing.
+        assert await store.replace("gone.json", b"x", again[1]) is False
+        assert await store.head("gone.json") is None
+
+    run(go())
+
+
 def test_ranged_reads(store_case: StoreCase) -> None:
     store = store_case.open()
     data = bytes(range(256)) * 100

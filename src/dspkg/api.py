@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from dspkg.distributed import DistributedResult
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
+from dspkg.dirversion import DirectoryVersion
 from dspkg.errors import InvalidArgument, NotFound
 from dspkg.loader import load_manifest
 from dspkg.manifest import Manifest
@@ -41,8 +42,11 @@ from dspkg.materialize import LinkMode
 from dspkg.mounting import MountSummary, mount_argv, require_fuse, serve, start_mount
 from dspkg.mounting import unmount as unmount_point
 from dspkg.names import SCHEME, VersionUri, check_name, parse_dataset_uri
+from dspkg.packing import PackOptions, PackResult, package_version
 from dspkg.progress import Progress
-from dspkg.publisher import PublishOptions, PublishResult, publish_directory
+from dspkg.publish_plan import PACKAGE_MAX_FILE
+from dspkg.publish_plan import package_max_file as check_package_max_file
+from dspkg.publisher import PublishOptions, PublishResult, publish_directory, publish_tree
 from dspkg.pull_plan import Tuning
 from dspkg.puller import PullOptions, PullResult, pull_version
 from dspkg.reader import VersionReader, start_reader
@@ -78,25 +82,56 @@ def publish(
     packaging: bool | None = None,
     packages_only: bool = False,
     package_size: int | str = "1GiB",
+    package_max_file: int | str = PACKAGE_MAX_FILE,
     jobs: int = 32,
     part: str | None = None,
+    to: str | None = None,
+    from_: str | None = None,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    aliases: Iterable[str] = (),
     store_options: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
 ) -> PublishResult:
-    """Publish the dataset versions that the metadata in ``outputs_dir`` asks for.
+    """Publish the dataset versions that the metadata in ``outputs_dir`` asks for; or,
+    with ``to``, every file of ``outputs_dir`` as the version ``to`` (no metadata).
 
     ``packaging``: None follows each version's ``"packaging": true`` gated by
     ``VH_ENABLE_DATASET_VERSION_PACKAGING``; True packages every version; False none.
     ``part``: stage these files as that part of each version instead; :func:`commit`
     merges the parts into the version.
+    Files of ``package_max_file`` bytes or more (default 10 MB) stay out of packages
+    and are stored as blobs, also with ``packages_only``.
+
+    With ``to``: ``from_`` is the version to build on (its files, minus those that
+    ``exclude`` globs match, plus the directory's), ``include`` globs pick the
+    directory's files (default: all), ``aliases`` move to the new version besides
+    ``latest``. A version with no new files is fine; the same files under an existing
+    name are a no-op (its ``aliases`` still move), different ones an error.
     """
+    include, exclude, aliases = tuple(include), tuple(exclude), tuple(aliases)
+    if to is None and (from_ or include or exclude or aliases):
+        raise InvalidArgument(
+            "from_, include, exclude and aliases describe the version that to= names; give to="
+        )
+    target = (
+        DirectoryVersion.parse(to, from_=from_, include=include, exclude=exclude, aliases=aliases)
+        if to is not None
+        else None
+    )
     settings = Settings.from_env(env)
-    options = publish_options(settings, packaging, packages_only, package_size, jobs)
+    options = publish_options(
+        settings, packaging, packages_only, package_size, jobs, package_max_file
+    )
     if part is not None:
         check_name(part, what="part name")
-    target = resolve_store(store, settings, store_options)
-    return run_sync(publish_directory(Path(outputs_dir), target, options, progress, part=part))
+        if target is not None:
+            raise InvalidArgument("part= stages files of versions named by metadata; drop to=")
+    where = resolve_store(store, settings, store_options)
+    if target is not None:
+        return run_sync(publish_tree(Path(outputs_dir), target, where, options, progress))
+    return run_sync(publish_directory(Path(outputs_dir), where, options, progress, part=part))
 
 
 def commit(
@@ -112,6 +147,36 @@ def commit(
     version = VersionUri.parse(uri)
     target = resolve_store(store, Settings.from_env(env), store_options)
     return run_sync(commit_version(target, version, progress))
+
+
+def package(
+    uri: str,
+    *,
+    store: StoreLike = None,
+    package_size: int | str = "1GiB",
+    package_max_file: int | str = PACKAGE_MAX_FILE,
+    jobs: int = 32,
+    dry_run: bool = False,
+    store_options: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> PackResult:
+    """Add packages to an existing version (or the one an alias names) for its files in no
+    package, read from their blobs; files of ``package_max_file`` or more stay blobs.
+
+    The version keeps its files, name and URI; only its package facts are added, by a
+    conditional replace of its manifest (of runs at once exactly one wins). Idempotent:
+    a version with nothing to package is left as it is. ``dry_run`` returns the plan.
+    """
+    version = VersionUri.parse(uri)
+    options = PackOptions(
+        package_size=_package_size(package_size),
+        package_max_file=check_package_max_file(package_max_file),
+        jobs=max(jobs, 1),
+        dry_run=dry_run,
+    )
+    source = resolve_store(store, Settings.from_env(env), store_options)
+    return run_sync(package_version(version, source, options, progress))
 
 
 def pull_options(
@@ -139,12 +204,14 @@ def publish_options(
     packages_only: bool = False,
     package_size: int | str = "1GiB",
     jobs: int = 32,
+    package_max_file: int | str = PACKAGE_MAX_FILE,
 ) -> PublishOptions:
     return PublishOptions(
         packaging=packaging,
         gate=settings.packaging_gate,
         packages_only=packages_only,
         package_size=_package_size(package_size),
+        package_max_file=check_package_max_file(package_max_file),
         jobs=max(jobs, 1),
     )
 

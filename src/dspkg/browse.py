@@ -56,6 +56,17 @@ class VersionDetails:
             raise InvalidArgument(f"the files of {self.root.uri} were not loaded; ask for them")
         return whole(self.root, self.files)
 
+    def unpackaged(self) -> dict[str, dict[str, int]]:
+        """:func:`unpackaged`, from the root alone when it can tell."""
+        m = self.root
+        if self.files is not None:
+            return unpackaged(self.manifest)
+        if sum(m.package_files) == m.files:
+            return _groups(0, 0, 0, 0)
+        if not m.packaged:
+            return _groups(0, 0, m.files, m.bytes)
+        raise InvalidArgument(f"the files of {m.uri} were not loaded; ask for them")
+
     def to_json(self, *, files: bool = False) -> dict[str, Any]:
         m = self.root
         doc: dict[str, Any] = {
@@ -70,6 +81,8 @@ class VersionDetails:
             "blobs": m.blobs,
             "manifest": {"schema_version": m.schema_version, "shards": len(m.shards)},
             "packaged_files": sum(m.package_files),
+            "package_max_file": m.package_max_file,
+            "unpackaged": self.unpackaged(),
             "packages": [
                 {
                     "name": p.name,
@@ -94,6 +107,27 @@ class VersionDetails:
                 for f in self.manifest.files
             ]
         return doc
+
+
+def unpackaged(manifest: Manifest) -> dict[str, dict[str, int]]:
+    """The files in no package, which are blobs, by why: ``too_big`` (at or above the
+    version's ``package_max_file``, kept out of its packages) and ``not_packaged`` (the
+    rest: a version or parent made without packages)."""
+    groups = _groups(0, 0, 0, 0)
+    limit = manifest.package_max_file
+    for f in manifest.files:
+        if f.package is None:
+            group = groups["too_big" if limit is not None and f.size >= limit else "not_packaged"]
+            group["files"] += 1
+            group["bytes"] += f.size
+    return groups
+
+
+def _groups(big: int, big_bytes: int, rest: int, rest_bytes: int) -> dict[str, dict[str, int]]:
+    return {
+        "too_big": {"files": big, "bytes": big_bytes},
+        "not_packaged": {"files": rest, "bytes": rest_bytes},
+    }
 
 
 def files_per_package(manifest: Manifest) -> list[int]:
@@ -165,8 +199,10 @@ async def list_versions(catalog: Catalog, dataset: str) -> list[VersionSummary]:
 async def describe_version(
     catalog: Catalog, uri: VersionUri, *, files: bool = True
 ) -> VersionDetails:
-    """One version; without ``files`` only its root is read (one request for v2)."""
+    """One version; without ``files`` only its root is read (one request for v2), unless
+    some of its files are packaged and some not: saying which and why needs them."""
     root = await catalog.read_root(uri)
+    files = files or (root.packaged and sum(root.package_files) < root.files)
     aliases = sorted(
         alias
         for alias, version in (await catalog.aliases(root.dataset)).items()

@@ -503,8 +503,9 @@ class ObjectWriter:
         self._cache = cache
         self._tmp = cache.temp_name()
         try:
+            # Read-write: an object written in parts is read back to be verified.
             self._fd: int | None = os.open(
-                self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
         except OSError as exc:
             raise cache_error(exc, cache.root) from None
@@ -521,6 +522,40 @@ class ObjectWriter:
             _write_all(self._fd, piece)
         except OSError as exc:
             raise cache_error(exc, self._cache.root) from None
+
+    def allocate(self, size: int) -> None:
+        """Give the object its final length up front, for :meth:`write_at` in any order."""
+        assert self._fd is not None, "object writer is closed"
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise cache_error(exc, self._cache.root) from None
+
+    def write_at(self, offset: int, piece: bytes | memoryview) -> None:
+        """Write ``piece`` at ``offset`` (parts of an object arriving in parallel; safe
+        from several threads at once, as each part has its own offsets)."""
+        assert self._fd is not None, "object writer is closed"
+        view = memoryview(piece)
+        try:
+            while view:
+                written = os.pwrite(self._fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as exc:
+            raise cache_error(exc, self._cache.root) from None
+
+    def sha256(self) -> str:
+        """The SHA-256 of what was written (read back: parts arrive out of order)."""
+        assert self._fd is not None, "object writer is closed"
+        digest = hashlib.sha256()
+        offset = 0
+        try:
+            while block := os.pread(self._fd, 1 << 20, offset):
+                digest.update(block)
+                offset += len(block)
+        except OSError as exc:
+            raise cache_error(exc, self._cache.root) from None
+        return digest.hexdigest()
 
     def commit(self, sha256: str) -> None:
         """Insert the written bytes as object ``sha256`` (verified by the caller)."""

@@ -37,7 +37,7 @@ from dspkg.shards import (
     join_shards,
     parse_stored,
 )
-from dspkg.store import Store
+from dspkg.store import Revision, Store
 
 # Shard requests in flight while loading a version.
 SHARD_REQUESTS = 8
@@ -72,6 +72,7 @@ def whole(root: ManifestRoot, files: tuple[FileEntry, ...]) -> Manifest:
         parent=root.parent,
         created_at=root.created_at,
         blobs=root.blobs,
+        package_max_file=root.package_max_file,
     )
 
 
@@ -160,6 +161,32 @@ class Catalog:
 
     def _describe(self, uri: VersionUri) -> str:
         return self.store.describe(manifest_key(uri.dataset, uri.version))
+
+    async def manifest_for_update(self, uri: VersionUri) -> tuple[Manifest, Revision]:
+        """The manifest of ``uri`` (an alias resolved) and the revision of the record that
+        was read, for :meth:`replace_manifest`."""
+        key = manifest_key(uri.dataset, uri.version)
+        found = await self.store.get_revision(key)
+        if found is None:
+            uri = await self.resolve_alias(uri)
+            key = manifest_key(uri.dataset, uri.version)
+            found = await self.store.get_revision(key)
+            if found is None:
+                raise self.not_found(uri)
+        data, revision = found
+        root = parse_root(data, uri, obj=self.store.describe(key))
+        return whole(root, await self.read_files(root)), revision
+
+    async def replace_manifest(self, manifest: Manifest, revision: Revision) -> bool:
+        """Write a version's record anew, only if it is still at ``revision``: False (and
+        nothing written) when another process changed it since. Only package facts may
+        change this way (``dspkg package``): files, identity and URI never do. This is the
+        one place that knows the record's form. New shards go first, as in
+        :meth:`write_manifest`; those of a lost race are left to ``dspkg gc``."""
+        root, shards = encode_manifest(manifest)
+        await self.write_shards(shards)
+        key = manifest_key(manifest.dataset, manifest.version)
+        return await self.store.replace(key, encode_root(root), revision)
 
     async def manifest_bytes(self, uri: VersionUri) -> bytes | None:
         """The stored manifest of exactly ``uri`` (one request), or None."""

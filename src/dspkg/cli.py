@@ -16,14 +16,17 @@ from typing import Any
 from dspkg import api
 from dspkg._version import __version__
 from dspkg.bench.command import register as register_bench
-from dspkg.cli_args import add_store, non_negative_int, positive_int, store_options
+from dspkg.cli_args import add_store, non_negative_int, positive_int, store_options, usage
 from dspkg.cli_args import progress as progress_for
+from dspkg.dirversion import DirectoryVersion
 from dspkg.errors import DspkgError, UsageError
 from dspkg.manifest import Manifest
 from dspkg.materialize import LinkMode
 from dspkg.mounting import announce_ready, exit_with_parent
 from dspkg.names import parse_dataset_uri
 from dspkg.progress import Progress
+from dspkg.publish_plan import PACKAGE_MAX_FILE
+from dspkg.publish_plan import package_max_file as check_package_max_file
 from dspkg.pull_plan import Tuning
 from dspkg.puller import PullResult
 from dspkg.runner.command import register as register_run
@@ -73,15 +76,47 @@ def _print_json(doc: Any) -> None:
 
 def _cmd_publish(args: argparse.Namespace) -> int:
     if args.dask:
+        if args.to is not None:
+            raise UsageError("--to and --dask: a Dask publish takes its versions from metadata")
         return _publish_on_dask(args)
+    given = [
+        option
+        for option, value in (
+            ("--from", args.from_),
+            ("--include", args.include),
+            ("--exclude", args.exclude),
+            ("--alias", args.alias),
+        )
+        if value
+    ]
+    if args.to is None and given:
+        raise UsageError(
+            f"{', '.join(given)}: only with --to dataset://DS/VER (a version from any directory)"
+        )
+    max_file = usage(check_package_max_file, args.package_max_file)
+    if args.to is not None:
+        usage(
+            DirectoryVersion.parse,
+            args.to,
+            from_=args.from_,
+            include=args.include or (),
+            exclude=args.exclude or (),
+            aliases=args.alias or (),
+        )
     result = api.publish(
         args.dir,
         store=args.store,
         packaging=args.packaging,
         packages_only=args.packages_only,
         package_size=args.package_size,
+        package_max_file=max_file,
         jobs=args.jobs,
         part=args.part,
+        to=args.to,
+        from_=args.from_,
+        include=args.include or (),
+        exclude=args.exclude or (),
+        aliases=args.alias or (),
         store_options=store_options(args.store_option),
         progress=_progress(args),
     )
@@ -95,7 +130,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             state = "staged" if v.created else "already staged"
             what = f"part {v.part!r} of {v.uri}"
         packages = f", {len(v.packages)} package{'s' if len(v.packages) != 1 else ''}"
-        print(f"{state} {what}: {v.files:,} files, {format_size(v.bytes)}{packages}")
+        aliases = f"; aliases {', '.join(v.aliases)}" if v.aliases else ""
+        print(f"{state} {what}: {v.files:,} files, {format_size(v.bytes)}{packages}{aliases}")
     print(
         f"published {len(result.versions)} version(s) in {result.seconds:.1f} s: "
         f"{format_size(result.bytes_uploaded)} uploaded in {result.requests:,} requests"
@@ -168,6 +204,59 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     if not result.deleted and result.garbage:
         print("dry run: nothing was removed; run 'dspkg gc --delete' to remove them")
     return 0
+
+
+def _cmd_package(args: argparse.Namespace) -> int:
+    result = api.package(
+        args.uri,
+        store=args.store,
+        package_size=args.package_size,
+        package_max_file=usage(check_package_max_file, args.package_max_file),
+        jobs=args.jobs,
+        dry_run=args.dry_run,
+        store_options=store_options(args.store_option),
+        progress=_progress(args),
+    )
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    stay = f"; {result.too_big:,} file(s) stay blobs for their size" if result.too_big else ""
+    if result.plan is not None:
+        plan = result.plan
+        print(
+            f"plan for {result.uri}: {plan['files_to_package']:,} files "
+            f"({format_size(plan['bytes_to_package'])}) into {len(plan['packages'])} "
+            f"package(s){stay}; {plan['files_packaged_before']:,} already in packages"
+        )
+        for p in plan["packages"]:
+            print(f"  {p['name']}  {format_size(p['size'])}  {p['files']:,} files")
+        return 0
+    if result.state == "packaged":
+        print(
+            f"packaged {result.uri}: {result.files:,} files ({format_size(result.bytes)}) into "
+            f"{len(result.packages)} package(s){stay}; {format_size(result.bytes_downloaded)} "
+            f"read and {format_size(result.bytes_uploaded)} written in {result.requests:,} "
+            f"requests, {result.seconds:.1f} s"
+        )
+    return 0
+
+
+def _add_package_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "package",
+        help="add packages to an existing version for its files in no package",
+        description="Build packages for an existing version's files that are in no package "
+        "(a version made with --no-packaging, by --to, or by an older dspkg), reading their "
+        "blobs, and record them in the version: its files, name and URI stay the same.",
+    )
+    p.add_argument("uri", help="dataset://<dataset>/<version or alias>")
+    add_store(p)
+    p.add_argument("--package-size", default="1GiB", help="split packages at SIZE (default 1GiB)")
+    add_package_max_file(p)
+    p.add_argument("--jobs", type=positive_int, default=32, help="blob reads in flight")
+    p.add_argument("--dry-run", action="store_true", help="print the plan only; write nothing")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_cmd_package)
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
@@ -296,7 +385,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"  from:     {doc['from'] or '-'}")
     print(f"  created:  {doc['created_at']}")
     print(f"  aliases:  {', '.join(doc['aliases']) or '-'}")
-    print(f"  blobs:    {'yes' if doc['blobs'] else 'no (files only inside packages)'}")
+    print(
+        f"  blobs:    {'yes' if doc['blobs'] else 'no (packaged files are only inside packages)'}"
+    )
     if doc["packages"]:
         print(f"  packages: {len(doc['packages'])} ({doc['packaged_files']:,} files packaged)")
         for p in doc["packages"]:
@@ -305,10 +396,24 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 f"  ({p['files_used']:,} used by this version)"
             )
     else:
-        print("  packages: none (files are fetched one by one)")
+        print(
+            f"  packages: none (files are fetched one by one; dspkg package {doc['uri']} adds them)"
+        )
+    big, rest = doc["unpackaged"]["too_big"], doc["unpackaged"]["not_packaged"]
+    if big["files"]:
+        print(
+            f"  big files: {big['files']:,} of {format_size(doc['package_max_file'])} or more "
+            f"({format_size(big['bytes'])}) stored as blobs, not packaged: too big to gain "
+            "from a package; pulled in parallel parts"
+        )
+    if rest["files"] and doc["packages"]:
+        print(
+            f"  unpackaged: {rest['files']:,} file(s) ({format_size(rest['bytes'])}) in no "
+            f"package, stored as blobs: made without packaging (dspkg package {doc['uri']})"
+        )
     if args.files:
         for f in doc["file_list"]:
-            where = f"  [{f['package']} @ {f['offset']}]" if f["package"] else ""
+            where = f"  [{f['package']} @ {f['offset']}]" if f["package"] else "  [blob]"
             print(f"    {f['path']}  {f['size']:,}  {f['sha256'][:12]}{where}")
     return 0
 
@@ -539,6 +644,16 @@ def _add_subset(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_package_max_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--package-max-file",
+        metavar="SIZE",
+        default=str(PACKAGE_MAX_FILE),
+        help=f"files of SIZE or more stay out of packages, stored as blobs "
+        f"(default {format_size(PACKAGE_MAX_FILE)})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dspkg",
@@ -551,8 +666,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "publish", help="publish the dataset versions named by a directory's metadata"
     )
-    p.add_argument("dir", help="directory of outputs with valohai.metadata.jsonl and/or sidecars")
+    p.add_argument(
+        "dir",
+        help="directory of outputs with valohai.metadata.jsonl and/or sidecars; "
+        "with --to, any directory",
+    )
     add_store(p)
+    p.add_argument(
+        "--to",
+        metavar="URI",
+        help="publish every file of DIR as this version (dataset://DS/VER); metadata is ignored",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_",
+        metavar="URI",
+        help="with --to: build on this version (its files, plus DIR's)",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        metavar="GLOB",
+        help="with --to: take only DIR's files this glob matches (repeatable)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="with --to: leave out the files (DIR's and --from's) this glob matches (repeatable)",
+    )
+    p.add_argument(
+        "--alias",
+        action="append",
+        metavar="NAME",
+        help="with --to: move this alias to the version too (repeatable)",
+    )
     p.add_argument(
         "--packaging",
         action=argparse.BooleanOptionalAction,
@@ -564,6 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--packages-only", action="store_true", help="store files only inside packages (no blobs)"
     )
     p.add_argument("--package-size", default="1GiB", help="split packages at SIZE (default 1GiB)")
+    add_package_max_file(p)
     p.add_argument("--jobs", type=positive_int, default=32, help="requests in flight")
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -620,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_show)
 
+    _add_package_parser(sub)
     _add_diff_parser(sub)
     _add_serve_parser(sub)
     p = sub.add_parser(

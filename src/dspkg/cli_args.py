@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
 
-from dspkg.errors import InvalidArgument
+from dspkg.errors import DspkgError, InvalidArgument, UsageError
 from dspkg.progress import LinePrinter, Progress, TerminalProgress
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def add_store(p: argparse.ArgumentParser) -> None:
@@ -76,3 +80,13 @@ def non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError("must be a finite number >= 0")
     return value
+
+
+def usage(parse: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``parse(...)``, whose errors are bad usage (exit 2, one line)."""
+    try:
+        return parse(*args, **kwargs)
+    except UsageError:
+        raise
+    except DspkgError as exc:
+        raise UsageError(str(exc)) from None

@@ -9,6 +9,11 @@ the lock and find it in the cache.
 
 Consumers that need only some files load the root (:func:`load_root`), then only the
 shards that can hold them (:func:`load_files` with ``ManifestRoot.shards_for(prefix)``).
+
+A version's files never change, but its package facts may grow: ``dspkg package`` adds
+packages to a version made without them. The cache's copy then still works (its blobs
+stay), and a pull about to fetch files in no package reads the store's root again first
+(:func:`reload_root`), so it uses the new packages.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from dspkg.cache import Cache
 from dspkg.catalog import (
@@ -45,18 +51,38 @@ async def load_manifest(
     return whole(root, await load_files(store, cache, root, read_only=read_only))
 
 
+class Loaded(NamedTuple):
+    root: ManifestRoot
+    cached: bool  # the cache's copy: packages added since are not in it
+
+
 async def load_root(
     store: Store, cache: Cache, uri: VersionUri, *, read_only: bool = False
 ) -> ManifestRoot:
     """The root of ``uri`` (a version or an alias); a v1 manifest comes with its files."""
+    return (await load_version(store, cache, uri, read_only=read_only)).root
+
+
+async def load_version(
+    store: Store, cache: Cache, uri: VersionUri, *, read_only: bool = False
+) -> Loaded:
+    """:func:`load_root`, saying whether the root is the cache's copy."""
     catalog = Catalog(store)
-    root = await _load(catalog, cache, uri, read_only)
-    if root is None:  # not a version: an alias
+    loaded = await _load(catalog, cache, uri, read_only)
+    if loaded is None:  # not a version: an alias
         resolved = await catalog.resolve_alias(uri)
-        root = await _load(catalog, cache, resolved, read_only)
-        if root is None:
+        loaded = await _load(catalog, cache, resolved, read_only)
+        if loaded is None:
             raise catalog.not_found(resolved)
-    return root
+    return loaded
+
+
+async def reload_root(
+    store: Store, cache: Cache, uri: VersionUri, *, read_only: bool = False
+) -> ManifestRoot | None:
+    """The store's root of exactly ``uri`` now (one request), validated and kept in the
+    cache in place of the older copy (unless ``read_only``); None if it is gone."""
+    return await _fetch(Catalog(store), cache, uri, read_only=read_only)
 
 
 async def load_files(
@@ -106,17 +132,20 @@ def _note_checked(cache: Cache, store: str, root: ManifestRoot) -> None:
             cache.note_manifest_checked(store, root.uri, found[0])
 
 
-async def _load(
-    catalog: Catalog, cache: Cache, uri: VersionUri, read_only: bool
-) -> ManifestRoot | None:
+async def _load(catalog: Catalog, cache: Cache, uri: VersionUri, read_only: bool) -> Loaded | None:
     store = catalog.store
     root = cached_root(cache, store.url, uri, read_only=read_only)
-    if root is not None or read_only:
-        return root or await _fetch(catalog, cache, uri, read_only=True)
+    if root is not None:
+        return Loaded(root, cached=True)
+    if read_only:
+        return _fresh(await _fetch(catalog, cache, uri, read_only=True))
     lock = cache.lock(store.url, manifest_key(uri.dataset, uri.version))
     await lock.acquire_async()
     try:
-        return cached_root(cache, store.url, uri) or await _fetch(catalog, cache, uri)
+        root = cached_root(cache, store.url, uri)
+        if root is not None:  # another process fetched it meanwhile
+            return Loaded(root, cached=False)
+        return _fresh(await _fetch(catalog, cache, uri))
     finally:
         lock.release()
 
@@ -137,6 +166,10 @@ def cached_root(
             return root
         return dataclasses.replace(root, validated=noted)
     return None
+
+
+def _fresh(root: ManifestRoot | None) -> Loaded | None:
+    return None if root is None else Loaded(root, cached=False)
 
 
 def cached_manifest(

@@ -19,7 +19,9 @@ imagenet-subset.train-v1.vhpkgzip", "name": "imagenet-subset.train-v1.vhpkgzip",
 
 ``package`` indexes ``packages`` and ``offset`` is where the file's bytes start in
 that package, so any run of files is one ranged GET. Files are sorted by path.
-``blobs`` says whether every file is also stored on its own under ``blobs/``.
+``blobs`` says whether every packaged file is also stored on its own under ``blobs/``;
+a file in no package is always a blob. ``package_max_file`` (only in versions made
+with packaging) is the size at or above which files were kept out of the packages.
 
 A manifest read from the store is untrusted: :func:`Manifest.from_json` checks every
 path, size, hash, offset and package key (:mod:`dspkg.manifest_checks`) before anything
@@ -135,6 +137,7 @@ class ManifestRoot:
     bytes: int
     digest: str | None  # content_digest of the files; None for v1, which does not record it
     shards: tuple[ShardInfo, ...]
+    package_max_file: int | None = None  # as in Manifest
     schema_version: int = SCHEMA_V2
     inline: tuple[FileEntry, ...] | None = None
     # In memory only: the cache's note says this version's shards were checked together.
@@ -171,6 +174,9 @@ class Manifest:
     parent: str | None = None
     created_at: str = ""
     blobs: bool = True
+    # Files at or above this size were kept out of the packages made for this version
+    # (they are blobs); None when it was not packaged.
+    package_max_file: int | None = None
 
     @property
     def uri(self) -> VersionUri:
@@ -215,6 +221,7 @@ class Manifest:
             bytes=self.total_bytes,
             digest=None,
             shards=(),
+            package_max_file=self.package_max_file,
             schema_version=SCHEMA_V1,
             inline=self.files,
         )
@@ -241,6 +248,8 @@ class Manifest:
             "schema_version": SCHEMA_V1,
             "version": self.version,
         }
+        if self.package_max_file is not None:
+            head["package_max_file"] = self.package_max_file
         before, _, after = json.dumps(head, sort_keys=True, separators=(",", ":")).partition(
             '"files":null'
         )
@@ -322,6 +331,7 @@ class VersionFacts:
     created_at: str
     blobs: bool
     packages: tuple[PackageInfo, ...]
+    package_max_file: int | None
 
 
 def parse_facts(doc: dict[str, Any], bad: Any) -> VersionFacts:
@@ -334,6 +344,7 @@ def parse_facts(doc: dict[str, Any], bad: Any) -> VersionFacts:
         packages = tuple(parse_package(p, bad) for p in doc.get("packages") or ())
         created_at = doc.get("created_at", "")
         blobs = doc.get("blobs", True)
+        max_file = doc.get("package_max_file")
     except (KeyError, TypeError) as exc:
         raise bad(f"missing or malformed field {exc}") from None
     except UnsafePackage:
@@ -342,7 +353,9 @@ def parse_facts(doc: dict[str, Any], bad: Any) -> VersionFacts:
         raise bad(str(exc)) from None
     if not isinstance(created_at, str) or not isinstance(blobs, bool):
         raise bad("malformed created_at or blobs")
-    return VersionFacts(dataset, version, parent, created_at, blobs, packages)
+    if max_file is not None and (not is_count(max_file) or max_file == 0):
+        raise bad("malformed package_max_file")
+    return VersionFacts(dataset, version, parent, created_at, blobs, packages, max_file)
 
 
 def _parse_v1(data: bytes, *, obj: str, max_files: int, trusted: bool) -> Manifest:
@@ -368,6 +381,7 @@ def _parse_v1(data: bytes, *, obj: str, max_files: int, trusted: bool) -> Manife
         parent=facts.parent,
         created_at=facts.created_at,
         blobs=facts.blobs,
+        package_max_file=facts.package_max_file,
     )
 
 

@@ -162,7 +162,7 @@ def _jsonl_lines(root: Path, where: Where) -> Iterator[tuple[int, str]]:
 
 def _read_inside(root: Path, rel: str, where: Where) -> str:
     """The text of a metadata file that is (or whose links lead) inside ``root``."""
-    path = _inside(root, rel, where, "metadata file")
+    path = inside_root(root, rel, where, "metadata file")
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -173,7 +173,7 @@ def _invalid(where: Where, message: str) -> InvalidMetadata:
     return InvalidMetadata(message, path=where.path, line=where.line)
 
 
-def _inside(root: Path, rel: str, where: Where, what: str) -> str:
+def inside_root(root: Path, rel: str, where: Where, what: str) -> str:
     """The real path of ``root/rel``, which must stay inside ``root`` at every component:
     a link to a directory elsewhere (``dirlink -> /etc``) publishes nothing of it."""
     try:
@@ -182,10 +182,16 @@ def _inside(root: Path, rel: str, where: Where, what: str) -> str:
         raise _invalid(where, f"{what} {rel!r} does not exist in {root}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise _invalid(where, f"{what} {rel!r} is a symbolic link loop") from None
+            raise _invalid(
+                where, f"{what} {rel!r} is a symbolic link loop; remove the link"
+            ) from None
         raise _invalid(where, f"{what} {rel!r} cannot be read ({exc.strerror})") from None
     if not Path(real).is_relative_to(root):
-        raise _invalid(where, f"{what} {rel!r} leads outside {root} through a link")
+        raise _invalid(
+            where,
+            f"{what} {rel!r} leads outside {root} through a link; "
+            "copy what it points to into the directory, or remove the link",
+        )
     return real
 
 
@@ -194,7 +200,7 @@ def _check_file(root: Path, rel: str, where: Where) -> tuple[str, int]:
     problem = path_problem(rel)
     if problem:
         raise _invalid(where, f"file {rel!r} cannot be published: {problem}")
-    real = _inside(root, rel, where, "file")
+    real = inside_root(root, rel, where, "file")
     try:
         info = os.stat(real)
     except OSError as exc:

@@ -7,15 +7,31 @@ parts of ``part_size`` bytes that the store uploads while later files are read.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 from dspkg.manifest import PackageInfo
-from dspkg.publish_plan import BuiltPackage, PackagePlan
-from dspkg.sources import FileReader, ReadFile
+from dspkg.names import VersionUri
+from dspkg.progress import Progress
+from dspkg.publish_plan import FEW_FILES, BuiltPackage, PackagePlan
+from dspkg.sizes import format_size
+from dspkg.sources import LocalFile, ReadFile
 from dspkg.store import Store
 from dspkg.zipwriter import PackageWriter
 
 OnFile = Callable[[ReadFile], Awaitable[None]]
+
+
+class Source(Protocol):
+    """Where a package's files are read from: a directory (:class:`FileReader`), or the
+    blobs of a stored version (:class:`dspkg.packing.BlobReader`). Either yields every
+    file in order, hashed and checked, and streams a big file's bytes again."""
+
+    def read_all(
+        self, files: Sequence[LocalFile], *, keep_data: bool = True
+    ) -> AsyncIterator[ReadFile]: ...
+
+    def stream(self, read: ReadFile) -> AsyncIterator[bytes]: ...
 
 
 async def _no_op(_: ReadFile) -> None:
@@ -25,7 +41,7 @@ async def _no_op(_: ReadFile) -> None:
 async def upload_package(
     store: Store,
     plan: PackagePlan,
-    reader: FileReader,
+    reader: Source,
     *,
     on_file: OnFile = _no_op,
     part_size: int = 8 << 20,
@@ -78,3 +94,23 @@ async def upload_package(
         entries=len(plan.files),
     )
     return BuiltPackage(info=info, offsets=offsets)
+
+
+def log_upload_start(progress: Progress, prefix: str, store: Store, name: str, size: int) -> None:
+    """The first two of the reference product's three lines per package."""
+    progress.log(f"{prefix} uploading {name} ({format_size(size)})")
+    progress.log(f"{prefix} uploading to {store.kind} bucket {store.bucket}")
+
+
+def log_upload_done(progress: Progress, prefix: str, key: str) -> None:
+    """The third line: where the package is now."""
+    progress.log(f"{prefix} upload complete ({key})")
+
+
+def log_few_files(progress: Progress, uri: VersionUri, files: int) -> None:
+    """Packaging a small version is done as asked, with a line saying it gains little."""
+    if files < FEW_FILES:
+        progress.log(
+            f"{uri}: packaging it as asked, though a version of {files:,} "
+            f"file{'s' if files != 1 else ''} (under {FEW_FILES:,}) gains little from packages"
+        )

@@ -5,6 +5,9 @@ plus the files of this run; a new path replaces the parent's file of the same pa
 Files taken from the parent keep pointing into the parent's packages, so a child
 version uploads packages of only its own new files. New files are split into
 packages of at most ``package_size`` bytes, on entry boundaries, in path order.
+Files at or above ``package_max_file`` stay out of the packages: one such file gains
+nothing from a package (it is one request either way), and as a blob it is pulled
+with parallel ranged GETs.
 """
 
 from __future__ import annotations
@@ -14,11 +17,37 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dspkg import zipformat as zf
+from dspkg.errors import InvalidArgument
 from dspkg.layout import package_key, package_name
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
 from dspkg.metadata import VersionRequest
+from dspkg.names import VersionUri
+from dspkg.sizes import format_size, parse_size
 from dspkg.sources import LocalFile
 from dspkg.zipwriter import PackageWriter
+
+# Files at or above this size are stored as blobs, not packaged (--package-max-file).
+PACKAGE_MAX_FILE = 10_000_000
+# No object store holds an object above 5 TiB (S3's limit, the largest of them).
+_LARGEST_OBJECT = 5 << 40
+# Under this many files, a package saves too few requests to matter.
+FEW_FILES = 1_000
+
+
+def package_max_file(value: int | str) -> int:
+    """``--package-max-file``, checked: InvalidArgument for 0, negative or absurd sizes."""
+    size = parse_size(value)
+    if size == 0:
+        raise InvalidArgument(
+            f"--package-max-file {value!r}: 0 would keep every file out of the packages; "
+            "use --no-packaging for that, or a size such as 10MB"
+        )
+    if size > _LARGEST_OBJECT:
+        raise InvalidArgument(
+            f"--package-max-file {value!r} is larger than any object a store holds "
+            f"({format_size(_LARGEST_OBJECT)}); use a size such as 10MB"
+        )
+    return size
 
 
 @dataclass(frozen=True)
@@ -40,6 +69,14 @@ class VersionPlan:
     local: tuple[LocalFile, ...]
     packages: tuple[PackagePlan, ...]
     unmatched_excludes: tuple[str, ...]
+    package_max_file: int | None = None  # when packaging: bigger files stay blobs
+
+    @property
+    def too_big(self) -> tuple[LocalFile, ...]:
+        """Files of this run kept out of its packages for their size."""
+        if self.package_max_file is None:
+            return ()
+        return tuple(f for f in self.local if f.size >= self.package_max_file)
 
     @property
     def files(self) -> int:
@@ -92,10 +129,12 @@ def plan_version(
     packaging: bool,
     package_size: int,
     attempt: str,
+    max_file: int = PACKAGE_MAX_FILE,
     names: Callable[[int, int], str] | None = None,
 ) -> VersionPlan:
     """``attempt`` names this publish's packages apart from any other's (see layout);
-    ``names(i, n)`` names package ``i`` of ``n`` (default ``ds.ver[.i-of-n].vhpkgzip``)."""
+    files of ``max_file`` bytes or more stay out of the packages; ``names(i, n)`` names
+    package ``i`` of ``n`` (default ``ds.ver[.i-of-n].vhpkgzip``)."""
     own = tuple(local[rel] for rel in sorted(request.files))
     own_paths = {f.rel for f in own}
     inherited: list[FileEntry] = []
@@ -105,28 +144,32 @@ def plan_version(
         parent_paths = {f.path for f in parent.files}
         unmatched = tuple(sorted(excluded - parent_paths))
         inherited = [f for f in parent.files if f.path not in excluded and f.path not in own_paths]
-    packages: list[PackagePlan] = []
-    if packaging and own:
-        groups = split_packages(own, package_size)
-        uri = request.uri
-        for index, group in enumerate(groups):
-            name = (
-                package_name(uri.dataset, uri.version, index, len(groups))
-                if names is None
-                else names(index, len(groups))
-            )
-            packages.append(
-                PackagePlan(
-                    name, package_key(uri.dataset, uri.version, attempt, name), tuple(group)
-                )
-            )
+    packed = [f for f in own if f.size < max_file] if packaging else []
     return VersionPlan(
         request=request,
         parent=parent,
         inherited=tuple(inherited),
         local=own,
-        packages=tuple(packages),
+        packages=plan_packages(request.uri, packed, package_size, attempt, names),
         unmatched_excludes=unmatched,
+        package_max_file=max_file if packaging and own else None,
+    )
+
+
+def plan_packages(
+    uri: VersionUri,
+    files: Sequence[LocalFile],
+    package_size: int,
+    attempt: str,
+    names: Callable[[int, int], str] | None = None,
+) -> tuple[PackagePlan, ...]:
+    """The packages of ``files`` (sorted) for version ``uri``, under ``attempt``'s keys;
+    ``names(i, n)`` names package ``i`` of ``n``."""
+    groups = split_packages(files, package_size)
+    name_of = names or (lambda i, n: package_name(uri.dataset, uri.version, i, n))
+    return tuple(
+        PackagePlan(name, package_key(uri.dataset, uri.version, attempt, name), tuple(group))
+        for name, group in ((name_of(i, len(groups)), group) for i, group in enumerate(groups))
     )
 
 
@@ -165,7 +208,8 @@ def assemble_manifest(
     """The manifest of a planned version once its files are hashed and packages built.
 
     ``hashes`` maps each local path to ``(size, sha256)``; ``blobs`` says whether
-    this run stored every local file on its own.
+    this run stored every packaged local file on its own too (files in no package
+    always are).
     """
     packages: list[PackageInfo] = []
     index_of: dict[str, int] = {}
@@ -205,4 +249,5 @@ def assemble_manifest(
         parent=str(parent.uri) if parent is not None else None,
         created_at=created_at,
         blobs=blobs and inherited_blobs,
+        package_max_file=plan.package_max_file,
     )

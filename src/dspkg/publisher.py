@@ -9,6 +9,7 @@ validation passes, and a version exists whole (its manifest) or not at all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from dspkg.catalog import Catalog, now_iso, whole
 from dspkg.collector import DEFAULT_GRACE
 from dspkg.committer import read_part
 from dspkg.concurrency import BoundedTasks
+from dspkg.dirversion import DirectoryVersion, matching, read_directory, version_request
 from dspkg.errors import (
     AlreadyExists,
     DspkgError,
@@ -30,13 +32,14 @@ from dspkg.errors import (
 )
 from dspkg.layout import LATEST, blob_key, new_attempt, part_key, part_package_name
 from dspkg.manifest import Manifest, ManifestRoot, content_digest
-from dspkg.metadata import VersionRequest, read_outputs
+from dspkg.metadata import Outputs, VersionRequest, read_outputs
 from dspkg.names import VersionUri
-from dspkg.packager import upload_package
+from dspkg.packager import log_few_files, log_upload_done, log_upload_start, upload_package
 from dspkg.parts import Part
 from dspkg.paths import tree_problem
 from dspkg.progress import Progress
 from dspkg.publish_plan import (
+    PACKAGE_MAX_FILE,
     BuiltPackage,
     PackagePlan,
     VersionPlan,
@@ -59,8 +62,9 @@ class PublishOptions:
 
     packaging: bool | None = None
     gate: bool = False
-    packages_only: bool = False
+    packages_only: bool = False  # files in no package (too big) are still blobs
     package_size: int = 1 << 30
+    package_max_file: int = PACKAGE_MAX_FILE
     jobs: int = 32
     read_threads: int = 4
 
@@ -161,10 +165,65 @@ async def publish_directory(
     stage these files as that part of each version, for ``dspkg commit`` to merge."""
     progress = progress or Progress()
     started = time.monotonic()
-    before = (store.stats.bytes_up, store.stats.requests)
+    requests = store.stats.requests
     outputs = read_outputs(root)
     if not outputs.versions:
         progress.warn(f"no file in {outputs.root} names a dataset version; nothing to publish")
+    return await _publish(outputs, store, options, progress, (started, requests), part=part)
+
+
+async def publish_tree(
+    root: Path,
+    target: DirectoryVersion,
+    store: Store,
+    options: PublishOptions = PublishOptions(),
+    progress: Progress | None = None,
+) -> PublishResult:
+    """Publish the files of ``root`` as the version ``target`` names (no metadata)."""
+    progress = progress or Progress()
+    started = time.monotonic()
+    requests = store.stats.requests
+    outputs, used = read_directory(root, target)
+    parent: Manifest | None = None
+    if target.parent is not None:
+        try:
+            parent = await Catalog(store).read_manifest(target.parent)
+        except NotFound:
+            raise InvalidMetadata(
+                f"--from {target.parent} does not exist in {store.url}; publish it first "
+                "or fix --from",
+                path=str(outputs.root),
+            ) from None
+    request, excluded = version_request(
+        target,
+        outputs,
+        parent.uri if parent is not None else None,
+        [f.path for f in parent.files] if parent is not None else [],
+    )
+    for glob in target.exclude:
+        if glob.text not in used and not matching(excluded, [glob]):
+            progress.warn(f"{target.uri}: --exclude {glob.text!r} matches no file")
+    return await _publish(
+        dataclasses.replace(outputs, versions=(request,)),
+        store,
+        options,
+        progress,
+        (started, requests),
+    )
+
+
+async def _publish(
+    outputs: Outputs,
+    store: Store,
+    options: PublishOptions,
+    progress: Progress,
+    since: tuple[float, int],
+    *,
+    part: str | None = None,
+) -> PublishResult:
+    """``since``: when the publish started and the store's request count then."""
+    started, requests_before = since
+    bytes_before = store.stats.bytes_up
     requests = in_dependency_order(outputs.versions)
     all_rels = sorted({rel for req in requests for rel in req.files})
     local = {rel: LocalFile(rel, outputs.paths[rel], outputs.sizes[rel]) for rel in all_rels}
@@ -189,8 +248,8 @@ async def publish_directory(
         versions=tuple(results),
         files=files,
         bytes=nbytes,
-        bytes_uploaded=store.stats.bytes_up - before[0],
-        requests=store.stats.requests - before[1],
+        bytes_uploaded=store.stats.bytes_up - bytes_before,
+        requests=store.stats.requests - requests_before,
         seconds=time.monotonic() - started,
     )
 
@@ -213,6 +272,7 @@ async def _publish_versions(
             packaging=packaging[req.uri],
             package_size=run.options.package_size,
             attempt=run.attempt,
+            max_file=run.options.package_max_file,
         )
         for path in plan.unmatched_excludes:
             run.progress.warn(f"{req.uri}: excluded path {path!r} is not in {req.parent}")
@@ -288,6 +348,7 @@ async def _stage(
         packaging=packaging,
         package_size=run.options.package_size,
         attempt=run.attempt,
+        max_file=run.options.package_max_file,
         names=names,
     )
     staged = await read_part(run.catalog, uri, name)
@@ -445,16 +506,32 @@ async def _confirm_same(run: _Session, plan: VersionPlan, existing: ManifestRoot
             uri=str(uri),
         )
     run.progress.log(f"{plan.request.uri} already exists with the same content; nothing to do")
-    return _result(existing, created=False, uploaded=set(), aliases=())
+    if plan.packages and sum(existing.package_files) < existing.files:
+        files_now = await run.catalog.read_files(existing)
+        if any(f.package is None and f.size < run.options.package_max_file for f in files_now):
+            run.progress.log(
+                f"{plan.request.uri} has files in no package: dspkg package {plan.request.uri} "
+                "adds packages to it"
+            )
+    # Aliases asked for by name move to it all the same (`latest` only moves on creation):
+    # publishing the same files under a new alias is how a version gets one.
+    req = plan.request
+    for alias in req.aliases:
+        await run.catalog.set_alias(req.uri.dataset, alias, req.uri.version)
+    return _result(existing, created=False, uploaded=set(), aliases=req.aliases)
 
 
 async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, dict[str, tuple[str, str]]]:
     """Read every new file once: its blob and its package go up together. Returns the
     manifest and, for the packages uploaded here, what the reuse index records."""
-    if plan.parent is not None and plan.parent.blobs:
-        run.known_blobs.update(f.sha256 for f in plan.parent.files)
+    if plan.parent is not None:
+        parent = plan.parent
+        run.known_blobs.update(f.sha256 for f in parent.files if parent.blobs or f.package is None)
+    _say_where_files_go(run, plan)
     hashes: dict[str, tuple[int, str]] = {}
-    want_blobs = not run.options.packages_only
+    packaged = {f.rel for p in plan.packages for f in p.files}
+    # Without blobs (--packages-only), a file in no package still needs its blob.
+    every_blob = not run.options.packages_only
     run.progress.start(
         f"publishing {plan.request.uri}", len(plan.local), sum(f.size for f in plan.local)
     )
@@ -463,13 +540,13 @@ async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, dict[str, 
 
             async def on_file(read: ReadFile) -> None:
                 hashes[read.file.rel] = (read.file.size, read.sha256)
-                if want_blobs and read.sha256 not in run.known_blobs:
+                wanted = every_blob or read.file.rel not in packaged
+                if wanted and read.sha256 not in run.known_blobs:
                     run.known_blobs.add(read.sha256)
                     await blobs.spawn(_put_blob(run, read))
                 run.progress.advance(1, read.file.size)
 
             built, uploaded = await _upload_packages(run, plan, hashes, on_file)
-            packaged = {f.rel for p in plan.packages for f in p.files}
             async for read in run.reader.read_all([f for f in plan.local if f.rel not in packaged]):
                 await on_file(read)
     finally:
@@ -478,6 +555,22 @@ async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, dict[str, 
         plan, hashes, built, created_at=now_iso(), blobs=not run.options.packages_only
     )
     return manifest, uploaded
+
+
+def _say_where_files_go(run: _Session, plan: VersionPlan) -> None:
+    """One line each: files kept out of the packages for their size, and a version too
+    small to gain much from packages."""
+    uri = plan.request.uri
+    big = plan.too_big
+    if big and plan.package_max_file is not None:
+        nbytes = format_size(sum(f.size for f in big))
+        run.progress.log(
+            f"{uri}: {len(big):,} file{'s' if len(big) != 1 else ''} of "
+            f"{format_size(plan.package_max_file)} or more ({nbytes}) "
+            "stored as blobs, not packaged (--package-max-file)"
+        )
+    if plan.packages:
+        log_few_files(run.progress, uri, plan.files)
 
 
 async def _upload_packages(
@@ -502,9 +595,7 @@ async def _upload_packages(
             )
             built.append(reused)
             continue
-        run.progress.log(
-            f"{prefix} uploading {package.name} ({format_size(package.estimated_size)})"
-        )
+        log_upload_start(run.progress, prefix, run.store, package.name, package.estimated_size)
         run.uploaded_packages.append(package.key)
         done = await upload_package(
             run.store,
@@ -516,7 +607,7 @@ async def _upload_packages(
         built.append(done)
         entries = [(f.rel, *hashes[f.rel]) for f in package.files]
         uploaded[package.key] = (shape, content_digest(entries))
-        run.progress.log(f"{prefix} upload complete")
+        log_upload_done(run.progress, prefix, package.key)
     return built, uploaded
 
 

@@ -4,19 +4,19 @@ Files the cache holds are skipped. Missing files that live in packages are group
 into ranged GETs: neighbours are coalesced when the bytes between them cost less
 to download than another request would (bandwidth x round trip), and long runs
 are cut into ranges that can be fetched in parallel. Files without a package are
-fetched blob by blob. The same content appearing under several paths is fetched
-once.
+fetched blob by blob, a big one in parts by parallel ranged GETs. The same content
+appearing under several paths is fetched once.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from dspkg import zipformat as zf
-from dspkg.errors import Integrity
 from dspkg.manifest import FileEntry, Manifest
 
 
@@ -29,8 +29,9 @@ class Tuning:
     bandwidth: float = 125e6  # bytes per second
     min_range: int = 8 << 20  # a long run of files is cut into ranges of at least this
     max_range: int = 256 << 20  # ... and at most this
-    range_requests: int = 8  # ranged GETs in flight
+    range_requests: int = 8  # ranged GETs in flight (package ranges and parts of big blobs)
     blob_requests: int = 128  # per-file GETs in flight
+    blob_part: int = 8 << 20  # a blob of two parts or more is fetched as parallel ranged GETs
 
     def with_jobs(self, jobs: int) -> Tuning:
         """``--jobs N``: at most N requests in flight of either kind."""
@@ -43,6 +44,13 @@ class Tuning:
         a round trip, and some servers a pass over the whole object), short enough
         that they run in parallel."""
         return min(max(math.ceil(span / self.range_requests), self.min_range), self.max_range)
+
+    def blob_parts(self, size: int) -> list[tuple[int, int]]:
+        """The byte ranges a blob of ``size`` bytes is fetched in: one, or parts of about
+        ``blob_part`` bytes fetched in parallel."""
+        count = max(1, size // self.blob_part)
+        edges = [size * i // count for i in range(count + 1)]
+        return list(itertools.pairwise(edges))
 
     @property
     def gap_bytes(self) -> int:
@@ -72,6 +80,7 @@ class FetchPlan:
     bytes_cached: int
     ranges: tuple[RangeFetch, ...]
     blobs: tuple[FileEntry, ...]
+    blob_gets: int  # requests for the blobs: a big one takes one per part
 
     @property
     def files_to_fetch(self) -> int:
@@ -83,7 +92,7 @@ class FetchPlan:
 
     @property
     def requests(self) -> int:
-        return len(self.ranges) + len(self.blobs)
+        return len(self.ranges) + self.blob_gets
 
     @property
     def packages(self) -> tuple[int, ...]:
@@ -112,14 +121,8 @@ def plan_fetch(
             bytes_cached += f.size
         elif f.package is not None:
             by_package.setdefault(f.package, []).append(f)
-        elif manifest.blobs:
+        else:  # in no package: its blob is where it is (also in a --packages-only version)
             blobs.append(f)
-        else:
-            raise Integrity(
-                f"{manifest.uri}: file {f.path!r} is in no package and the version has no blobs; "
-                "the manifest is inconsistent, publish the version again",
-                obj=f.path,
-            )
     ranges: list[RangeFetch] = []
     for index in sorted(by_package):
         ranges.extend(coalesce(manifest, index, by_package[index], tuning))
@@ -131,6 +134,7 @@ def plan_fetch(
         bytes_cached=bytes_cached,
         ranges=tuple(ranges),
         blobs=tuple(blobs),
+        blob_gets=sum(len(tuning.blob_parts(f.size)) for f in blobs),
     )
 
 

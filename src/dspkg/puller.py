@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,7 @@ from dspkg.cache import Cache
 from dspkg.catalog import whole
 from dspkg.errors import DestinationError
 from dspkg.fetcher import Fetcher
-from dspkg.loader import load_files, load_root
+from dspkg.loader import load_files, load_version, reload_root
 from dspkg.manifest import FileEntry, Manifest, ManifestRoot
 from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, plan_tree, prepare_destination
 from dspkg.names import VersionUri
@@ -104,20 +104,39 @@ async def pull_version(
     progress = progress or Progress()
     started = time.monotonic()
     before = (store.stats.bytes_down, store.stats.requests)
-    root = await load_root(store, cache, uri, read_only=options.dry_run)
-    # A subset reads only the manifest shards whose path range it may match (all of a
-    # v1 manifest): ``version`` then holds those shards' files, the root the totals.
-    shards = None
-    if not subset.everything:
-        # One shard at least: a selection that matches nothing is named from real files.
-        shards = [s for s in root.shards if subset.may_match_range(s.first, s.last)]
-        shards = shards or list(root.shards[:1])
-    files = await load_files(store, cache, root, shards, read_only=options.dry_run)
-    version = whole(root, files)
+    loaded = await load_version(store, cache, uri, read_only=options.dry_run)
+    root = loaded.root
+
+    async def files_of(root: ManifestRoot) -> Manifest:
+        """A subset reads only the manifest shards whose path range it may match (all of
+        a v1 manifest): the result then holds those shards' files, the root the totals."""
+        shards = None
+        if not subset.everything:
+            # One shard at least: a selection that matches nothing is named from real files.
+            shards = [s for s in root.shards if subset.may_match_range(s.first, s.last)]
+            shards = shards or list(root.shards[:1])
+        files = await load_files(store, cache, root, shards, read_only=options.dry_run)
+        return whole(root, files)
+
+    async def refresh() -> tuple[Manifest, Manifest] | None:
+        """The view and the version again, if packages were added since the cache's copy."""
+        fresh = await reload_root(store, cache, root.uri, read_only=options.dry_run)
+        if (
+            fresh is None
+            or fresh.packages == root.packages
+            or fresh.file_digest() != root.file_digest()
+        ):
+            return None
+        version = await files_of(fresh)
+        return subset.view(version), version
+
+    version = await files_of(root)
     # From here on the manifest lists only the chosen files (its packages stay whole).
     manifest = subset.view(version)
     if options.dry_run:
         present = set() if options.refetch else _cached(manifest, cache)
+        if loaded.cached and _needs_blobs(manifest, present):
+            manifest, version = await refresh() or (manifest, version)
         plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
         return _result(
             manifest, dest, store, before, started, plan, tuning=options.tuning, root=root
@@ -131,8 +150,16 @@ async def pull_version(
         builder = TreeBuilder(cache, dest, options.link)
         builder.begin(plan_tree(manifest.files))
         try:
-            fetched, fallbacks = await _fill(
-                manifest, store, cache, disk, builder, options, progress, version
+            fetched, fallbacks, (manifest, version) = await _fill(
+                manifest,
+                store,
+                cache,
+                disk,
+                builder,
+                options,
+                progress,
+                version,
+                refresh if loaded.cached else None,
             )
             builder.commit()
         except BaseException:
@@ -217,7 +244,8 @@ async def _fill(
     options: PullOptions,
     progress: Progress,
     version: Manifest | None = None,
-) -> tuple[int, tuple[str, ...]]:
+    refresh: Callable[[], Awaitable[tuple[Manifest, Manifest] | None]] | None = None,
+) -> tuple[int, tuple[str, ...], tuple[Manifest, Manifest]]:
     """Link every cached file into the staging tree, then fetch the rest into both.
 
     Checking and linking cached files is one pass in the disk threads (a warm pull is
@@ -225,7 +253,9 @@ async def _fill(
     tree and the cache the moment they are verified. An object that vanishes before it
     is linked (a concurrent prune) is fetched again. ``version`` is the whole manifest
     when ``manifest`` lists a subset: the fetcher checks a package's directory against
-    all its files.
+    all its files. ``refresh`` reads the manifest again when files the cache lacks are in
+    no package (the cache's copy may predate packages that ``dspkg package`` added).
+    Returns the files fetched, the fallbacks, and the manifest and version it used.
     """
     loop = asyncio.get_running_loop()
     paths: dict[str, list[FileEntry]] = {}
@@ -243,11 +273,18 @@ async def _fill(
         return {sha for part in done for sha in part}
 
     missing = set(paths) if options.refetch else await link_cached(list(paths))
+    if refresh is not None and _needs_blobs(manifest, {*paths} - missing):
+        updated = await refresh()
+        if updated is not None:
+            manifest, version = updated
+            paths = {}
+            for f in manifest.files:
+                paths.setdefault(f.sha256, []).append(f)
     fetched = 0
     fallbacks: list[str] = []
     for _ in range(MAX_ROUNDS):
         if not missing:
-            return fetched, tuple(fallbacks)
+            return fetched, tuple(fallbacks), (manifest, version or manifest)
         plan = plan_fetch(manifest, _absent(missing), options.tuning)
         progress.start(f"pulling {manifest.uri}", plan.files_to_fetch, plan.bytes_to_fetch)
         try:
@@ -269,6 +306,11 @@ async def _fill(
         # Objects another process fetched while this one waited for it, or that vanished.
         missing = await link_cached([sha for sha in missing if sha not in builder.placed_objects])
     raise MissingObject(paths[next(iter(missing))][0])
+
+
+def _needs_blobs(manifest: Manifest, present: set[str]) -> bool:
+    """Whether some file to fetch is in no package (so would come from its blob)."""
+    return any(f.package is None and f.sha256 not in present for f in manifest.files)
 
 
 def _absent(gone: set[str]) -> Callable[[FileEntry], bool]:

@@ -12,10 +12,12 @@ import asyncio
 import builtins
 import contextlib
 import errno
+import fcntl
 import os
 import random
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,6 +63,17 @@ class StoreStats:
     bytes_down: int = 0
     bytes_up: int = 0
     retries: int = 0
+    in_flight: int = 0  # requests running now (uploads of a stream aside)
+    peak_in_flight: int = 0  # the most that ran at once
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,15 @@ class ObjectInfo:
     size: int
     etag: str | None = None
     modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Revision:
+    """Which state of an object a reader saw, for a conditional :meth:`Store.replace`:
+    its ETag, and its version where the store has them (GCS generations)."""
+
+    etag: str | None
+    version: str | None = None
 
 
 @dataclass
@@ -84,6 +106,20 @@ class Store:
     def describe(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
+    @property
+    def kind(self) -> str:
+        """What kind of store this is, as a user calls it: S3, GCS, Azure, local, memory."""
+        scheme = urlparse(self.url).scheme.lower()
+        return _KINDS.get(scheme, scheme or "local")
+
+    @property
+    def bucket(self) -> str:
+        """The bucket or container and prefix (``bucket/prefix``), or the local directory."""
+        parsed = urlparse(self.url)
+        if parsed.scheme.lower() in ("", "file"):
+            return parsed.path or self.url
+        return f"{parsed.netloc}{parsed.path}".rstrip("/")
+
     def _no_container(self, exc: BaseException) -> None:
         """A "not found" that means the bucket or container is missing is final."""
         if missing_container(exc):
@@ -94,7 +130,8 @@ class Store:
         for attempt in range(self.retry.attempts):
             self.stats.requests += 1
             try:
-                return await op()
+                with self.stats.running():
+                    return await op()
             except TRANSIENT as exc:
                 if not transient(exc):
                     raise translate(exc, self.describe(key)) from exc
@@ -135,6 +172,22 @@ class Store:
 
         return await self._call(key, op)
 
+    async def get_revision(self, key: str) -> tuple[bytes, Revision] | None:
+        """The object's bytes and the revision they are, or None when there is none."""
+
+        async def op() -> tuple[bytes, Revision] | None:
+            try:
+                result = await obstore.get_async(self.inner, key)
+                data = bytes(await result.bytes_async())
+            except FileNotFoundError as exc:
+                self._no_container(exc)
+                return None
+            self.stats.bytes_down += len(data)
+            meta = result.meta
+            return data, Revision(meta.get("e_tag"), meta.get("version"))
+
+        return await self._call(key, op)
+
     async def get_range(self, key: str, start: int, end: int) -> bytes:
         if end <= start:
             return b""
@@ -166,26 +219,27 @@ class Store:
         while position < end:
             self.stats.requests += 1
             try:
-                result = await obstore.get_async(
-                    self.inner, key, options={"range": (position, end)}
-                )
-                got = result.range
-                if got[0] != position or got[1] != end:
-                    # A full 200 or a different range: never splice it, start over.
-                    raise ConnectionError(
-                        f"asked for bytes {position}-{end}, the store sent {got[0]}-{got[1]}"
+                with self.stats.running():
+                    result = await obstore.get_async(
+                        self.inner, key, options={"range": (position, end)}
                     )
-                async for chunk in result.stream(min_chunk_size=chunk_size):
-                    view = memoryview(chunk)
-                    if position + len(view) > end:
-                        raise StoreError(
-                            f"{self.describe(key)}: the store sent more bytes than asked for",
-                            key=key,
+                    got = result.range
+                    if got[0] != position or got[1] != end:
+                        # A full 200 or a different range: never splice it, start over.
+                        raise ConnectionError(
+                            f"asked for bytes {position}-{end}, the store sent {got[0]}-{got[1]}"
                         )
-                    position += len(view)
-                    self.stats.bytes_down += len(view)
-                    failures = 0
-                    yield view
+                    async for chunk in result.stream(min_chunk_size=chunk_size):
+                        view = memoryview(chunk)
+                        if position + len(view) > end:
+                            raise StoreError(
+                                f"{self.describe(key)}: the store sent more bytes than asked for",
+                                key=key,
+                            )
+                        position += len(view)
+                        self.stats.bytes_down += len(view)
+                        failures = 0
+                        yield view
                 if position < end:
                     raise ConnectionError(f"body ended at byte {position} of {end}")
             except TRANSIENT as exc:
@@ -222,6 +276,88 @@ class Store:
                 return False
             self.stats.bytes_up += len(data)
             return True
+
+        return await self._call(key, op)
+
+    async def replace(self, key: str, data: bytes, revision: Revision) -> bool:
+        """Overwrite ``key`` with ``data`` only if it is still at ``revision`` (the one a
+        :meth:`get_revision` saw); False, writing nothing, if anything changed it since
+        or it is gone. Of several writers replacing the same revision, exactly one wins.
+
+        S3 (``If-Match``), Azure and memory stores check it in the store itself; GCS by
+        generation. A local directory has no such request: there, writers on one machine
+        (or a file system with working ``flock``) take a lock on the object's folder,
+        compare, and rename a new file into place.
+        """
+        if revision.etag is None and revision.version is None:
+            raise StoreError(
+                f"{self.describe(key)}: the store gave no ETag or version to replace it by; "
+                "this store cannot replace objects safely",
+                key=key,
+            )
+        if isinstance(self.inner, LocalStore):
+            return await self._replace_local(key, data, revision)
+        mode: dict[str, str] = {}
+        if revision.etag is not None:
+            mode["e_tag"] = revision.etag
+        if revision.version is not None:
+            mode["version"] = revision.version
+
+        async def op() -> bool:
+            try:
+                await obstore.put_async(
+                    self.inner,
+                    key,
+                    data,
+                    mode=mode,  # type: ignore[arg-type]
+                    use_multipart=False,
+                )
+            except obx.PreconditionError:
+                return False  # changed since, or gone (S3 answers 404, Azure 412)
+            except NotImplementedError as exc:
+                raise StoreError(
+                    f"{self.describe(key)}: this store cannot replace objects conditionally "
+                    f"({_first_line(exc)})",
+                    key=key,
+                ) from None
+            self.stats.bytes_up += len(data)
+            return True
+
+        return await self._call(key, op)
+
+    async def _replace_local(self, key: str, data: bytes, revision: Revision) -> bool:
+        root = self.url.removeprefix("file://")
+        path = Path(root, key)
+        store = self.inner
+
+        def swap() -> bool:
+            try:
+                fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False  # gone, and its folder with it
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = obstore.head(store, key)
+                except FileNotFoundError:
+                    return False
+                if current.get("e_tag") != revision.etag:
+                    return False
+                tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+                try:
+                    tmp.write_bytes(data)
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                return True
+            finally:
+                os.close(fd)  # releases the lock
+
+        async def op() -> bool:
+            done = await asyncio.to_thread(swap)
+            if done:
+                self.stats.bytes_up += len(data)
+            return done
 
         return await self._call(key, op)
 
@@ -327,6 +463,19 @@ class Store:
         await self._call(key, op)
 
 
+_KINDS = {
+    "s3": "S3",
+    "s3a": "S3",
+    "gs": "GCS",
+    "gcs": "GCS",
+    "az": "Azure",
+    "azure": "Azure",
+    "abfs": "Azure",
+    "abfss": "Azure",
+    "adl": "Azure",
+    "file": "local",
+    "memory": "memory",
+}
 # obstore's local store uploads in parts into "<key>#<n>", renamed to "<key>" at the end.
 _STAGING_NAME = re.compile(r".+#[0-9]+")
 
