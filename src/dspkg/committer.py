@@ -145,6 +145,10 @@ async def commit_version(
         parent=lineage.parent,
         created_at=now_iso(),
         blobs=lineage.blobs and inherited_blobs,
+        package_max_file=max(
+            (p.root.package_max_file for p in parts if p.root.package_max_file is not None),
+            default=None,
+        ),
     )
     key = manifest_key(uri.dataset, uri.version)
     created = existing is None and await store.put(key, encode_root(root), create=True)

@@ -146,7 +146,7 @@ def _jsonl_lines(root: Path, where: Where) -> Iterator[tuple[int, str]]:
     lines are never in memory at once. Lines end at "\n" only (binary lines split there
     alone; text would also split at U+2028 and U+0085, which JSON allows raw in strings,
     and shift line numbers)."""
-    path = _inside(root, JSONL_NAME, where, "metadata file")
+    path = inside_root(root, JSONL_NAME, where, "metadata file")
     try:
         with open(path, "rb") as handle:
             for number, raw in enumerate(handle, start=1):

@@ -29,12 +29,12 @@ from typing import Any
 from dspkg.catalog import Catalog
 from dspkg.errors import DspkgError, Integrity, StoreError
 from dspkg.layout import new_attempt
-from dspkg.manifest import FileEntry, Manifest
+from dspkg.manifest import FileEntry, Manifest, content_digest
 from dspkg.names import VersionUri
 from dspkg.packager import log_few_files, log_upload_done, log_upload_start, upload_package
 from dspkg.packing_plan import PackingPlan, plan_packing, with_packages
 from dspkg.progress import Progress
-from dspkg.publish_plan import PACKAGE_MAX_FILE, BuiltPackage, content_digest, shape_digest
+from dspkg.publish_plan import PACKAGE_MAX_FILE, BuiltPackage, shape_digest
 from dspkg.publisher import PackageSummary
 from dspkg.sizes import format_size
 from dspkg.sources import LocalFile, ReadFile

@@ -203,6 +203,7 @@ class ShardWriter:
         parent: str | None,
         created_at: str,
         blobs: bool,
+        package_max_file: int | None = None,
     ) -> ManifestRoot:
         """The root over every shard written (after the last :meth:`flush`)."""
         assert not self._current, "flush the last shard first"
@@ -219,6 +220,7 @@ class ShardWriter:
             bytes=self.bytes,
             digest=self.digest,
             shards=tuple(self.shards),
+            package_max_file=package_max_file,
         )
 
 
@@ -237,6 +239,7 @@ def encode_manifest(
         parent=manifest.parent,
         created_at=manifest.created_at,
         blobs=manifest.blobs,
+        package_max_file=manifest.package_max_file,
     )
     return root, shards
 
@@ -258,6 +261,8 @@ def encode_root(root: ManifestRoot) -> bytes:
         "shards": [s.to_json() for s in root.shards],
         "version": root.version,
     }
+    if root.package_max_file is not None:
+        doc["package_max_file"] = root.package_max_file
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -321,6 +326,7 @@ def parse_root_doc(doc: dict[str, Any], bad: Any) -> ManifestRoot:
         bytes=nbytes,
         digest=digest,
         shards=shards,
+        package_max_file=facts.package_max_file,
     )
 
 
