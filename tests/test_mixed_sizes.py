@@ -80,9 +80,10 @@ def test_9990_small_and_10_big_files_pull_exactly_big_ones_in_parallel_parts(
     store = open_store(store_url)
     pulled = api.pull("dataset://mixed/v1", tmp_path / "dest", store=store, env=env)
     assert digests(tmp_path / "dest") == digests(root)
-    # The manifest, a size check and a directory check of the package, its ranges, and
-    # five ranged GETs per big file; at most eight ranged GETs ran at once.
-    assert pulled.requests == 1 + 2 + planned["ranges"] + 10 * parts_per_file
+    # The manifest (its root and one shard), a size check and a directory check of the
+    # package, its ranges, and five ranged GETs per big file; at most eight ranged GETs
+    # ran at once.
+    assert pulled.requests == 2 + 2 + planned["ranges"] + 10 * parts_per_file
     assert 2 <= store.stats.peak_in_flight <= Tuning().range_requests
 
 
@@ -100,7 +101,7 @@ def test_a_big_blob_comes_in_parallel_parts_and_is_verified_whole(
     assert (tmp_path / "one/weights.bin").read_bytes() == data
     parts = len(Tuning().blob_parts(len(data)))
     assert parts == 4
-    assert pulled.requests == 1 + parts  # the manifest, then the parts
+    assert pulled.requests == 2 + parts  # the root and its shard, then the parts
     assert store.stats.peak_in_flight == parts  # all at once
     # A blob changed in the store: the parts arrive, the whole fails its sha256, and
     # nothing enters the cache or DEST.

@@ -16,6 +16,7 @@ import pytest
 
 from dspkg import api
 from dspkg.cache import Cache
+from dspkg.catalog import Catalog
 from dspkg.errors import Integrity
 from dspkg.layout import blob_key, manifest_key
 from dspkg.manifest import Manifest
@@ -51,6 +52,11 @@ def record(store: Store, uri: str = URI) -> bytes:
     return asyncio.run(store.get(manifest_key(v.dataset, v.version)))
 
 
+def version_of(store: Store, uri: str = URI) -> Manifest:
+    """The stored version, every file (its root and shards, checked)."""
+    return asyncio.run(Catalog(store).read_manifest(VersionUri.parse(uri)))
+
+
 def file_digest(manifest: Manifest) -> str:
     """The digest of a version's file list: paths, sizes and hashes, in order."""
     h = hashlib.sha256()
@@ -73,14 +79,14 @@ def test_package_a_10000_file_version_on_s3(
     files = make_tree(tmp_path / "src", 10_000)
     api.publish(tmp_path / "src", store=case.url, to=URI, env=full_env)
     store = case.open()
-    before = Manifest.from_json(record(store), obj="before")
+    before = version_of(store)
     assert not before.packages
 
     made = run_cli(["package", URI, "--json"], full_env, timeout=600)
     assert made.returncode == 0, made.stderr
     result = json.loads(made.stdout)
     assert (result["state"], result["files"], result["lost_race"]) == ("packaged", 10_000, False)
-    after = Manifest.from_json(record(store), obj="after")
+    after = version_of(store)
     assert file_digest(after) == file_digest(before)
     assert (after.uri, after.parent, after.created_at, after.blobs) == (
         before.uri,
@@ -151,14 +157,15 @@ def test_only_files_in_no_package_are_packaged(tmp_path: Path, env: dict[str, st
         (tmp_path / "c" / rel).write_bytes(data)
     api.publish(tmp_path / "c", store=store_url, to=URI, from_="dataset://pk/v0", env=env)
     store = open_store(store_url)
-    before = Manifest.from_json(record(store), obj="before")
+    before = version_of(store)
+    stored = record(store)
     planned = api.package(URI, store=store_url, dry_run=True, package_max_file="20KB", env=env)
     assert planned.state == "planned" and planned.plan is not None
     assert (planned.plan["files_to_package"], planned.plan["files_too_big"]) == (2, 1)
-    assert record(store) == before.to_json()  # a dry run writes nothing
+    assert record(store) == stored  # a dry run writes nothing
     made = api.package(URI, store=store_url, package_max_file="20KB", env=env)
     assert (made.state, made.files, made.too_big) == ("packaged", 2, 1)
-    after = Manifest.from_json(record(store), obj="after")
+    after = version_of(store)
     # The parent's package keeps its index; the new one comes after it.
     assert after.packages[0] == before.packages[0]
     assert [p.entries for p in after.packages] == [50, 2]
@@ -190,7 +197,7 @@ def test_racing_runs_in_one_process_exactly_one_replace_wins(
     results = asyncio.run(both())
     states = sorted((r.state, r.lost_race) for r in results)
     assert states == [("already packaged", True), ("packaged", False)]
-    after = Manifest.from_json(record(store), obj="after")
+    after = version_of(store)
     winner = next(r for r in results if r.state == "packaged")
     assert [p.key for p in after.packages] == [p.key for p in winner.packages]
     assert len(package_dirs(store)) == 1  # the loser removed its packages
@@ -231,7 +238,7 @@ def test_package_racing_another_package_and_a_pull_in_processes(
     winner = next(r for r in results if r["state"] == "packaged")
     loser = next(r for r in results if r["state"] != "packaged")
     store = case.open()
-    after = Manifest.from_json(record(store), obj="after")
+    after = version_of(store)
     assert [p.key for p in after.packages] == [p["key"] for p in winner["packages"]]
     assert len(package_dirs(store)) == 1  # nothing but the winner's packages
     if loser["lost_race"]:  # it read the version before the winner replaced it
@@ -285,12 +292,13 @@ def test_a_cache_that_pulled_before_uses_the_packages_once_it_needs_files(
     files = make_tree(tmp_path / "src", 200)
     api.publish(tmp_path / "src", store=store_url, to=URI, env=env)
     first = api.pull(URI, tmp_path / "one", store=store_url, env=env)
-    assert first.requests == 1 + len({hashlib.sha256(d).digest() for d in files.values()})
+    # The root, its one shard, and every blob.
+    assert first.requests == 2 + len({hashlib.sha256(d).digest() for d in files.values()})
     api.package(URI, store=store_url, env=env)
     # Everything cached: the old manifest is enough, nothing is asked of the store.
     warm = api.pull(URI, tmp_path / "two", store=store_url, env=env)
     assert (warm.requests, warm.packaged) == (0, False)
-    # Files missing: the record is read again (one request) and the package used.
+    # Files missing: the root is read again (one request), its new shard, and the package.
     for path in (Path(env["DSPKG_CACHE"]) / "objects").rglob("*"):
         if path.is_file():
             path.unlink()
