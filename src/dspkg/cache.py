@@ -42,7 +42,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -208,6 +208,30 @@ class Cache:
         if fingerprint_ok(info, size):
             return True
         return not read_only and self.recheck(sha256, size)
+
+    def named(self, shas: Collection[str], *, budget: int) -> set[str] | None:
+        """Those of ``shas`` whose object's name is in the cache now, from one listing of
+        each folder they fall in instead of a ``stat`` each (a cold pull into an empty or
+        small cache); None once the folders held more than ``budget`` names (a big cache:
+        a ``stat`` each is cheaper). A name found says nothing of its bytes: check it with
+        :meth:`lookup`. A name not found is an object to fetch."""
+        wanted: dict[str, set[str]] = {}
+        for sha in shas:
+            wanted.setdefault(sha[:2], set()).add(sha[2:])
+        found: set[str] = set()
+        listed = 0
+        for prefix, rests in wanted.items():
+            try:
+                names = os.listdir(f"{self._objects_str}/{prefix}")
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise cache_error(exc, self.root) from None
+            listed += len(names)
+            if listed > budget:
+                return None
+            found.update(prefix + rest for rest in rests.intersection(names))
+        return found
 
     def recheck(self, sha256: str, size: int) -> bool:
         """Hash an object that something touched: keep it if its bytes match its name

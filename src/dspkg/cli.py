@@ -11,18 +11,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspkg import api
 from dspkg._version import __version__
 from dspkg.bench.command import register as register_bench
 from dspkg.cli_args import add_store, non_negative_int, positive_int, store_options, usage
 from dspkg.cli_args import progress as progress_for
-from dspkg.dirversion import DirectoryVersion
 from dspkg.errors import DspkgError, UsageError
-from dspkg.manifest import Manifest
 from dspkg.materialize import LinkMode
-from dspkg.mounting import announce_ready, exit_with_parent
 from dspkg.names import parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.publish_plan import PACKAGE_MAX_FILE
@@ -33,13 +30,35 @@ from dspkg.runner.command import register as register_run
 from dspkg.selection import parse_list
 from dspkg.sizes import format_duration, format_size
 
+if TYPE_CHECKING:
+    from dspkg.manifest import Manifest
+
 Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler: Handler = args.handler
+    return _run(args.handler, args)
+
+
+def entry() -> None:
+    """The ``dspkg`` program. A finished pull leaves nothing to flush or release beyond
+    its output, so it ends without the interpreter's teardown (freeing the manifest and
+    the store client's runtime: about 0.1 s of a 1.6 s pull of 10,000 files)."""
+    args = build_parser().parse_args()
+    code = _run(args.handler, args)
+    if getattr(args, "quick_exit", False):
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # a closed pipe: the output is lost, say so by the status
+            code = code or 1
+        os._exit(code)
+    sys.exit(code)
+
+
+def _run(handler: Handler, args: argparse.Namespace) -> int:
     try:
         return handler(args)
     except UsageError as exc:
@@ -95,6 +114,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         )
     max_file = usage(check_package_max_file, args.package_max_file)
     if args.to is not None:
+        from dspkg.dirversion import DirectoryVersion
+
         usage(
             DirectoryVersion.parse,
             args.to,
@@ -505,6 +526,8 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             f"stop it with dspkg unmount {args.mountpoint}"
         )
         return 0
+    from dspkg.mounting import announce_ready, exit_with_parent
+
     if args.exit_with_parent is not None:
         exit_with_parent(args.exit_with_parent)
 
@@ -754,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimates only")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     _add_subset(p)
-    p.set_defaults(handler=_cmd_pull)
+    p.set_defaults(handler=_cmd_pull, quick_exit=True)
 
     p = sub.add_parser("ls", help="list datasets, or the versions of one dataset")
     p.add_argument("dataset", nargs="?", help="dataset://<dataset>")
@@ -832,4 +855,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

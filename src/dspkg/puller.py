@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -30,6 +31,9 @@ from dspkg.upkeep import prune
 MAX_ROUNDS = 3
 # Files per hand-off to a disk thread when checking or linking cached files.
 LINK_BATCH = 2000
+# A cache is listed (rather than stat'ed object by object) while its folders hold at most
+# this many names per object a pull needs: a name listed costs far less than a stat.
+LIST_BUDGET = 20
 
 
 @dataclass(frozen=True)
@@ -272,7 +276,16 @@ async def _fill(
         )
         return {sha for part in done for sha in part}
 
-    missing = set(paths) if options.refetch else await link_cached(list(paths))
+    if options.refetch:
+        missing = set(paths)
+    else:
+        # Only objects whose names are in the cache can be linked: one listing of each
+        # folder instead of a failing stat per object (an empty cache costs nothing).
+        named = await loop.run_in_executor(
+            disk, functools.partial(cache.named, paths, budget=LIST_BUDGET * len(paths))
+        )
+        candidates = list(paths) if named is None else [s for s in paths if s in named]
+        missing = (set(paths).difference(candidates)) | await link_cached(candidates)
     if refresh is not None and _needs_blobs(manifest, {*paths} - missing):
         updated = await refresh()
         if updated is not None:
