@@ -97,9 +97,10 @@ def read_outputs(root: Path) -> Outputs:
     paths: dict[str, str] = {}
     drafts: dict[VersionUri, _Draft] = {}
     last: tuple[Any, _Draft] = (None, _Draft(VersionUri("_", "_"), Where("")))
+    folders: dict[str, str] = {}
     for rel, meta, where in _read_sources(root):
         if rel not in sizes:
-            paths[rel], sizes[rel] = _check_file(root, rel, where)
+            paths[rel], sizes[rel] = _check_file(root, rel, where, folders)
         entries = meta.get(VERSIONS_KEY, [])
         if not isinstance(entries, list):
             raise _invalid(where, f"{VERSIONS_KEY} must be a list")
@@ -195,16 +196,33 @@ def inside_root(root: Path, rel: str, where: Where, what: str) -> str:
     return real
 
 
-def _check_file(root: Path, rel: str, where: Where) -> tuple[str, int]:
-    """Validate one named file; return its real path and size."""
+def _check_file(root: Path, rel: str, where: Where, folders: dict[str, str]) -> tuple[str, int]:
+    """Validate one named file; return its real path and size. ``folders`` keeps the real
+    path of each folder checked in this run: a file that is no link (one ``lstat``) in a
+    folder whose real path is inside ``root`` is inside ``root``, so the walk through
+    every component (``inside_root``) runs once a folder, not once a file."""
     problem = path_problem(rel)
     if problem:
         raise _invalid(where, f"file {rel!r} cannot be published: {problem}")
-    real = inside_root(root, rel, where, "file")
+    folder, _, name = rel.rpartition("/")
     try:
-        info = os.stat(real)
-    except OSError as exc:
-        raise _invalid(where, f"file {rel!r} cannot be read ({exc.strerror})") from None
+        info = os.lstat(f"{root}/{rel}")
+    except OSError:
+        info = None  # the careful path below says why
+    if info is not None and stat.S_ISREG(info.st_mode):
+        parent = folders.get(folder)
+        if parent is None:
+            # The first file of a folder takes the careful path (its errors name the file).
+            real = inside_root(root, rel, where, "file")
+            folders[folder] = os.path.dirname(real)
+        else:
+            real = f"{parent}/{name}"
+    else:
+        real = inside_root(root, rel, where, "file")
+        try:
+            info = os.stat(real)
+        except OSError as exc:
+            raise _invalid(where, f"file {rel!r} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
         raise _invalid(where, f"file {rel!r} is not a regular file")
     if not os.access(real, os.R_OK):
@@ -320,4 +338,5 @@ def directory_files(root: Path) -> dict[str, tuple[str, int]]:
         raise InvalidMetadata("not a directory", path=str(root))
     root = root.resolve()
     where = Where(str(root))
-    return {rel: _check_file(root, rel, where) for rel in sorted(_walk_data_files(root))}
+    folders: dict[str, str] = {}
+    return {rel: _check_file(root, rel, where, folders) for rel in sorted(_walk_data_files(root))}
