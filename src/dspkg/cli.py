@@ -97,6 +97,11 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     if args.dask:
         if args.to is not None:
             raise UsageError("--to and --dask: a Dask publish takes its versions from metadata")
+        if args.package_max_file != str(PACKAGE_MAX_FILE):
+            raise UsageError(
+                "--package-max-file with --dask: a Dask publish packages files of every size "
+                "for now; publish without --dask to keep big files out of the packages"
+            )
         return _publish_on_dask(args)
     given = [
         option

@@ -159,18 +159,8 @@ class Store:
 
     async def get_optional(self, key: str) -> bytes | None:
         """The object's bytes, or None when there is no object at ``key``."""
-
-        async def op() -> bytes | None:
-            try:
-                result = await obstore.get_async(self.inner, key)
-                data = bytes(await result.bytes_async())
-            except FileNotFoundError as exc:
-                self._no_container(exc)
-                return None
-            self.stats.bytes_down += len(data)
-            return data
-
-        return await self._call(key, op)
+        found = await self.get_revision(key)
+        return None if found is None else found[0]
 
     async def get_revision(self, key: str) -> tuple[bytes, Revision] | None:
         """The object's bytes and the revision they are, or None when there is none."""
