@@ -204,10 +204,6 @@ class Fetcher:
         if not lock.try_acquire():
             await lock.acquire_async()
             ranges = self._still_missing(index, ranges)
-        else:
-            # Another process may have fetched and released it since this one planned.
-            loop = asyncio.get_running_loop()
-            ranges = await loop.run_in_executor(self.disk, self._unless_cached, index, ranges)
         directory: asyncio.Task[None] | None = None
         try:
             # Downloading most of the package anyway: check its central directory too,
@@ -262,15 +258,6 @@ class Fetcher:
                     await tasks.spawn(self._fetch_blob(f))
         finally:
             lock.release()
-
-    def _unless_cached(self, index: int, ranges: list[RangeFetch]) -> list[RangeFetch]:
-        """``ranges`` as planned, or what is still missing when some of their objects'
-        names are in the cache now (one listing of the cache's folders, not a stat each)."""
-        shas = {f.sha256 for r in ranges for f in r.files}
-        named = self.cache.named(shas, budget=20 * len(shas))
-        if named is not None and not named:
-            return ranges
-        return self._still_missing(index, ranges)
 
     def _still_missing(self, index: int, ranges: list[RangeFetch]) -> list[RangeFetch]:
         """Ranges for the files of ``ranges`` that the cache still lacks."""
