@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -9,11 +10,18 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from dspkg.bench.wan import WanConfig, WanEmulator
+from dspkg.cache import Cache
+from dspkg.fetcher import Fetcher
+from dspkg.loader import load_manifest
+from dspkg.names import VersionUri
+from dspkg.pull_plan import plan_fetch
+from dspkg.store import open_store
 from dspkg.upkeep import disk_usage
 from tests.helpers import (
     BUCKET,
@@ -320,3 +328,32 @@ def test_disk_full_while_pulling(tmp_path: Path) -> None:
         again = run_cli(["pull", URI, str(dest)], small)
         assert again.returncode == 0, again.stderr
         assert read_tree(dest) == files
+
+
+def test_a_fetch_planned_before_another_process_fetched_the_package_downloads_nothing(
+    tmp_path: Path,
+) -> None:
+    """The race of four cold pulls, made certain: this process plans against an empty
+    cache, another process then pulls the whole version and lets go of the package's
+    lock, and only then does this one take the lock (at once, uncontended)."""
+    env = local_env(tmp_path)
+    files = dataset(400, seed=7)
+    publish(tmp_path, env, files)
+    store = open_store(env["DSPKG_STORE"])
+    with Cache(tmp_path / "cache") as cache:
+        manifest = asyncio.run(load_manifest(store, cache, VersionUri.parse(URI)))
+        plan = plan_fetch(manifest, lambda f: False)
+        planned_at = time.time()
+        assert plan.bytes_to_fetch > 0
+        other = run_cli(["pull", URI, str(tmp_path / "other")], env)
+        assert other.returncode == 0, other.stderr
+
+        async def fetch(since: float) -> int:
+            with ThreadPoolExecutor(2) as disk:
+                fetcher = Fetcher(store, cache, manifest, disk, planned_at=since)
+                return (await fetcher.run(plan)).bytes
+
+        assert asyncio.run(fetch(planned_at)) == 0
+        # The same plan, had it been made after the other pull's stamp, is fetched as is.
+        assert asyncio.run(fetch(time.time() + 5)) == plan.bytes_total
+    assert read_tree(tmp_path / "other") == files

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -128,6 +129,9 @@ class Fetcher:
     progress: Progress = field(default_factory=Progress)
     sink: Sink | None = None  # default: the cache alone
     speedups: bool = True  # the compiled extractor, where it is built
+    # When the plan's view of the cache was taken (wall clock): a package whose lock
+    # was stamped since then is looked at again before it is fetched.
+    planned_at: float = field(default_factory=time.time)
     result: FetchResult = field(default_factory=FetchResult)
     # Ranges of packages found unusable, with why: their files come from blobs instead.
     _failed: list[tuple[RangeFetch, Exception]] = field(default_factory=list)
@@ -204,6 +208,9 @@ class Fetcher:
         if not lock.try_acquire():
             await lock.acquire_async()
             ranges = self._still_missing(index, ranges)
+        elif lock.stamped_since(self.planned_at):
+            # Another process fetched it and let go between this one's plan and now.
+            ranges = self._still_missing(index, ranges)
         directory: asyncio.Task[None] | None = None
         try:
             # Downloading most of the package anyway: check its central directory too,
@@ -232,6 +239,7 @@ class Fetcher:
         finally:
             if directory is not None:
                 await _cancelled(directory)  # awaited either way, so never orphaned
+            lock.stamp()
             lock.release()
 
     async def _fetch_ranges(self, ranges: list[RangeFetch]) -> None:

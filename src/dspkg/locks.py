@@ -14,13 +14,15 @@ import os
 from pathlib import Path
 
 _UNLOCKED = -1
+_CLOCK_MARGIN = 1.0  # seconds: file times lag the wall clock by up to a tick
 
 
 class FileLock:
     """An exclusive or shared ``flock`` on a lock file that is never deleted.
 
     Deleting a lock file that another process holds would let a third process lock
-    a new file of the same name, so lock files stay; they are empty.
+    a new file of the same name, so lock files stay; they are empty until a holder
+    stamps one, and then their mtime says when a holder last finished (:meth:`stamp`).
     """
 
     def __init__(self, path: Path, *, shared: bool = False) -> None:
@@ -72,6 +74,27 @@ class FileLock:
         """Wait for the lock without blocking the event loop."""
         while not self.try_acquire():
             await asyncio.sleep(poll)
+
+    def stamp(self) -> None:
+        """Record on the lock file that its holder finished its work now: one byte
+        written (a new lock file is empty) sets its mtime, which later holders compare
+        with the time they looked at the cache."""
+        if self._fd is not None and self._fd != _UNLOCKED:
+            with contextlib.suppress(OSError):
+                os.pwrite(self._fd, b"\n", 0)
+
+    def stamped_since(self, when: float) -> bool:
+        """Whether a holder may have finished its work after ``when`` (wall clock).
+
+        File times come from a coarse clock (a tick behind), hence the margin; an
+        unknown answer is yes: it only costs the caller a closer look."""
+        if self._fd is None or self._fd == _UNLOCKED:
+            return True
+        try:
+            st = os.fstat(self._fd)
+        except OSError:
+            return True
+        return st.st_size > 0 and st.st_mtime >= when - _CLOCK_MARGIN
 
     def release(self) -> None:
         if self._fd is not None:

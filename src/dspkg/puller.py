@@ -276,6 +276,7 @@ async def _fill(
         )
         return {sha for part in done for sha in part}
 
+    looked = time.time()  # when the cache was looked at, for the fetcher's second look
     if options.refetch:
         missing = set(paths)
     else:
@@ -310,6 +311,7 @@ async def _fill(
                 progress=progress,
                 sink=builder,
                 speedups=options.speedups,
+                planned_at=looked,
             )
             outcome = await fetcher.run(plan)
         finally:
@@ -317,6 +319,7 @@ async def _fill(
         fetched += outcome.files
         fallbacks.extend(outcome.fallbacks)
         # Objects another process fetched while this one waited for it, or that vanished.
+        looked = time.time()
         missing = await link_cached([sha for sha in missing if sha not in builder.placed_objects])
     raise MissingObject(paths[next(iter(missing))][0])
 
