@@ -220,6 +220,7 @@ def publish_options(
             PACKAGE_MAX_FILE if package_max_file is None else package_max_file
         ),
         jobs=max(jobs, 1),
+        speedups=settings.speedups,
     )
 
 

@@ -196,6 +196,9 @@ def inside_root(root: Path, rel: str, where: Where, what: str) -> str:
     return real
 
 
+_EUID = os.geteuid()
+
+
 def _check_file(root: Path, rel: str, where: Where, folders: dict[str, str]) -> tuple[str, int]:
     """Validate one named file; return its real path and size. ``folders`` keeps the real
     path of each folder checked in this run: a file that is no link (one ``lstat``) in a
@@ -225,7 +228,10 @@ def _check_file(root: Path, rel: str, where: Where, folders: dict[str, str]) -> 
             raise _invalid(where, f"file {rel!r} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
         raise _invalid(where, f"file {rel!r} is not a regular file")
-    if not os.access(real, os.R_OK):
+    # A file whose owner may read it is readable by its owner without asking the kernel
+    # again; other cases (group, others, ACLs, capabilities) ask.
+    owned = info.st_uid == _EUID and info.st_mode & stat.S_IRUSR
+    if not (owned or os.access(real, os.R_OK)):
         raise _invalid(where, f"file {rel!r} is not readable")
     return real, info.st_size
 

@@ -67,6 +67,7 @@ class PublishOptions:
     package_max_file: int = PACKAGE_MAX_FILE
     jobs: int = 32
     read_threads: int = 4
+    speedups: bool = True  # the compiled reader of small files (DSPKG_SPEEDUPS=0: Python)
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,9 @@ async def _publish(
     local = {rel: LocalFile(rel, outputs.paths[rel], outputs.sizes[rel]) for rel in all_rels}
     catalog = Catalog(store)
     with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
-        run = _Session(store, catalog, options, progress, FileReader(executor))
+        run = _Session(
+            store, catalog, options, progress, FileReader(executor, speedups=options.speedups)
+        )
         packaging = {req.uri: packaging_of(req, options, progress) for req in requests}
         results: list[VersionResult] = []
         try:
@@ -307,7 +310,13 @@ async def stage_files(
     local = {f.rel: f for f in files}
     names = None if package_name is None else _one_package(package_name)
     with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
-        run = _Session(store, Catalog(store), options, progress or Progress(), FileReader(executor))
+        run = _Session(
+            store,
+            Catalog(store),
+            options,
+            progress or Progress(),
+            FileReader(executor, speedups=options.speedups),
+        )
         try:
             return await _stage(run, request, local, bool(options.packaging), part, names)
         except BaseException:

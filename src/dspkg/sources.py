@@ -17,20 +17,22 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from dspkg.errors import SourceChanged
+from dspkg.speedups import ReadFiles, file_reader
 
 
-@dataclass(frozen=True, slots=True)
-class LocalFile:
+# Named tuples, not frozen dataclasses: one of each per file, and a frozen dataclass
+# costs several times as much to create.
+class LocalFile(NamedTuple):
     rel: str
     path: str  # a plain string: a million Path objects cost seconds
     size: int
 
 
-@dataclass(frozen=True, slots=True)
-class ReadFile:
+class ReadFile(NamedTuple):
     file: LocalFile
     sha256: str
     crc32: int
@@ -95,8 +97,23 @@ def _hash_big(file: LocalFile, chunk: int) -> ReadFile:
     return ReadFile(file, sha.hexdigest(), crc, None)
 
 
-def _read_batch(files: Sequence[LocalFile], big_file: int, chunk: int) -> list[ReadFile]:
-    return [_hash_big(f, chunk) if f.size >= big_file else _read_small(f) for f in files]
+def _read_batch(
+    files: Sequence[LocalFile], big_file: int, chunk: int, compiled: ReadFiles | None
+) -> list[ReadFile]:
+    small = [f for f in files if f.size < big_file] if compiled is not None else []
+    if not small:
+        return [_hash_big(f, chunk) if f.size >= big_file else _read_small(f) for f in files]
+    assert compiled is not None
+    done = compiled([os.fsencode(f.path) for f in small], [f.size for f in small])
+    # A file the compiled reader could not read as expected is read again here, which
+    # raises the error it deserves (or reads it, had it only been replaced meanwhile).
+    read = iter(
+        [
+            _read_small(f) if r is None else ReadFile(f, r[1], r[2], r[0])
+            for f, r in zip(small, done, strict=True)
+        ]
+    )
+    return [_hash_big(f, chunk) if f.size >= big_file else next(read) for f in files]
 
 
 @dataclass
@@ -107,6 +124,7 @@ class FileReader:
     batch_bytes: int = 1 << 20
     batch_files: int = 64
     chunk: int = 8 << 20
+    speedups: bool = True  # the compiled reader of small files, where it is built
 
     async def read_all(
         self, files: Sequence[LocalFile], *, keep_data: bool = True
@@ -117,6 +135,7 @@ class FileReader:
         """
         loop = asyncio.get_running_loop()
         batches = _batches(files, self.batch_bytes, self.batch_files, self.big_file)
+        compiled = file_reader() if self.speedups else None
         pending: deque[tuple[asyncio.Future[list[ReadFile]], int]] = deque()
         in_flight = 0
         index = 0
@@ -126,7 +145,7 @@ class FileReader:
                     batch = batches[index]
                     weight = sum(min(f.size, self.big_file) for f in batch)
                     future = loop.run_in_executor(
-                        self.executor, _read_batch, batch, self.big_file, self.chunk
+                        self.executor, _read_batch, batch, self.big_file, self.chunk, compiled
                     )
                     pending.append((future, weight))
                     in_flight += weight
@@ -135,7 +154,7 @@ class FileReader:
                 results = await future
                 in_flight -= weight
                 for result in results:
-                    yield result if keep_data or result.data is None else replace(result, data=None)
+                    yield result if keep_data or result.data is None else result._replace(data=None)
         finally:
             for future, _ in pending:
                 future.cancel()

@@ -1,13 +1,16 @@
-"""The optional compiled extractor (``_speedups.c``): whether it is here, and loading it.
+"""The optional compiled helpers (``_speedups.c``): whether they are here, and loading them.
 
-``pip install`` compiles it where a C compiler and the Python headers exist; without
-them dspkg runs the same steps in Python (``fetcher._RangeExtractor``), more slowly.
+``pip install`` compiles them where a C compiler and the Python headers exist; without
+them dspkg runs the same steps in Python (``fetcher._RangeExtractor`` for cold pulls,
+``sources._read_small`` for publishes), more slowly.
 ``DSPKG_SPEEDUPS=0`` turns it off (the test suite runs both).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 
@@ -28,6 +31,28 @@ def extractor_type() -> Any | None:
     return _speedups.Extractor
 
 
+# read_files(paths, sizes) -> [(data, sha256 hex, crc32) or None for a file to read again]
+ReadFiles = Callable[[list[bytes], list[int]], list[tuple[bytes, str, int] | None]]
+
+
+@functools.cache
+def file_reader() -> ReadFiles | None:
+    """``_speedups.read_files``, ready to use, or None when it cannot be used here."""
+    if extractor_type() is None:
+        return None
+    from dspkg import _speedups  # type: ignore[attr-defined]
+
+    path = _loaded_library("libz", "zlib", "z")
+    if path is None:
+        return None
+    try:
+        _speedups.load_zlib(path)
+    except OSError:
+        return None
+    reader: ReadFiles = _speedups.read_files
+    return reader
+
+
 def bad_entry_type() -> type[Exception]:
     from dspkg import _speedups  # type: ignore[attr-defined]
 
@@ -37,16 +62,21 @@ def bad_entry_type() -> type[Exception]:
 
 def _libcrypto() -> str | None:
     """The OpenSSL library this interpreter's hashlib uses (so both hash alike)."""
-    import _hashlib  # noqa: F401  (loads libcrypto into the process)
+    return _loaded_library("libcrypto", "_hashlib", "crypto")
 
+
+def _loaded_library(stem: str, module: str, name: str) -> str | None:
+    """The shared library ``stem`` that importing ``module`` loads into this process,
+    else the one the system would find by ``name``."""
+    importlib.import_module(module)
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             for line in maps:
                 path = line.rstrip("\n").partition("/")[2]
-                if path and "libcrypto" in path.rpartition("/")[2]:
+                if path and path.rpartition("/")[2].startswith(stem + "."):
                     return "/" + path
     except OSError:
         pass
     import ctypes.util
 
-    return ctypes.util.find_library("crypto")
+    return ctypes.util.find_library(name)

@@ -1,0 +1,97 @@
+"""Reading the files being published: the compiled reader (``_speedups.read_files``) and
+the Python one return the same bytes, SHA-256 and CRC-32, and the same errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dspkg.errors import SourceChanged
+from dspkg.sources import FileReader, LocalFile, ReadFile
+from dspkg.speedups import file_reader
+
+COMPILED = file_reader()
+needs_compiled = pytest.mark.skipif(
+    COMPILED is None, reason="the compiled reader is not built (no C compiler at install)"
+)
+
+
+def read_everything(files: list[LocalFile], *, speedups: bool) -> list[ReadFile]:
+    async def run() -> list[ReadFile]:
+        with ThreadPoolExecutor(2) as executor:
+            reader = FileReader(executor, batch_files=7, speedups=speedups)
+            return [r async for r in reader.read_all(files)]
+
+    return asyncio.run(run())
+
+
+def write(tmp: Path, contents: list[bytes]) -> list[LocalFile]:
+    files = []
+    for i, data in enumerate(contents):
+        path = tmp / f"f{i:03d}.bin"
+        path.write_bytes(data)
+        files.append(LocalFile(path.name, str(path), len(data)))
+    return files
+
+
+@needs_compiled
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(contents=st.lists(st.binary(max_size=70_000), min_size=1, max_size=20))
+def test_compiled_and_python_readers_agree(
+    tmp_path_factory: pytest.TempPathFactory, contents: list[bytes]
+) -> None:
+    files = write(tmp_path_factory.mktemp("src"), contents)
+    compiled = read_everything(files, speedups=True)
+    python = read_everything(files, speedups=False)
+    assert compiled == python
+    for read, data in zip(compiled, contents, strict=True):
+        assert read.data == data
+        assert read.sha256 == hashlib.sha256(data).hexdigest()
+        assert read.crc32 == zlib.crc32(data)
+
+
+@pytest.mark.parametrize("speedups", [True, False])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("grow", r"changed size while being published \(5 -> 6 bytes\)"),
+        ("shrink", r"changed size while being published \(5 -> 4 bytes\)"),
+        ("remove", "disappeared while publishing"),
+        ("unreadable", "cannot be read"),
+    ],
+)
+def test_a_file_that_changed_since_it_was_listed_stops_the_read(
+    tmp_path: Path, speedups: bool, change: str, message: str
+) -> None:
+    if speedups and COMPILED is None:
+        pytest.skip("the compiled reader is not built (no C compiler at install)")
+    files = write(tmp_path, [b"first", b"12345", b"third"])
+    changed = Path(files[1].path)
+    if change == "grow":
+        changed.write_bytes(b"123456")
+    elif change == "shrink":
+        changed.write_bytes(b"1234")
+    elif change == "remove":
+        changed.unlink()
+    else:
+        changed.unlink()
+        changed.mkdir()  # read() fails with EISDIR, as unreadable as it gets for root
+    with pytest.raises(SourceChanged, match=message) as info:
+        read_everything(files, speedups=speedups)
+    assert str(changed) in str(info.value)
+
+
+@needs_compiled
+def test_a_file_replaced_by_one_of_the_same_size_reads_as_it_is_now(tmp_path: Path) -> None:
+    files = write(tmp_path, [b"aaaa", b"bbbb"])
+    Path(files[0].path).write_bytes(b"cccc")
+    assert [r.data for r in read_everything(files, speedups=True)] == [b"cccc", b"bbbb"]
