@@ -244,3 +244,36 @@ def test_store_without_bucket_refuses_writes(s3_server: S3Server, tmp_path: Path
         {**s3_server.env(), "DSPKG_STORE": "s3://no-such-bucket/x", "DSPKG_CACHE": str(tmp_path)},
     )
     assert_one_line_error(result, "no-such-bucket")
+
+
+def test_packages_built_in_c_and_in_python_are_the_same_bytes(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """``--packages-only`` lays small files out as package bytes in C where it is built
+    (``DSPKG_SPEEDUPS=0`` turns that off): both give the same packages, byte for byte."""
+    sizes = [0, 1, 300, 70_000, 9_000] * 30
+    files = {f"d{i % 4}/{i:03d}.bin": os.urandom(size) for i, size in enumerate(sizes)}
+    files["big/huge.bin"] = os.urandom(33 << 20)  # beyond the readers' batches: streamed
+    write_outputs(tmp_path / "out", files, [{"uri": URI, "packaging": True}])
+    packages = []
+    for speedups in ("1", "0"):
+        store = tmp_path / f"store{speedups}"
+        result = run_cli(
+            ["publish", str(tmp_path / "out"), "--packages-only", "--package-max-file", "64MiB"],
+            {**env, "DSPKG_STORE": f"file://{store}", "DSPKG_SPEEDUPS": speedups},
+        )
+        assert result.returncode == 0, result.stderr
+        (package,) = sorted(store.rglob("*.vhpkgzip"))
+        packages.append(package.read_bytes())
+        pulled = run_cli(
+            ["pull", URI, str(tmp_path / f"dest{speedups}")],
+            {
+                **env,
+                "DSPKG_STORE": f"file://{store}",
+                "DSPKG_CACHE": str(tmp_path / "c" / speedups),
+            },
+        )
+        assert pulled.returncode == 0, pulled.stderr
+        assert read_tree(tmp_path / f"dest{speedups}") == files
+    assert len(packages[0]) > 33 << 20  # the big file is in the package too
+    assert packages[0] == packages[1]

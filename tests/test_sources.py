@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from dspkg.errors import SourceChanged
 from dspkg.sources import FileReader, LocalFile, ReadFile
-from dspkg.speedups import file_reader
+from dspkg.speedups import compiled_reader
+from dspkg.zipwriter import LOCAL_PREFIX, PackageWriter
 
-COMPILED = file_reader()
+COMPILED = compiled_reader()
 needs_compiled = pytest.mark.skipif(
     COMPILED is None, reason="the compiled reader is not built (no C compiler at install)"
 )
@@ -95,3 +96,65 @@ def test_a_file_replaced_by_one_of_the_same_size_reads_as_it_is_now(tmp_path: Pa
     files = write(tmp_path, [b"aaaa", b"bbbb"])
     Path(files[0].path).write_bytes(b"cccc")
     assert [r.data for r in read_everything(files, speedups=True)] == [b"cccc", b"bbbb"]
+
+
+def python_package_bytes(files: list[LocalFile], contents: list[bytes]) -> bytes:
+    writer = PackageWriter()
+    out = bytearray()
+    for f, data in zip(files, contents, strict=True):
+        out += writer.add(f.rel, len(data), zlib.crc32(data))
+        out += data
+    return bytes(out)
+
+
+@needs_compiled
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(contents=st.lists(st.binary(max_size=50_000), min_size=1, max_size=20))
+def test_packed_batches_are_the_package_bytes_python_writes(
+    tmp_path_factory: pytest.TempPathFactory, contents: list[bytes]
+) -> None:
+    files = write(tmp_path_factory.mktemp("src"), contents)
+
+    async def run() -> tuple[bytes, PackageWriter, list[ReadFile]]:
+        writer = PackageWriter()
+        out = bytearray()
+        reads: list[ReadFile] = []
+        with ThreadPoolExecutor(2) as executor:
+            reader = FileReader(executor, batch_files=6)
+            async for batch in reader.read_batches(files, package_prefix=LOCAL_PREFIX):
+                assert batch.packed is not None
+                for read in batch.reads:
+                    name = read.file.rel
+                    writer.add_written(name, len(name.encode()), read.file.size, read.crc32)
+                    assert read.data is None
+                reads += batch.reads
+                out += batch.packed
+        return bytes(out), writer, reads
+
+    packed, writer, reads = asyncio.run(run())
+    assert packed == python_package_bytes(files, contents)
+    python_writer = PackageWriter()
+    for f, data in zip(files, contents, strict=True):
+        python_writer.add(f.rel, len(data), zlib.crc32(data))
+    assert writer.entries == python_writer.entries
+    assert writer.finish() == python_writer.finish()
+    assert [r.sha256 for r in reads] == [hashlib.sha256(c).hexdigest() for c in contents]
+
+
+@needs_compiled
+def test_a_batch_with_a_changed_file_is_read_again_in_python_and_stops_there(
+    tmp_path: Path,
+) -> None:
+    files = write(tmp_path, [b"first", b"12345", b"third"])
+    Path(files[1].path).write_bytes(b"123456")
+
+    async def run() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            reader = FileReader(executor)
+            async for _ in reader.read_batches(files, package_prefix=LOCAL_PREFIX):
+                pass
+
+    with pytest.raises(SourceChanged, match=r"changed size while being published \(5 -> 6"):
+        asyncio.run(run())

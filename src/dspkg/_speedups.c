@@ -718,11 +718,153 @@ done:
     return result;
 }
 
+
+/* pack_files(prefix, paths, sizes, names) does what read_files does and lays the files
+ * out as a package's bytes: for each file, its local header (``prefix``: the header's
+ * first 14 bytes, the same for every stored entry below 4 GiB; then CRC-32, both sizes,
+ * the name's length, no extra field), its name and its data, read straight into place.
+ * Returns (those bytes, [(sha256 hex, crc32) or None, ...]); the bytes are None when a
+ * file could not be read as expected (the caller then reads the batch in Python). */
+static void put16(unsigned char *at, unsigned v) {
+    at[0] = (unsigned char)(v & 255);
+    at[1] = (unsigned char)(v >> 8);
+}
+
+static void put32(unsigned char *at, unsigned long v) {
+    for (int k = 0; k < 4; k++) at[k] = (unsigned char)((v >> (8 * k)) & 255);
+}
+
+static PyObject *pack_files(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *prefix;
+    Py_ssize_t prefix_len;
+    PyObject *paths_arg, *sizes_arg, *names_arg;
+    if (!PyArg_ParseTuple(args, "y#OOO", &prefix, &prefix_len, &paths_arg, &sizes_arg, &names_arg))
+        return NULL;
+    if (!crypto.loaded || !zlib_crc32) {
+        PyErr_SetString(PyExc_RuntimeError, "load_crypto and load_zlib first");
+        return NULL;
+    }
+    if (prefix_len != 14) {
+        PyErr_SetString(PyExc_ValueError, "the header prefix is 14 bytes");
+        return NULL;
+    }
+    PyObject *paths = PySequence_Fast(paths_arg, "paths must be a sequence");
+    PyObject *sizes = paths ? PySequence_Fast(sizes_arg, "sizes must be a sequence") : NULL;
+    PyObject *names = sizes ? PySequence_Fast(names_arg, "names must be a sequence") : NULL;
+    PyObject *buffer = NULL, *results = NULL, *answer = NULL;
+    Job *jobs = NULL;
+    Py_ssize_t *headers = NULL;
+    void *ctx = NULL;
+    if (!names) goto done;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(paths);
+    if (PySequence_Fast_GET_SIZE(sizes) != count || PySequence_Fast_GET_SIZE(names) != count) {
+        PyErr_SetString(PyExc_ValueError, "paths, sizes and names differ in length");
+        goto done;
+    }
+    jobs = PyMem_Calloc((size_t)count + 1, sizeof(Job));
+    headers = PyMem_Calloc((size_t)count + 1, sizeof(Py_ssize_t));
+    if (!jobs || !headers) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *path = PySequence_Fast_GET_ITEM(paths, i);
+        PyObject *name = PySequence_Fast_GET_ITEM(names, i);
+        if (!PyBytes_Check(path) || !PyBytes_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "paths and names must be bytes");
+            goto done;
+        }
+        Py_ssize_t size = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(sizes, i));
+        if (size < 0 || size >= 0xFFFFFFFFLL || PyBytes_GET_SIZE(name) > 0xFFFF) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "sizes and names must fit a plain ZIP entry");
+            goto done;
+        }
+        jobs[i].path = PyBytes_AS_STRING(path);
+        jobs[i].size = size;
+        headers[i] = total;
+        total += 30 + PyBytes_GET_SIZE(name) + size;
+    }
+    /* One byte more than needed: each file is read asking for one byte more than its size
+     * (to notice growth); that byte lands where the next header goes, written after it. */
+    buffer = PyBytes_FromStringAndSize(NULL, total + 1);
+    if (!buffer) goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(buffer);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(names, i);
+        Py_ssize_t name_len = PyBytes_GET_SIZE(name);
+        jobs[i].buf = (char *)out + headers[i] + 30 + name_len;
+    }
+    ctx = crypto.ctx_new();
+    if (!ctx) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int all_ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) {
+        jobs[i].ok = read_one(&jobs[i], ctx);
+        if (!jobs[i].ok) all_ok = 0;
+    }
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count && all_ok; i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(names, i);
+        Py_ssize_t name_len = PyBytes_GET_SIZE(name);
+        unsigned char *h = out + headers[i];
+        memcpy(h, prefix, 14);
+        put32(h + 14, jobs[i].crc);
+        put32(h + 18, (unsigned long)jobs[i].size);
+        put32(h + 22, (unsigned long)jobs[i].size);
+        put16(h + 26, (unsigned)name_len);
+        put16(h + 28, 0);
+        memcpy(h + 30, PyBytes_AS_STRING(name), (size_t)name_len);
+    }
+    results = PyList_New(count);
+    if (!results) goto done;
+    static const char hex[] = "0123456789abcdef";
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item;
+        if (!jobs[i].ok) {
+            Py_INCREF(Py_None);
+            item = Py_None;
+        } else {
+            char text[64];
+            for (int k = 0; k < 32; k++) {
+                text[2 * k] = hex[jobs[i].digest[k] >> 4];
+                text[2 * k + 1] = hex[jobs[i].digest[k] & 15];
+            }
+            item = Py_BuildValue("(s#k)", text, (Py_ssize_t)64, jobs[i].crc);
+            if (!item) goto done;
+        }
+        PyList_SET_ITEM(results, i, item);
+    }
+    if (all_ok) {
+        if (_PyBytes_Resize(&buffer, total) < 0) goto done;
+        answer = Py_BuildValue("(OO)", buffer, results);
+    } else {
+        answer = Py_BuildValue("(OO)", Py_None, results);
+    }
+done:
+    if (ctx) crypto.ctx_free(ctx);
+    PyMem_Free(jobs);
+    PyMem_Free(headers);
+    Py_XDECREF(buffer);
+    Py_XDECREF(results);
+    Py_XDECREF(paths);
+    Py_XDECREF(sizes);
+    Py_XDECREF(names);
+    return answer;
+}
+
 static PyMethodDef module_methods[] = {
     {"load_crypto", load_crypto, METH_O, "Load SHA-256 from the libcrypto at this path."},
     {"load_zlib", load_zlib, METH_O, "Load crc32 from the libz at this path."},
     {"read_files", read_files, METH_VARARGS,
      "Read, hash and CRC small files whole: [(data, sha256 hex, crc32) or None, ...]."},
+    {"pack_files", pack_files, METH_VARARGS,
+     "Read small files into one buffer of local headers, names and data, hashed."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,9 +15,9 @@ from dspkg.names import VersionUri
 from dspkg.progress import Progress
 from dspkg.publish_plan import FEW_FILES, BuiltPackage, PackagePlan
 from dspkg.sizes import format_size
-from dspkg.sources import LocalFile, ReadFile
+from dspkg.sources import Batch, LocalFile, ReadFile
 from dspkg.store import Store
-from dspkg.zipwriter import PackageWriter
+from dspkg.zipwriter import LOCAL_PREFIX, PackageWriter
 
 OnFile = Callable[[ReadFile], Awaitable[None]]
 
@@ -25,11 +25,16 @@ OnFile = Callable[[ReadFile], Awaitable[None]]
 class Source(Protocol):
     """Where a package's files are read from: a directory (:class:`FileReader`), or the
     blobs of a stored version (:class:`dspkg.packing.BlobReader`). Either yields every
-    file in order, hashed and checked, and streams a big file's bytes again."""
+    file in order, hashed and checked (one by one, or in batches that may come as package
+    bytes already), and streams a big file's bytes again."""
 
     def read_all(
         self, files: Sequence[LocalFile], *, keep_data: bool = True
     ) -> AsyncIterator[ReadFile]: ...
+
+    def read_batches(
+        self, files: Sequence[LocalFile], *, package_prefix: bytes | None = None
+    ) -> AsyncIterator[Batch]: ...
 
     def stream(self, read: ReadFile) -> AsyncIterator[bytes]: ...
 
@@ -46,11 +51,15 @@ async def upload_package(
     on_file: OnFile = _no_op,
     part_size: int = 8 << 20,
     concurrency: int = 8,
+    keep_data: bool = True,
 ) -> BuiltPackage:
-    """Read, hash and package ``plan.files`` into ``plan.key``; ``on_file`` sees each file read."""
+    """Read, hash and package ``plan.files`` into ``plan.key``; ``on_file`` sees each file
+    read (without its bytes unless ``keep_data``: then a reader may lay small files out as
+    package bytes itself, in C, which spares this loop most of its work per file)."""
     writer = PackageWriter()
     digest = hashlib.sha256()
     offsets: dict[str, int] = {}
+    prefix = None if keep_data else LOCAL_PREFIX
 
     async def chunks() -> AsyncIterator[bytes]:
         # Pieces are joined once per part: one copy of every byte, not one per append.
@@ -65,23 +74,35 @@ async def upload_package(
             digest.update(joined)
             return joined
 
-        async for read in reader.read_all(plan.files):
-            header = writer.add(read.file.rel, read.file.size, read.crc32)
-            offsets[read.file.rel] = writer.last.data_offset
-            pieces.append(header)
-            size += len(header)
-            if read.data is not None:
-                pieces.append(read.data)
-                size += len(read.data)
-            else:
-                async for block in reader.stream(read):
-                    pieces.append(block)
-                    size += len(block)
-                    if size >= part_size:
-                        yield part()
-            await on_file(read)
-            if size >= part_size:
-                yield part()
+        async for batch in reader.read_batches(plan.files, package_prefix=prefix):
+            if batch.packed is not None:
+                for read in batch.reads:
+                    name, nbytes = read.file.rel, read.file.size
+                    writer.add_written(name, len(name.encode("utf-8")), nbytes, read.crc32)
+                    offsets[name] = writer.last.data_offset
+                    await on_file(read)
+                pieces.append(batch.packed)
+                size += len(batch.packed)
+                if size >= part_size:
+                    yield part()
+                continue
+            for read in batch.reads:
+                header = writer.add(read.file.rel, read.file.size, read.crc32)
+                offsets[read.file.rel] = writer.last.data_offset
+                pieces.append(header)
+                size += len(header)
+                if read.data is not None:
+                    pieces.append(read.data)
+                    size += len(read.data)
+                else:
+                    async for block in reader.stream(read):
+                        pieces.append(block)
+                        size += len(block)
+                        if size >= part_size:
+                            yield part()
+                await on_file(read)
+                if size >= part_size:
+                    yield part()
         pieces.append(writer.finish())
         yield part()
 

@@ -37,7 +37,7 @@ from dspkg.progress import Progress
 from dspkg.publish_plan import PACKAGE_MAX_FILE, BuiltPackage, shape_digest
 from dspkg.publisher import PackageSummary
 from dspkg.sizes import format_size
-from dspkg.sources import LocalFile, ReadFile
+from dspkg.sources import Batch, LocalFile, ReadFile
 from dspkg.store import Store
 
 # A version changed under this run this many times in a row: give up, say so.
@@ -252,6 +252,13 @@ class BlobReader:
         self.jobs = max(1, jobs)
         self.window_bytes = window_bytes
         self.big_file = big_file
+
+    async def read_batches(
+        self, files: Sequence[LocalFile], *, package_prefix: bytes | None = None
+    ) -> AsyncIterator[Batch]:
+        """Every file on its own, with its bytes: blobs never come as package bytes."""
+        async for read in self.read_all(files):
+            yield Batch([read], None)
 
     async def read_all(
         self, files: Sequence[LocalFile], *, keep_data: bool = True

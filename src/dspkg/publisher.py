@@ -612,6 +612,7 @@ async def _upload_packages(
             run.reader,
             on_file=on_file,
             concurrency=max(2, min(run.options.jobs, 8)),
+            keep_data=not run.options.packages_only,  # only blobs need a file's bytes
         )
         built.append(done)
         entries = [(f.rel, *hashes[f.rel]) for f in package.files]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from dspkg.errors import SourceChanged
-from dspkg.speedups import ReadFiles, file_reader
+from dspkg.speedups import Compiled, compiled_reader
 
 
 # Named tuples, not frozen dataclasses: one of each per file, and a frozen dataclass
@@ -97,23 +97,47 @@ def _hash_big(file: LocalFile, chunk: int) -> ReadFile:
     return ReadFile(file, sha.hexdigest(), crc, None)
 
 
+class Batch(NamedTuple):
+    """Files read together, in order. ``packed``, when a package prefix was asked for and
+    the compiled reader could read every file: the package bytes of these files (for each,
+    its local header, name and data), and then the reads carry no data."""
+
+    reads: list[ReadFile]
+    packed: bytes | None
+
+
 def _read_batch(
-    files: Sequence[LocalFile], big_file: int, chunk: int, compiled: ReadFiles | None
-) -> list[ReadFile]:
-    small = [f for f in files if f.size < big_file] if compiled is not None else []
-    if not small:
-        return [_hash_big(f, chunk) if f.size >= big_file else _read_small(f) for f in files]
-    assert compiled is not None
-    done = compiled([os.fsencode(f.path) for f in small], [f.size for f in small])
-    # A file the compiled reader could not read as expected is read again here, which
-    # raises the error it deserves (or reads it, had it only been replaced meanwhile).
-    read = iter(
-        [
-            _read_small(f) if r is None else ReadFile(f, r[1], r[2], r[0])
-            for f, r in zip(small, done, strict=True)
-        ]
-    )
-    return [_hash_big(f, chunk) if f.size >= big_file else next(read) for f in files]
+    files: Sequence[LocalFile],
+    big_file: int,
+    chunk: int,
+    compiled: Compiled | None,
+    prefix: bytes | None,
+) -> Batch:
+    if files[0].size >= big_file:  # a big file is a batch of its own
+        return Batch([_hash_big(files[0], chunk)], None)
+    if compiled is not None:
+        paths = [os.fsencode(f.path) for f in files]
+        sizes = [f.size for f in files]
+        if prefix is not None:
+            names = [f.rel.encode("utf-8") for f in files]
+            packed, hashed = compiled.pack_files(prefix, paths, sizes, names)
+            if packed is not None:  # then every file was read: each has its hashes
+                reads = [
+                    ReadFile(f, h[0], h[1], None)
+                    for f, h in zip(files, hashed, strict=True)
+                    if h is not None
+                ]
+                return Batch(reads, packed)
+        else:
+            done = compiled.read_files(paths, sizes)
+            # A file the compiled reader could not read as expected is read again here,
+            # which raises the error it deserves (or reads it, had it been replaced).
+            reads = [
+                _read_small(f) if r is None else ReadFile(f, r[1], r[2], r[0])
+                for f, r in zip(files, done, strict=True)
+            ]
+            return Batch(reads, None)
+    return Batch([_read_small(f) for f in files], None)
 
 
 @dataclass
@@ -126,6 +150,11 @@ class FileReader:
     chunk: int = 8 << 20
     speedups: bool = True  # the compiled reader of small files, where it is built
 
+    @property
+    def packs(self) -> bool:
+        """Whether :meth:`read_batches` can lay files out as package bytes."""
+        return self.speedups and compiled_reader() is not None
+
     async def read_all(
         self, files: Sequence[LocalFile], *, keep_data: bool = True
     ) -> AsyncIterator[ReadFile]:
@@ -133,10 +162,20 @@ class FileReader:
 
         With ``keep_data`` false the bytes are dropped once hashed (a hash-only pass).
         """
+        async for batch in self.read_batches(files):
+            for result in batch.reads:
+                yield result if keep_data or result.data is None else result._replace(data=None)
+
+    async def read_batches(
+        self, files: Sequence[LocalFile], *, package_prefix: bytes | None = None
+    ) -> AsyncIterator[Batch]:
+        """Yield every file, in order, hashed, a batch at a time; reads run ahead up to
+        ``window_bytes``. With ``package_prefix`` (the first 14 bytes of a stored entry's
+        local header) small files come as package bytes where the compiled reader can."""
         loop = asyncio.get_running_loop()
         batches = _batches(files, self.batch_bytes, self.batch_files, self.big_file)
-        compiled = file_reader() if self.speedups else None
-        pending: deque[tuple[asyncio.Future[list[ReadFile]], int]] = deque()
+        compiled = compiled_reader() if self.speedups else None
+        pending: deque[tuple[asyncio.Future[Batch], int]] = deque()
         in_flight = 0
         index = 0
         try:
@@ -145,16 +184,21 @@ class FileReader:
                     batch = batches[index]
                     weight = sum(min(f.size, self.big_file) for f in batch)
                     future = loop.run_in_executor(
-                        self.executor, _read_batch, batch, self.big_file, self.chunk, compiled
+                        self.executor,
+                        _read_batch,
+                        batch,
+                        self.big_file,
+                        self.chunk,
+                        compiled,
+                        package_prefix,
                     )
                     pending.append((future, weight))
                     in_flight += weight
                     index += 1
                 future, weight = pending.popleft()
-                results = await future
+                done = await future
                 in_flight -= weight
-                for result in results:
-                    yield result if keep_data or result.data is None else result._replace(data=None)
+                yield done
         finally:
             for future, _ in pending:
                 future.cancel()

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 
 @functools.cache
@@ -31,13 +30,21 @@ def extractor_type() -> Any | None:
     return _speedups.Extractor
 
 
-# read_files(paths, sizes) -> [(data, sha256 hex, crc32) or None for a file to read again]
-ReadFiles = Callable[[list[bytes], list[int]], list[tuple[bytes, str, int] | None]]
+class Compiled(Protocol):
+    """``_speedups``' readers of small files (see ``_speedups.c``)."""
+
+    def read_files(
+        self, paths: list[bytes], sizes: list[int], /
+    ) -> list[tuple[bytes, str, int] | None]: ...
+
+    def pack_files(
+        self, prefix: bytes, paths: list[bytes], sizes: list[int], names: list[bytes], /
+    ) -> tuple[bytes | None, list[tuple[str, int] | None]]: ...
 
 
 @functools.cache
-def file_reader() -> ReadFiles | None:
-    """``_speedups.read_files``, ready to use, or None when it cannot be used here."""
+def compiled_reader() -> Compiled | None:
+    """``_speedups`` with its readers ready to use, or None when it cannot be used here."""
     if extractor_type() is None:
         return None
     from dspkg import _speedups  # type: ignore[attr-defined]
@@ -49,8 +56,8 @@ def file_reader() -> ReadFiles | None:
         _speedups.load_zlib(path)
     except OSError:
         return None
-    reader: ReadFiles = _speedups.read_files
-    return reader
+    module: Compiled = _speedups
+    return module
 
 
 def bad_entry_type() -> type[Exception]:

@@ -18,13 +18,28 @@ Example::
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dspkg import zipformat as zf
 
+# The first 14 bytes of the local header of every stored entry below 4 GiB: signature,
+# version, flags, method, time, date (CRC-32, sizes and the name's length follow).
+LOCAL_PREFIX = zf.LOCAL.pack(
+    zf.LOCAL_SIG,
+    zf.VERSION_DEFAULT,
+    zf.FLAG_UTF8,
+    zf.METHOD_STORED,
+    zf.DOS_TIME,
+    zf.DOS_DATE,
+    0,
+    0,
+    0,
+    0,
+    0,
+)[:14]
 
-@dataclass(frozen=True, slots=True)
-class WrittenEntry:
+
+class WrittenEntry(NamedTuple):
     name: str
     size: int
     crc32: int
@@ -77,13 +92,28 @@ class PackageWriter:
             len(encoded),
             len(extra),
         )
-        data_offset = self._position + len(header) + len(encoded) + len(extra)
+        self._record(name, size, crc32, len(header) + len(encoded) + len(extra))
+        return header + encoded + extra
+
+    def add_written(self, name: str, encoded_length: int, size: int, crc32: int) -> None:
+        """Record an entry whose local header the caller emitted itself: ``LOCAL_PREFIX``,
+        CRC-32, both sizes, the name's length, no extra field, then the name (what
+        :meth:`add` returns for an entry below 4 GiB; ``_speedups.pack_files`` does so)."""
+        if self._finished:
+            raise ValueError("package already finished")
+        if self._last_name is not None and name <= self._last_name:
+            raise ValueError(f"entries must be added in sorted order: {name!r}")
+        if size >= zf.MAX32:
+            raise ValueError(f"{name!r} needs a ZIP64 header: use add()")
+        self._record(name, size, crc32, zf.LOCAL.size + encoded_length)
+
+    def _record(self, name: str, size: int, crc32: int, header_length: int) -> None:
+        data_offset = self._position + header_length
         self._entries.append(
             WrittenEntry(name, size, crc32 & zf.MAX32, self._position, data_offset)
         )
         self._position = data_offset + size
         self._last_name = name
-        return header + encoded + extra
 
     def finish(self) -> bytes:
         """Return the central directory and end records; the package is then complete."""
