@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from dspkg.errors import InvalidMetadata, InvalidName
 from dspkg.layout import LATEST
 from dspkg.names import VersionUri, check_name
-from dspkg.paths import path_problem
+from dspkg.paths import all_paths_ok, path_problem
 
 JSONL_NAME = "valohai.metadata.jsonl"
 SIDECAR_SUFFIX = ".metadata.json"
@@ -98,9 +98,26 @@ def read_outputs(root: Path) -> Outputs:
     drafts: dict[VersionUri, _Draft] = {}
     last: tuple[Any, _Draft] = (None, _Draft(VersionUri("_", "_"), Where("")))
     folders: dict[str, str] = {}
+    named: list[tuple[str, Where]] = []  # files named since the last check
+
+    def check_named() -> None:
+        # Paths are checked many at a time (one pass over a joined string); the files
+        # behind them then one by one, in the order the metadata names them.
+        if not all_paths_ok([rel for rel, _ in named]):
+            for rel, where in named:
+                problem = path_problem(rel)
+                if problem:
+                    raise _invalid(where, f"file {rel!r} cannot be published: {problem}")
+        for rel, where in named:
+            paths[rel], sizes[rel] = _check_file(root, rel, where, folders, checked=True)
+        named.clear()
+
     for rel, meta, where in _read_sources(root):
         if rel not in sizes:
-            paths[rel], sizes[rel] = _check_file(root, rel, where, folders)
+            sizes[rel] = -1  # named; checked with the next batch
+            named.append((rel, where))
+            if len(named) >= _CHECK_BATCH:
+                check_named()
         entries = meta.get(VERSIONS_KEY, [])
         if not isinstance(entries, list):
             raise _invalid(where, f"{VERSIONS_KEY} must be a list")
@@ -109,6 +126,7 @@ def read_outputs(root: Path) -> Outputs:
                 last[1].files.add(rel)
                 continue
             last = (entry, _merge_entry(drafts, rel, entry, where))
+    check_named()
     versions = tuple(_finish(d) for d in sorted(drafts.values(), key=lambda d: d.uri))
     return Outputs(root=root, versions=versions, sizes=sizes, paths=paths)
 
@@ -197,14 +215,18 @@ def inside_root(root: Path, rel: str, where: Where, what: str) -> str:
 
 
 _EUID = os.geteuid()
+_CHECK_BATCH = 4096  # files named, then checked together
 
 
-def _check_file(root: Path, rel: str, where: Where, folders: dict[str, str]) -> tuple[str, int]:
-    """Validate one named file; return its real path and size. ``folders`` keeps the real
-    path of each folder checked in this run: a file that is no link (one ``lstat``) in a
-    folder whose real path is inside ``root`` is inside ``root``, so the walk through
-    every component (``inside_root``) runs once a folder, not once a file."""
-    problem = path_problem(rel)
+def _check_file(
+    root: Path, rel: str, where: Where, folders: dict[str, str], *, checked: bool = False
+) -> tuple[str, int]:
+    """Validate one named file (its path too, unless ``checked``); return its real path
+    and size. ``folders`` keeps the real path of each folder checked in this run: a file
+    that is no link (one ``lstat``) in a folder whose real path is inside ``root`` is
+    inside ``root``, so the walk through every component (``inside_root``) runs once a
+    folder, not once a file."""
+    problem = None if checked else path_problem(rel)
     if problem:
         raise _invalid(where, f"file {rel!r} cannot be published: {problem}")
     folder, _, name = rel.rpartition("/")

@@ -81,10 +81,11 @@ async def upload_package(
                     writer.add_written(name, len(name.encode("utf-8")), nbytes, read.crc32)
                     offsets[name] = writer.last.data_offset
                     await on_file(read)
-                pieces.append(batch.packed)
-                size += len(batch.packed)
-                if size >= part_size:
+                # Already one buffer: handed on as it is (the store gathers its parts).
+                if pieces:
                     yield part()
+                digest.update(batch.packed)
+                yield batch.packed
                 continue
             for read in batch.reads:
                 header = writer.add(read.file.rel, read.file.size, read.crc32)
