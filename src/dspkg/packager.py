@@ -6,8 +6,10 @@ parts of ``part_size`` bytes that the store uploads while later files are read.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from dspkg.manifest import PackageInfo
@@ -43,6 +45,28 @@ async def _no_op(_: ReadFile) -> None:
     return None
 
 
+class _Digest:
+    """The package's SHA-256, computed in a thread of its own, in order: the loop that
+    builds the package never waits for it (hashing releases the interpreter's lock, and
+    taking it back while the reading threads hold it would stall that loop each time)."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="dspkg-package-sha256")
+        self._last: Future[None] | None = None
+
+    def update(self, data: bytes) -> None:
+        self._last = self._thread.submit(self._sha.update, data)
+
+    async def hexdigest(self) -> str:
+        if self._last is not None:
+            await asyncio.wrap_future(self._last)  # one thread: the last one ends last
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+
 async def upload_package(
     store: Store,
     plan: PackagePlan,
@@ -57,7 +81,7 @@ async def upload_package(
     read (without its bytes unless ``keep_data``: then a reader may lay small files out as
     package bytes itself, in C, which spares this loop most of its work per file)."""
     writer = PackageWriter()
-    digest = hashlib.sha256()
+    digest = _Digest()
     offsets: dict[str, int] = {}
     prefix = None if keep_data else LOCAL_PREFIX
 
@@ -107,12 +131,16 @@ async def upload_package(
         pieces.append(writer.finish())
         yield part()
 
-    await store.put_stream(plan.key, chunks(), part_size=part_size, concurrency=concurrency)
+    try:
+        await store.put_stream(plan.key, chunks(), part_size=part_size, concurrency=concurrency)
+        sha256 = await digest.hexdigest()
+    finally:
+        digest.close()
     info = PackageInfo(
         name=plan.name,
         key=plan.key,
         size=writer.position,
-        sha256=digest.hexdigest(),
+        sha256=sha256,
         entries=len(plan.files),
     )
     return BuiltPackage(info=info, offsets=offsets)
