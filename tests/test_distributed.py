@@ -21,10 +21,11 @@ from dspkg import api
 from dspkg import distributed as dist
 from dspkg.catalog import Catalog
 from dspkg.concurrency import run_sync
+from dspkg.errors import InvalidArgument
 from dspkg.layout import blob_key, manifest_key
 from dspkg.names import VersionUri
 from dspkg.store import open_store
-from tests.helpers import read_tree, run_cli, write_outputs
+from tests.helpers import assert_usage_error, free_port, read_tree, run_cli, write_outputs
 
 URI = "dataset://cluster/v1"
 VERSION = VersionUri("cluster", "v1")
@@ -275,3 +276,21 @@ def test_a_worker_killed_while_uploading_big_files(
     api.pull(URI, tmp_path / "dest", store=url, env=env)
     assert read_tree(tmp_path / "dest") == files
     assert_worker_replaced(client, killed)
+
+
+def test_dask_publish_checks_package_max_file_before_reaching_the_cluster(
+    client: Client, tmp_path: Path, env: dict[str, str]
+) -> None:
+    out = write_outputs(tmp_path / "out", files_of(3, seed=5), [URI])
+    url = f"file://{tmp_path / 'store'}"
+    # No scheduler listens there: the usage error comes first.
+    base = ["publish", str(out), "--store", url, "--dask", f"tcp://127.0.0.1:{free_port()}"]
+    for value, needle in (
+        ("0", "0 would keep every file out of the packages; use --no-packaging"),
+        ("ten", "invalid size 'ten'"),
+        ("9999999TB", "larger than any object a store holds"),
+    ):
+        assert_usage_error(run_cli([*base, f"--package-max-file={value}"], env), needle)
+    with pytest.raises(InvalidArgument, match="0 would keep every file"):
+        dist.publish([out], URI, client, store=url, package_max_file=0)
+    assert not (tmp_path / "store").exists()

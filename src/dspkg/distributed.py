@@ -1,17 +1,21 @@
 """Publishing one version on a Dask cluster: each task builds one package, one commit.
 
 The client lists the files and cuts them into packages exactly as a single publish would
-(:func:`~dspkg.publish_plan.split_packages`, same names); each package is a task that
-a worker runs: read and hash its files, stream the package to the store, upload blobs,
-stage the result as a part (:func:`~dspkg.publisher.stage_files`). The client then
-commits those parts (:func:`~dspkg.committer.commit_version`): the version has the same
-files, packages (bytes, names, SHA-256) and shards as a single publish of the same files;
-only the ``<attempt>`` in package keys differs.
+(:func:`~dspkg.publish_plan.plan_tasks`: same ``package_max_file``, same splits, same
+names); each package is a task that a worker runs: read and hash its files, stream the
+package to the store, upload blobs, stage the result as a part
+(:func:`~dspkg.publisher.stage_files`). The files a single publish keeps out of the
+packages (``package_max_file`` or more) are tasks of their own, a bounded share each, that
+upload them as blobs and stage them as parts the same way. The client then commits those
+parts (:func:`~dspkg.committer.commit_version`): the version has the same files, packages
+(bytes, names, SHA-256), shards and ``package_max_file`` as a single publish of the same
+files; only the ``<attempt>`` in package keys differs.
 
 A worker lost mid-task: Dask runs the task again elsewhere; the attempt that died never
 staged its part, so whatever it uploaded is referenced by nothing (``dspkg gc`` removes
-it). Part names come from the plan, so running the same publish again after a failure
-stages only the parts still missing. Workers read the files at the client's paths (a
+it). Blobs are named by content and created conditionally, so a task run again never
+replaces nor duplicates one. Part names come from the plan, so running the same publish
+again after a failure stages only the parts still missing. Workers read the files at the client's paths (a
 shared file system) and reach the store with their own environment (credentials).
 
 Dask is an optional dependency: ``pip install 'dspkg[dask]'``.
