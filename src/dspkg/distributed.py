@@ -15,8 +15,9 @@ A worker lost mid-task: Dask runs the task again elsewhere; the attempt that die
 staged its part, so whatever it uploaded is referenced by nothing (``dspkg gc`` removes
 it). Blobs are named by content and created conditionally, so a task run again never
 replaces nor duplicates one. Part names come from the plan, so running the same publish
-again after a failure stages only the parts still missing. Workers read the files at the client's paths (a
-shared file system) and reach the store with their own environment (credentials).
+again after a failure stages only the parts still missing. Workers read the files at the
+client's paths (a shared file system) and reach the store with their own environment
+(credentials) and the client's store options.
 
 Dask is an optional dependency: ``pip install 'dspkg[dask]'``.
 """
