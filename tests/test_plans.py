@@ -18,8 +18,10 @@ from dspkg.publish_plan import (
     assemble_manifest,
     layout_offsets,
     package_bytes,
+    plan_tasks,
     plan_version,
     split_packages,
+    split_runs,
 )
 from dspkg.pull_plan import Tuning, estimate, header_start, plan_fetch
 from dspkg.sources import LocalFile
@@ -46,6 +48,65 @@ def test_split_estimate_is_the_real_package_size(sizes: list[int]) -> None:
     files = local_files(sizes)
     package, _ = build_package((f.rel, b"\0" * f.size) for f in files)
     assert package_bytes(files) == len(package)
+
+
+@given(
+    sizes=_sizes,
+    max_files=st.integers(1, 10),
+    max_bytes=st.integers(1, 100_000),
+)
+def test_runs_keep_order_and_bounds(sizes: list[int], max_files: int, max_bytes: int) -> None:
+    files = local_files(sizes)
+    runs = split_runs(files, max_files, max_bytes)
+    assert [f for run in runs for f in run] == files
+    for run in runs:
+        assert 1 <= len(run) <= max_files
+        assert sum(f.size for f in run) <= max_bytes or len(run) == 1
+
+
+@given(
+    sizes=st.lists(st.integers(0, 50_000), min_size=1, max_size=60),
+    package_size=st.integers(1_000, 200_000),
+    max_file=st.integers(1, 60_000),
+    packaging=st.booleans(),
+)
+def test_distributed_tasks_make_the_single_publish_packages(
+    sizes: list[int], package_size: int, max_file: int, packaging: bool
+) -> None:
+    """The tasks of a Dask publish build exactly the packages a single publish plans (same
+    names, same files) and upload every file it keeps out of them, each file once."""
+    files = local_files(sizes)
+    uri = VersionUri("d", "v")
+    request = VersionRequest(uri=uri, files=tuple(f.rel for f in files), packaging=packaging)
+    single = plan_version(
+        request,
+        None,
+        {f.rel: f for f in files},
+        packaging=packaging,
+        package_size=package_size,
+        attempt="a",
+        max_file=max_file,
+    )
+    tasks = plan_tasks(
+        uri,
+        files,
+        packaging=packaging,
+        package_size=package_size,
+        max_file=max_file,
+        task_files=3,
+        task_bytes=package_size,
+    )
+    packaged = [(t.package, t.files) for t in tasks if t.package is not None]
+    assert packaged == [(p.name, p.files) for p in single.packages]
+    loose = [f for t in tasks if t.package is None for f in t.files]
+    in_packages = {f.rel for p in single.packages for f in p.files}
+    assert loose == [f for f in files if f.rel not in in_packages]
+    if packaging:
+        assert loose == list(single.too_big)
+    for task in tasks:
+        if task.package is None:
+            assert 1 <= len(task.files) <= 3
+            assert sum(f.size for f in task.files) <= package_size or len(task.files) == 1
 
 
 def packaged_manifest(sizes: list[int]) -> tuple[Manifest, bytes]:

@@ -232,12 +232,15 @@ def publish_on_dask(
     packaging: bool | None = None,
     packages_only: bool = False,
     package_size: int | str = "1GiB",
+    package_max_file: int | str | None = None,
     store_options: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
 ) -> list[DistributedResult]:
     """:func:`publish` with the packages built by the workers of the Dask scheduler at
-    ``address`` (see :mod:`dspkg.distributed`); the files must be readable by them."""
+    ``address`` (see :mod:`dspkg.distributed`); the files must be readable by them.
+    Files of ``package_max_file`` bytes or more (default 10 MB) stay blobs, uploaded
+    by tasks of their own."""
     try:
         from distributed import Client
     except ImportError:
@@ -245,7 +248,9 @@ def publish_on_dask(
     from dspkg.distributed import publish_outputs
 
     settings = Settings.from_env(env)
-    options = publish_options(settings, packaging, packages_only, package_size)
+    options = publish_options(
+        settings, packaging, packages_only, package_size, package_max_file=package_max_file
+    )
     target = resolve_store(store, settings, store_options)
     try:
         client = Client(address, timeout="20s")  # type: ignore[no-untyped-call]
@@ -254,8 +259,14 @@ def publish_on_dask(
             f"cannot reach the Dask scheduler at {address} ({exc}); check --dask"
         ) from None
     with client:
+        # The workers open the store themselves: they need its options too.
         return publish_outputs(
-            outputs_dir, client, store=target, options=options, progress=progress
+            outputs_dir,
+            client,
+            store=target,
+            options=options,
+            store_options=store_options,
+            progress=progress,
         )
 
 

@@ -98,12 +98,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     if args.dask:
         if args.to is not None:
             raise UsageError("--to and --dask: a Dask publish takes its versions from metadata")
-        if args.package_max_file != str(PACKAGE_MAX_FILE):
-            raise UsageError(
-                "--package-max-file with --dask: a Dask publish packages files of every size "
-                "for now; publish without --dask to keep big files out of the packages"
-            )
-        return _publish_on_dask(args)
+        return _publish_on_dask(args, usage(check_package_max_file, args.package_max_file))
     given = [
         option
         for option, value in (
@@ -166,7 +161,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _publish_on_dask(args: argparse.Namespace) -> int:
+def _publish_on_dask(args: argparse.Namespace, max_file: int) -> int:
     results = api.publish_on_dask(
         args.dir,
         args.dask,
@@ -174,6 +169,7 @@ def _publish_on_dask(args: argparse.Namespace) -> int:
         packaging=args.packaging,
         packages_only=args.packages_only,
         package_size=args.package_size,
+        package_max_file=max_file,
         store_options=store_options(args.store_option),
         progress=_progress(args),
     )

@@ -1,18 +1,23 @@
 """Publishing one version on a Dask cluster: each task builds one package, one commit.
 
 The client lists the files and cuts them into packages exactly as a single publish would
-(:func:`~dspkg.publish_plan.split_packages`, same names); each package is a task that
-a worker runs: read and hash its files, stream the package to the store, upload blobs,
-stage the result as a part (:func:`~dspkg.publisher.stage_files`). The client then
-commits those parts (:func:`~dspkg.committer.commit_version`): the version has the same
-files, packages (bytes, names, SHA-256) and shards as a single publish of the same files;
-only the ``<attempt>`` in package keys differs.
+(:func:`~dspkg.publish_plan.plan_tasks`: same ``package_max_file``, same splits, same
+names); each package is a task that a worker runs: read and hash its files, stream the
+package to the store, upload blobs, stage the result as a part
+(:func:`~dspkg.publisher.stage_files`). The files a single publish keeps out of the
+packages (``package_max_file`` or more) are tasks of their own, a bounded share each, that
+upload them as blobs and stage them as parts the same way. The client then commits those
+parts (:func:`~dspkg.committer.commit_version`): the version has the same files, packages
+(bytes, names, SHA-256), shards and ``package_max_file`` as a single publish of the same
+files; only the ``<attempt>`` in package keys differs.
 
 A worker lost mid-task: Dask runs the task again elsewhere; the attempt that died never
 staged its part, so whatever it uploaded is referenced by nothing (``dspkg gc`` removes
-it). Part names come from the plan, so running the same publish again after a failure
-stages only the parts still missing. Workers read the files at the client's paths (a
-shared file system) and reach the store with their own environment (credentials).
+it). Blobs are named by content and created conditionally, so a task run again never
+replaces nor duplicates one. Part names come from the plan, so running the same publish
+again after a failure stages only the parts still missing. Workers read the files at the
+client's paths (a shared file system) and reach the store with their own environment
+(credentials) and the client's store options.
 
 Dask is an optional dependency: ``pip install 'dspkg[dask]'``.
 """
@@ -27,19 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dspkg import publish_plan
 from dspkg.catalog import Catalog
 from dspkg.committer import CommitResult, commit_version
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
 from dspkg.errors import AlreadyExists, InvalidArgument, InvalidMetadata
-from dspkg.layout import package_name
 from dspkg.metadata import VersionRequest, directory_files, read_outputs
 from dspkg.names import VersionUri
+from dspkg.packager import log_few_files
 from dspkg.paths import path_problem, tree_problem
 from dspkg.progress import Progress
-from dspkg.publish_plan import split_packages
+from dspkg.publish_plan import PACKAGE_MAX_FILE
+from dspkg.publish_plan import package_max_file as check_package_max_file
 from dspkg.publisher import PublishOptions, in_dependency_order, packaging_of, stage_files
-from dspkg.sizes import parse_size
+from dspkg.sizes import format_size, parse_size
 from dspkg.sources import LocalFile
 from dspkg.store import Store, open_store
 
@@ -49,6 +56,10 @@ if TYPE_CHECKING:
 # Without packages, a task stages this many files (or bytes) as one part.
 UNPACKAGED_TASK_FILES = 20_000
 UNPACKAGED_TASK_BYTES = 1 << 30
+# A task of files too big to package uploads at most this many blobs, and about a
+# package's worth of bytes (--package-size): tasks stay alike in size, and a task
+# retried after a lost worker redoes a bounded amount of work.
+BLOB_TASK_FILES = 1_000
 
 
 @dataclass(frozen=True)
@@ -65,8 +76,10 @@ class PartTask:
     part: str
     files: tuple[tuple[str, str, int], ...]  # (path in the version, path to read, size)
     package: str | None  # the package name, when the files make one
+    packaging: bool  # of the version: its files below package_max_file are packaged
     packages_only: bool
     package_size: int
+    package_max_file: int
 
 
 @dataclass(frozen=True)
@@ -87,16 +100,17 @@ def run_part(task: PartTask) -> bool:
     request = VersionRequest(
         uri=VersionUri.parse(task.uri),
         files=tuple(rel for rel, _, _ in task.files),
-        packaging=task.package is not None,
+        packaging=task.packaging,
         parent=VersionUri.parse(task.parent) if task.parent else None,
         exclude=task.exclude,
         start_fresh=task.start_fresh,
         aliases=task.aliases,
     )
     options = PublishOptions(
-        packaging=task.package is not None,
+        packaging=task.packaging,
         packages_only=task.packages_only,
         package_size=task.package_size,
+        package_max_file=task.package_max_file,
     )
     files = [LocalFile(rel, path, size) for rel, path, size in task.files]
     result = run_sync(
@@ -143,17 +157,28 @@ def plan_tasks(
     packaging: bool,
     packages_only: bool,
     package_size: int,
+    package_max_file: int = PACKAGE_MAX_FILE,
     store_options: Mapping[str, str] | None = None,
 ) -> list[PartTask]:
-    """One task per package a single publish would build (or per chunk of files when not
-    packaging); part names follow from the plan, so the same plan stages the same parts."""
+    """One task per package a single publish would build, then tasks of the files it keeps
+    out of the packages (``package_max_file`` or more), each uploading at most about a
+    package's worth of blobs (or, without packaging, chunks of files); part names follow
+    from the plan, so the same plan stages the same parts."""
     uri = request.uri
-    groups = split_packages(files, package_size) if packaging else _chunks(files)
+    plans = publish_plan.plan_tasks(
+        uri,
+        files,
+        packaging=packaging,
+        package_size=package_size,
+        max_file=package_max_file,
+        task_files=BLOB_TASK_FILES if packaging else UNPACKAGED_TASK_FILES,
+        task_bytes=package_size if packaging else UNPACKAGED_TASK_BYTES,
+    )
     plan_id = hashlib.sha256(
         "".join(f"{f.rel}\0{f.size}\n" for f in files).encode()
-        + f"{packaging}{packages_only}{package_size}".encode()
+        + f"{packaging}{packages_only}{package_size}{package_max_file}".encode()
     ).hexdigest()[:12]
-    width = len(str(len(groups)))
+    width = len(str(len(plans)))
     return [
         PartTask(
             store=store.url,
@@ -163,26 +188,32 @@ def plan_tasks(
             exclude=request.exclude,
             start_fresh=request.start_fresh,
             aliases=request.aliases,
-            part=f"dask-{plan_id}-{i + 1:0{width}d}-of-{len(groups)}",
-            files=tuple((f.rel, f.path, f.size) for f in group),
-            package=package_name(uri.dataset, uri.version, i, len(groups)) if packaging else None,
+            part=f"dask-{plan_id}-{i + 1:0{width}d}-of-{len(plans)}"
+            + ("" if plan.package is not None or not packaging else "-blobs"),
+            files=tuple((f.rel, f.path, f.size) for f in plan.files),
+            package=plan.package,
+            packaging=packaging,
             packages_only=packages_only,
             package_size=package_size,
+            package_max_file=package_max_file,
         )
-        for i, group in enumerate(groups)
+        for i, plan in enumerate(plans)
     ]
 
 
-def _chunks(files: Sequence[LocalFile]) -> list[list[LocalFile]]:
-    chunks: list[list[LocalFile]] = []
-    size = 0
-    for f in files:
-        if not chunks or len(chunks[-1]) >= UNPACKAGED_TASK_FILES or size >= UNPACKAGED_TASK_BYTES:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(f)
-        size += f.size
-    return chunks
+def _say_where_files_go(progress: Progress, uri: VersionUri, tasks: Sequence[PartTask]) -> None:
+    """The lines a single publish prints about big files and small versions."""
+    if not tasks or not tasks[0].packaging:
+        return
+    big = [size for t in tasks if t.package is None for _, _, size in t.files]
+    if big:
+        progress.log(
+            f"{uri}: {len(big):,} file{'s' if len(big) != 1 else ''} of "
+            f"{format_size(tasks[0].package_max_file)} or more ({format_size(sum(big))}) "
+            "stored as blobs, not packaged (--package-max-file)"
+        )
+    if any(t.package is not None for t in tasks):
+        log_few_files(progress, uri, sum(len(t.files) for t in tasks))
 
 
 def publish(
@@ -194,6 +225,7 @@ def publish(
     packaging: bool = True,
     packages_only: bool = False,
     package_size: int | str = "1GiB",
+    package_max_file: int | str | None = None,
     parent: str | None = None,
     retries: int = 3,
     store_options: Mapping[str, str] | None = None,
@@ -203,8 +235,13 @@ def publish(
     """Publish ``files_or_dirs`` as version ``uri`` on the Dask cluster of ``client``.
 
     Directories contribute their files under their path inside the directory, files
-    under their name. ``parent``: a version the new one is built ``from``.
+    under their name. ``parent``: a version the new one is built ``from``. Files of
+    ``package_max_file`` bytes or more (default 10 MB) stay out of the packages and are
+    uploaded as blobs by tasks of their own, as a single publish keeps them.
     """
+    max_file = check_package_max_file(
+        PACKAGE_MAX_FILE if package_max_file is None else package_max_file
+    )
     request = VersionRequest(
         uri=VersionUri.parse(uri),
         files=(),
@@ -220,6 +257,7 @@ def publish(
         packaging=packaging,
         packages_only=packages_only,
         package_size=parse_size(package_size),
+        package_max_file=max_file,
         store_options=store_options,
     )
     return publish_request(target, request, tasks, client, retries=retries, progress=progress)
@@ -244,8 +282,11 @@ def publish_request(
             f"{uri} already exists; versions are immutable, publish under a new version name",
             uri=str(uri),
         )
+    _say_where_files_go(progress, uri, tasks)
     workers = len(client.scheduler_info()["workers"])
-    progress.log(f"{uri}: {len(tasks)} task(s) on {workers} worker(s)")
+    blobs = sum(t.package is None for t in tasks) if tasks[0].packaging else 0
+    of_blobs = f" ({blobs} of them uploading big files as blobs)" if blobs else ""
+    progress.log(f"{uri}: {len(tasks)} task(s){of_blobs} on {workers} worker(s)")
     run_id = secrets.token_hex(4)  # task keys never meet an earlier run's on the scheduler
     futures = [
         client.submit(run_part, task, key=f"dspkg-{task.part}-{run_id}", retries=retries)
@@ -285,6 +326,7 @@ def publish_outputs(
             packaging=packaging,
             packages_only=options.packages_only,
             package_size=options.package_size,
+            package_max_file=options.package_max_file,
             store_options=store_options,
         )
         results.append(

@@ -112,6 +112,62 @@ def split_packages(files: Sequence[LocalFile], package_size: int) -> list[list[L
     return groups
 
 
+def packable(files: Sequence[LocalFile], max_file: int) -> list[LocalFile]:
+    """The files small enough for a package (below ``max_file``); the others stay blobs."""
+    return [f for f in files if f.size < max_file]
+
+
+def split_runs(files: Sequence[LocalFile], max_files: int, max_bytes: int) -> list[list[LocalFile]]:
+    """Consecutive runs of ``files`` of at most ``max_files`` files and ``max_bytes`` bytes
+    (a file bigger than ``max_bytes`` alone): the work of one task that uploads blobs."""
+    runs: list[list[LocalFile]] = []
+    size = 0
+    for f in files:
+        if not runs or len(runs[-1]) >= max_files or (runs[-1] and size + f.size > max_bytes):
+            runs.append([])
+            size = 0
+        runs[-1].append(f)
+        size += f.size
+    return runs
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """The files one task of a distributed publish stages as one part: the package
+    ``package`` of a single publish, or (``package`` None) files uploaded as blobs."""
+
+    files: tuple[LocalFile, ...]
+    package: str | None
+
+
+def plan_tasks(
+    uri: VersionUri,
+    files: Sequence[LocalFile],
+    *,
+    packaging: bool,
+    package_size: int,
+    max_file: int,
+    task_files: int,
+    task_bytes: int,
+) -> list[TaskPlan]:
+    """The tasks that publish ``files`` (sorted) as version ``uri`` in parts that commit to
+    what a single publish makes (:func:`plan_version`): one task per package it builds,
+    under the same name and with the same files; its files of ``max_file`` bytes or more
+    (kept out of the packages) in tasks of at most ``task_files`` files and ``task_bytes``
+    bytes; without packaging, every file in such tasks."""
+    if not packaging:
+        return [TaskPlan(tuple(run), None) for run in split_runs(files, task_files, task_bytes)]
+    small = packable(files, max_file)
+    groups = split_packages(small, package_size)
+    packages = [
+        TaskPlan(tuple(group), package_name(uri.dataset, uri.version, i, len(groups)))
+        for i, group in enumerate(groups)
+    ]
+    big = [f for f in files if f.size >= max_file]
+    blobs = [TaskPlan(tuple(run), None) for run in split_runs(big, task_files, task_bytes)]
+    return packages + blobs
+
+
 def version_paths(request: VersionRequest, parent_paths: Sequence[str]) -> list[str]:
     """Every path of the version ``request`` asks for, given its parent's paths."""
     own = set(request.files)
@@ -144,7 +200,7 @@ def plan_version(
         parent_paths = {f.path for f in parent.files}
         unmatched = tuple(sorted(excluded - parent_paths))
         inherited = [f for f in parent.files if f.path not in excluded and f.path not in own_paths]
-    packed = [f for f in own if f.size < max_file] if packaging else []
+    packed = packable(own, max_file) if packaging else []
     return VersionPlan(
         request=request,
         parent=parent,
