@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 
 from dspkg import api
 from dspkg.bench.wan import WanConfig, WanEmulator
+from dspkg.cache import Cache
 from tests.helpers import (
     BUCKET,
     S3Server,
@@ -71,16 +73,16 @@ def test_packages_only_version_pulls_and_shows(
     assert result.versions[0].packages[0].entries == 50
     details = api.show(URI, store=durable_store.url, env=full_env)
     assert details.to_json()["blobs"] is False
-    # A few files missing from the cache are read from the package by range.
+    # A few neighbouring files missing from the cache are read from the package by range.
     api.pull(URI, tmp_path / "one", store=durable_store.url, env=full_env)
-    cache = Path(env["DSPKG_CACHE"]) / "objects"
-    removed = 0
-    for path in sorted(cache.rglob("*"))[:8]:
-        if path.is_file():
-            path.unlink()
-            removed += 1
+    cache = Cache(Path(env["DSPKG_CACHE"]))
+    gone = sorted(files)[20:28]
+    for path in gone:
+        Path(cache.object_path(hashlib.sha256(files[path]).hexdigest())).unlink()
     pulled = api.pull(URI, tmp_path / "two", store=durable_store.url, env=full_env)
-    assert pulled.files_fetched == removed and pulled.bytes_downloaded < 20_000
+    assert pulled.files_fetched == len(gone)
+    # One range over those eight files: their bytes and local headers, no more.
+    assert pulled.bytes_downloaded <= sum(300 + 30 + len(p) for p in gone)
     assert read_tree(tmp_path / "two") == files
 
 
