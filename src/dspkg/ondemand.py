@@ -218,6 +218,8 @@ class OnDemand:
             check.cancel()
         await asyncio.gather(*self._checks.values(), return_exceptions=True)
         for lease in self._leases.values():
+            if lease.lock.held:
+                lease.lock.stamp()
             lease.lock.release()
         self._disk.shutdown(wait=True)
 
@@ -346,6 +348,8 @@ class OnDemand:
         lease = self._leases[package]
         lease.users -= 1
         if lease.users == 0:
+            # Stamped: a pull that planned before this turn looks into the cache again.
+            lease.lock.stamp()
             lease.lock.release()
 
     def _runs(self, files: Sequence[FileEntry]) -> list[list[FileEntry]]:
