@@ -114,5 +114,9 @@ def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreCase:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """A clean environment for the API and CLI: private cache, no packaging gate."""
-    return {"DSPKG_CACHE": str(tmp_path / "cache"), "PATH": os.environ.get("PATH", "")}
+    """A clean environment for the API and CLI: private cache, no packaging gate.
+    ``DSPKG_PULL_BATCH_FILES`` passes through: the suite then pulls in small batches."""
+    clean = {"DSPKG_CACHE": str(tmp_path / "cache"), "PATH": os.environ.get("PATH", "")}
+    if "DSPKG_PULL_BATCH_FILES" in os.environ:
+        clean["DSPKG_PULL_BATCH_FILES"] = os.environ["DSPKG_PULL_BATCH_FILES"]
+    return clean

@@ -26,7 +26,7 @@ from dspkg.materialize import LinkMode
 from dspkg.names import SCHEME, VersionUri, check_name, parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.pull_plan import Tuning
-from dspkg.puller import PullOptions, PullResult, pull_version
+from dspkg.puller import BATCH_FILES, PullOptions, PullResult, pull_version
 from dspkg.selection import Selection
 from dspkg.sharding import Shard, parse_shard
 from dspkg.sizes import format_size, parse_duration, parse_size
@@ -196,6 +196,7 @@ def pull_options(
         max_cache_size=settings.cache_max_size,
         tuning=Tuning().with_jobs(jobs),
         speedups=settings.speedups,
+        batch_files=settings.pull_batch_files or BATCH_FILES,
     )
 
 

@@ -55,6 +55,8 @@ from dspkg.names import VersionUri
 # own acts (write then link, link then utime) follow each other within milliseconds.
 CTIME_SLACK_NS = 1_000_000_000
 STALE_FOREIGN_TEMP = 24 * 3600
+# Objects written to a version record at a time (its list is streamed, never held whole).
+RECORD_CHUNK = 10_000
 
 
 def store_id(url: str) -> str:
@@ -401,11 +403,26 @@ class Cache:
         copy whose bytes still hash to its name is one that passed (no note needed)."""
         self._write_atomic(self.shard_path(store, dataset, name), data)
 
+    def holds_record(self, store: str, uri: VersionUri) -> bool:
+        """Whether a record of the whole of ``uri`` exists (:meth:`record_version` will
+        only touch it, without reading the objects it is given)."""
+        path = self._record_path(self.versions, store, uri)
+        return path.exists() and not _part_marker(path).exists()
+
     def record_version(
-        self, store: str, uri: VersionUri, *, files: int, nbytes: int, objects: Iterable[str]
+        self,
+        store: str,
+        uri: VersionUri,
+        *,
+        files: int,
+        nbytes: int,
+        objects: Iterable[str],
+        sort: bool = True,
     ) -> None:
         """Note that ``uri`` was used now; its object list is written the first time only
-        (and again over a record of subsets, see :meth:`record_part`)."""
+        (and again over a record of subsets, see :meth:`record_part`). Without ``sort``,
+        ``objects`` are written as they come, streamed (duplicates are harmless: readers
+        take the set): a pull of millions of files never holds them all."""
         path = self._record_path(self.versions, store, uri)
         try:
             os.utime(path)
@@ -416,7 +433,8 @@ class Cache:
         except OSError as exc:
             raise cache_error(exc, self.versions) from None
         with self.lock(store, "record", str(uri)):
-            self._write_record(path, store, uri, files, nbytes, set(objects), partial=False)
+            listed = sorted(set(objects)) if sort else objects
+            self._write_record(path, store, uri, files, nbytes, listed, partial=False)
 
     def record_part(
         self,
@@ -460,7 +478,7 @@ class Cache:
                 # The marker first: a crash between the two leaves a marker beside an
                 # older record, which the next pull of either kind rewrites.
                 self._write_atomic(marker, b"")
-            self._write_record(path, store, uri, files, nbytes, union, partial=not whole)
+            self._write_record(path, store, uri, files, nbytes, sorted(union), partial=not whole)
 
     def _write_record(
         self,
@@ -469,20 +487,38 @@ class Cache:
         uri: VersionUri,
         files: int,
         nbytes: int,
-        objects: set[str],
+        objects: Iterable[str],
         *,
         partial: bool,
     ) -> None:
+        """The record (:class:`VersionRecord`'s JSON), its object list streamed."""
         record = VersionRecord(
             store=store,
             uri=str(uri),
             files=files,
             nbytes=nbytes,
-            objects=tuple(sorted(objects)),
+            objects=(),
             last_used=time.time(),
             partial=partial,
         )
-        self._write_atomic(path, record.to_json())
+        head, _, tail = record.to_json().partition(b'"objects":[]')
+        tmp = self.temp_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as out:
+                out.write(head + b'"objects":[')
+                listed = iter(objects)
+                first = True
+                while chunk := list(itertools.islice(listed, RECORD_CHUNK)):
+                    out.write(b"" if first else b",")
+                    out.write(",".join(f'"{sha}"' for sha in chunk).encode())
+                    first = False
+                out.write(b"]" + tail)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise cache_error(exc, self.root) from None
         if not partial:
             with contextlib.suppress(FileNotFoundError):
                 _part_marker(path).unlink()

@@ -30,6 +30,9 @@ class Settings:
     cache_max_size: int | None
     speedups: bool  # the compiled extractor (DSPKG_SPEEDUPS=0 turns it off)
     env: Mapping[str, str]
+    # Files a pull of a whole version holds at once (DSPKG_PULL_BATCH_FILES); None: the
+    # puller's default.
+    pull_batch_files: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -43,6 +46,11 @@ class Settings:
             max_size = parse_size(max_size_text) if max_size_text else None
         except InvalidArgument as exc:
             raise InvalidArgument(f"DSPKG_CACHE_MAX_SIZE: {exc}") from None
+        batch_text = (env.get("DSPKG_PULL_BATCH_FILES") or "").strip()
+        if batch_text and (not batch_text.isdigit() or int(batch_text) < 1):
+            raise InvalidArgument(
+                f"DSPKG_PULL_BATCH_FILES: {batch_text!r} is not a positive number of files"
+            )
         return cls(
             store_url=store,
             cache_dir=cache,
@@ -51,6 +59,7 @@ class Settings:
             cache_max_size=max_size,
             speedups=(env.get("DSPKG_SPEEDUPS") or "1").strip().lower() not in FALSY,
             env=env,
+            pull_batch_files=int(batch_text) if batch_text else None,
         )
 
 

@@ -309,10 +309,15 @@ class Fetcher:
             raise UnsafePackage(f"package {name}: end records point outside the package", obj=name)
 
         # One request when the manifest's names size the directory right (they do for
-        # what dspkg writes); a second one when the tail fell short of it.
+        # what dspkg writes); a second one when the tail fell short of it. A manifest
+        # holding some of the package's files (a subset, a batch of a big pull) sizes
+        # the rest of the names by theirs.
         mine = [f for f in self.manifest.files if f.package == index]
         names = sum(len(f.path.encode()) for f in mine)
-        expected = len(mine) * (zf.CENTRAL.size + zf.CENTRAL_ZIP64_EXTRA_MAX) + names
+        if mine and len(mine) < info.entries:
+            names = -(-names * info.entries // len(mine))
+        count = max(len(mine), info.entries)
+        expected = count * (zf.CENTRAL.size + zf.CENTRAL_ZIP64_EXTRA_MAX) + names
         tail_start = max(0, info.size - zf.END_RECORDS_MAX - expected)
         spans[tail_start] = await self.store.get_range(info.key, tail_start, info.size)
         where = locate_central_directory(read, info.size, obj=name)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from itertools import chain
 from typing import NamedTuple
 
 from dspkg.cache import Cache
@@ -34,9 +35,16 @@ from dspkg.catalog import (
 )
 from dspkg.errors import DspkgError
 from dspkg.layout import manifest_key
-from dspkg.manifest import FileEntry, Manifest, ManifestRoot, ShardInfo
+from dspkg.manifest import (
+    FileEntry,
+    Manifest,
+    ManifestRoot,
+    ShardInfo,
+    collector_paused,
+    make_entries,
+)
 from dspkg.names import VersionUri
-from dspkg.shards import Records, decode_shard, join_shards
+from dspkg.shards import JoinStream, Records, decode_shard, join_shards, shard_batches
 from dspkg.store import Store
 
 
@@ -99,8 +107,20 @@ async def load_files(
     """
     if root.inline is not None:
         return root.inline
-    catalog = Catalog(store)
     chosen = chosen_shards(root, shards)
+    records = await load_shards(chosen, _shard_loader(store, cache, root, read_only))
+    obj = store.describe(manifest_key(root.dataset, root.version))
+    files = join_shards(root, chosen, records, obj=obj, checked=root.validated)
+    if chosen == root.shards and not root.validated and not read_only:
+        _note_checked(cache, store.url, root)
+    return files
+
+
+def _shard_loader(
+    store: Store, cache: Cache, root: ManifestRoot, read_only: bool
+) -> Callable[[ShardInfo], Awaitable[Records]]:
+    """Loads one shard of ``root``: the cache's copy, else the store's (then kept)."""
+    catalog = Catalog(store)
 
     async def load(shard: ShardInfo) -> Records:
         name = shard.key.rpartition("/")[2]
@@ -114,12 +134,54 @@ async def load_files(
             cache.save_shard(store.url, root.dataset, name, data)
         return records
 
-    records = await load_shards(chosen, load)
-    obj = store.describe(manifest_key(root.dataset, root.version))
-    files = join_shards(root, chosen, records, obj=obj, checked=root.validated)
-    if chosen == root.shards and not root.validated and not read_only:
-        _note_checked(cache, store.url, root)
-    return files
+    return load
+
+
+class FileStream:
+    """A version's files a batch of whole shards at a time, in path order: what a pull of
+    a whole version holds at once is one batch, never the version.
+
+    :meth:`check` first reads every shard once and checks them as :func:`load_files`
+    would (each shard, then across shards in bounded memory, see
+    :class:`~dspkg.shards.JoinStream`), keeping them in the cache and noting the version
+    checked: a damaged or hostile manifest fails before anything is fetched or written,
+    as in a pull that loads it whole. :meth:`load` then reads each batch again (the
+    cache's checked copies).
+    """
+
+    def __init__(self, store: Store, cache: Cache, root: ManifestRoot, *, batch_files: int):
+        if root.inline is not None:
+            raise ValueError("a v1 manifest has no shards to stream")
+        self.store = store
+        self.cache = cache
+        self.root = root
+        self.batches = shard_batches(root.shards, batch_files)
+        self._load = _shard_loader(store, cache, root, read_only=False)
+
+    async def check(self) -> None:
+        """Read and check every shard, a batch at a time (nothing when the cache's note
+        says the version was checked); then note it checked."""
+        if self.root.validated:
+            return
+        join = JoinStream(
+            self.root, obj=self.store.describe(manifest_key(self.root.dataset, self.root.version))
+        )
+        for batch in self.batches:
+            join.add(batch, await load_shards(batch, self._load))
+        suspects = join.suspects()
+        if suspects:  # a damaged version: read its paths again to name the pair
+            paths: list[str] = []
+            for batch in self.batches:
+                records = await load_shards(batch, self._load)
+                paths.extend(chain.from_iterable(r.paths for r in records))
+            join.name_collision(paths, suspects)
+        _note_checked(self.cache, self.store.url, self.root)
+
+    async def load(self, batch: Sequence[ShardInfo]) -> tuple[FileEntry, ...]:
+        """The files of ``batch`` (one of :attr:`batches`), after :meth:`check`."""
+        records = await load_shards(batch, self._load)
+        with collector_paused():
+            return tuple(chain.from_iterable(make_entries(*r) for r in records))
 
 
 def _note_checked(cache: Cache, store: str, root: ManifestRoot) -> None:

@@ -133,13 +133,10 @@ class TreeBuilder:
         self._by_sha: dict[str, list[FileEntry]] = {}
         self.placed_objects: set[str] = set()  # objects put into the tree by this builder
 
-    def begin(self, plan: TreePlan) -> None:
-        for f in plan.files:
-            self._by_sha.setdefault(f.sha256, []).append(f)
+    def begin(self, plan: TreePlan | None = None) -> None:
+        """Create the staging directory and settle the link mode; then ``add(plan)``."""
         try:
             self.staging.mkdir()
-            for d in plan.dirs:
-                os.mkdir(f"{self._base}/{d}")
             self.mode = self._probe()
             self.links_targets = self.mode is LinkMode.HARDLINK
         except OSError as exc:
@@ -148,6 +145,29 @@ class TreeBuilder:
         except BaseException:
             self.abort()
             raise
+        if plan is not None:
+            self.add(plan)
+
+    def add(self, plan: TreePlan) -> None:
+        """The files to place next (a pull's batch): their directories are created, and
+        what the sink receives from now on is looked up among them alone. A directory
+        made for an earlier batch is kept (sorted batches share only the ancestors of
+        their boundary paths)."""
+        self._by_sha = {}
+        self.placed_objects = set()
+        for f in plan.files:
+            self._by_sha.setdefault(f.sha256, []).append(f)
+        try:
+            for d in plan.dirs:
+                path = f"{self._base}/{d}"
+                try:
+                    os.mkdir(path)
+                except FileExistsError:
+                    if not os.path.isdir(path) or os.path.islink(path):
+                        raise
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from None
 
     def _probe(self) -> LinkMode:
         """The first link mode that works between the cache and DEST."""
@@ -269,11 +289,15 @@ class TreeBuilder:
                 raise self._error(exc) from None
         return missing
 
-    def link_cached(self, groups: Sequence[Sequence[FileEntry]]) -> list[str]:
+    def link_cached(
+        self, groups: Sequence[Sequence[FileEntry]], since: float | None = None
+    ) -> list[str]:
         """Link each group (the files of one object) whose object is cached with its
         bytes; return the sha256 of the others. The hot loop of a warm pull: a ``stat``
         and a link per file, and with hardlinks a ``utime`` that marks the object
-        checked again (the link moved its ctime; see the tamper check in the cache)."""
+        checked again (the link moved its ctime; see the tamper check in the cache).
+        With ``since`` (a pull told to ignore the cache), only objects written or checked
+        at or after that time count: those this pull put there itself."""
         linker = _LINKERS[self.mode]
         touch = self.cache.touch if self.mode is LinkMode.HARDLINK else None
         stat = os.stat
@@ -286,6 +310,9 @@ class TreeBuilder:
             try:
                 info = stat(src)
             except FileNotFoundError:
+                absent.append(sha)
+                continue
+            if since is not None and info.st_mtime < since:
                 absent.append(sha)
                 continue
             if not fingerprint_ok(info, first.size) and not self.cache.recheck(sha, first.size):

@@ -11,18 +11,19 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dspkg.cache import Cache
 from dspkg.catalog import whole
 from dspkg.errors import DestinationError
 from dspkg.fetcher import Fetcher
-from dspkg.loader import load_files, load_version, reload_root
-from dspkg.manifest import FileEntry, Manifest, ManifestRoot
+from dspkg.loader import FileStream, Loaded, load_files, load_version, reload_root
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot, ShardInfo
 from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, plan_tree, prepare_destination
 from dspkg.names import VersionUri
 from dspkg.progress import Progress
 from dspkg.pull_plan import FetchPlan, Tuning, estimate, plan_fetch
+from dspkg.shards import shard_batches
 from dspkg.store import Store
 from dspkg.subset import EVERYTHING, Subset
 from dspkg.upkeep import prune
@@ -34,6 +35,10 @@ LINK_BATCH = 2000
 # A cache is listed (rather than stat'ed object by object) while its folders hold at most
 # this many names per object a pull needs: a name listed costs far less than a stat.
 LIST_BUDGET = 20
+# Files a pull of a whole version holds at once: whole manifest shards up to this many (a
+# bigger shard alone). A version this small is pulled in one pass, as before; a bigger
+# one batch by batch, so that memory stays flat however many files it has.
+BATCH_FILES = 120_000
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class PullOptions:
     max_cache_size: int | None = None  # evict down to this after pulling
     speedups: bool = True  # the compiled extractor, where it is built
     tuning: Tuning = field(default_factory=Tuning)
+    batch_files: int = BATCH_FILES  # a bigger version is pulled a batch of shards at a time
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,10 @@ async def pull_version(
         version = await files_of(fresh)
         return subset.view(version), version
 
+    if not options.dry_run and subset.everything and len(_batches(root, options)) > 1:
+        return await _pull_in_batches(
+            loaded, dest, store, cache, options, progress, before, started
+        )
     version = await files_of(root)
     # From here on the manifest lists only the chosen files (its packages stay whole).
     manifest = subset.view(version)
@@ -154,7 +164,7 @@ async def pull_version(
         builder = TreeBuilder(cache, dest, options.link)
         builder.begin(plan_tree(manifest.files))
         try:
-            fetched, fallbacks, (manifest, version) = await _fill(
+            fetched, _, fallbacks, manifest, version = await _fill(
                 manifest,
                 store,
                 cache,
@@ -184,6 +194,177 @@ async def pull_version(
         fetched,
         root=root,
     )
+
+
+def _batches(root: ManifestRoot, options: PullOptions) -> list[tuple[ShardInfo, ...]]:
+    return [()] if root.inline is not None else shard_batches(root.shards, options.batch_files)
+
+
+class _Refreshed(Exception):
+    """The store's root has packages the cache's copy lacked: pull with it instead."""
+
+    def __init__(self, root: ManifestRoot) -> None:
+        super().__init__(str(root.uri))
+        self.root = root
+
+
+async def _pull_in_batches(
+    loaded: Loaded,
+    dest: Path,
+    store: Store,
+    cache: Cache,
+    options: PullOptions,
+    progress: Progress,
+    before: tuple[int, int],
+    started: float,
+) -> PullResult:
+    """A whole version of many shards, a batch of shards at a time (see ``BATCH_FILES``):
+    load the batch, link what the cache holds, fetch the rest (ranges of the packages the
+    batch uses), next batch; the staging tree in DEST grows until the end, when it is
+    moved into place as in a pull in one pass. Memory holds one batch's files, never the
+    version's; an object shared by files of several batches is fetched by the first and
+    linked from the cache by the others.
+
+    A root from the cache that lacks packages added since (``dspkg package``) is read
+    again when a batch would fetch files from their blobs; the pull then starts over with
+    the store's root, and files already in the tree are skipped.
+    """
+    root = loaded.root
+    refreshable = loaded.cached
+
+    async def refresh() -> tuple[Manifest, Manifest] | None:
+        nonlocal refreshable
+        if not refreshable:
+            return None
+        refreshable = False
+        fresh = await reload_root(store, cache, root.uri)
+        if (
+            fresh is None
+            or fresh.packages == root.packages
+            or fresh.file_digest() != root.file_digest()
+        ):
+            return None
+        raise _Refreshed(fresh)
+
+    # Under refetch, objects written since this moment (less the clock's coarseness
+    # for file times) are this pull's own: files of later batches link them.
+    since = time.time() - 1.0 if options.refetch else None
+    stream = FileStream(store, cache, root, batch_files=options.batch_files)
+    await stream.check()  # a damaged manifest fails here, before DEST is touched
+    with (
+        _destination_lock(cache, dest),
+        cache.pin(store.url, root.uri),
+        ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
+    ):
+        created = not dest.exists()
+        prepare_destination(dest)
+        builder = TreeBuilder(cache, dest, options.link)
+        builder.begin()
+        try:
+            while True:
+                progress.start(f"pulling {root.uri}", root.files, root.bytes)
+                try:
+                    totals = await _fill_batches(
+                        stream, store, cache, disk, builder, options, progress, refresh, since
+                    )
+                    break
+                except _Refreshed as fresh:
+                    root = fresh.root
+                    stream = FileStream(store, cache, root, batch_files=options.batch_files)
+                    await stream.check()
+                finally:
+                    progress.done()
+            builder.commit()
+        except BaseException:
+            builder.abort()
+            if created:  # a later batch may fail after DEST was made: leave none behind
+                with contextlib.suppress(OSError):
+                    dest.rmdir()
+            raise
+        if options.max_cache_size is not None:
+            prune(cache, options.max_cache_size)  # this version stays: it is pinned
+    fetched, fallbacks = totals
+    return PullResult(
+        uri=str(root.uri),
+        dest=str(dest),
+        files=root.files,
+        bytes=root.bytes,
+        bytes_downloaded=store.stats.bytes_down - before[0],
+        requests=store.stats.requests - before[1],
+        files_from_cache=root.files - fetched,
+        files_fetched=fetched,
+        seconds=time.monotonic() - started,
+        link=builder.mode.value,
+        packaged=root.packaged,
+        fallbacks=fallbacks,
+        manifest=None,  # never held whole
+        selected_files=root.files,
+        selected_bytes=root.bytes,
+    )
+
+
+async def _fill_batches(
+    stream: FileStream,
+    store: Store,
+    cache: Cache,
+    disk: Executor,
+    builder: TreeBuilder,
+    options: PullOptions,
+    progress: Progress,
+    refresh: Callable[[], Awaitable[tuple[Manifest, Manifest] | None]],
+    since: float | None,
+) -> tuple[int, tuple[str, ...]]:
+    """Every batch of ``stream`` (checked) into the builder's tree; the version's use
+    recorded. Returns the files fetched and the fallbacks taken."""
+    root = stream.root
+    fetched = 0
+    fallbacks: list[str] = []
+    # The cache's record of the version lists its objects: streamed to a temp file as
+    # batches go, written once all are in (unless a record exists, which is touched).
+    listing = None if cache.holds_record(store.url, root.uri) else cache.temp_path()
+    try:
+        with contextlib.ExitStack() as stack:
+            objects = stack.enter_context(open(listing, "w")) if listing else None
+            for batch in stream.batches:
+                files = await stream.load(batch)
+                manifest = whole(root, files)
+                builder.add(plan_tree(files))
+                filled = await _fill(
+                    manifest,
+                    store,
+                    cache,
+                    disk,
+                    builder,
+                    options,
+                    progress,
+                    refresh=refresh,
+                    phases=False,
+                    since=since,
+                )
+                fetched += filled.files
+                fallbacks.extend(f for f in filled.fallbacks if f not in fallbacks)
+                progress.advance(len(files) - filled.files, manifest.total_bytes - filled.bytes)
+                if objects is not None:
+                    objects.write("".join(f"{f.sha256}\n" for f in files))
+        objects_listed = _lines(listing) if listing else iter(())
+        cache.record_version(
+            store.url,
+            root.uri,
+            files=root.files,
+            nbytes=root.bytes,
+            objects=objects_listed,
+            sort=False,
+        )
+    finally:
+        if listing is not None:
+            listing.unlink(missing_ok=True)
+    return fetched, tuple(fallbacks)
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with open(path) as lines:
+        for line in lines:
+            yield line.rstrip("\n")
 
 
 def _record_use(
@@ -249,7 +430,10 @@ async def _fill(
     progress: Progress,
     version: Manifest | None = None,
     refresh: Callable[[], Awaitable[tuple[Manifest, Manifest] | None]] | None = None,
-) -> tuple[int, tuple[str, ...], tuple[Manifest, Manifest]]:
+    *,
+    phases: bool = True,
+    since: float | None = None,
+) -> _Filled:
     """Link every cached file into the staging tree, then fetch the rest into both.
 
     Checking and linking cached files is one pass in the disk threads (a warm pull is
@@ -259,25 +443,27 @@ async def _fill(
     when ``manifest`` lists a subset: the fetcher checks a package's directory against
     all its files. ``refresh`` reads the manifest again when files the cache lacks are in
     no package (the cache's copy may predate packages that ``dspkg package`` added).
-    Returns the files fetched, the fallbacks, and the manifest and version it used.
+    ``phases``: each round of fetching is a progress phase of its own (else the caller's
+    phase goes on). ``since``: with refetch, objects the cache got since then are linked
+    (a batched pull's own, see :meth:`TreeBuilder.link_cached`).
+    Returns the files and bytes fetched, the fallbacks, and the manifest and version it used.
     """
     loop = asyncio.get_running_loop()
     paths: dict[str, list[FileEntry]] = {}
     for f in manifest.files:
         paths.setdefault(f.sha256, []).append(f)
 
-    async def link_cached(shas: list[str]) -> set[str]:
+    async def link_cached(shas: list[str], since: float | None = None) -> set[str]:
         """Link the files of every intact cached object, in the disk threads; return
         the objects still to fetch."""
         groups = [paths[sha] for sha in shas]
         parts = [groups[i : i + LINK_BATCH] for i in range(0, len(groups), LINK_BATCH)]
-        done = await asyncio.gather(
-            *(loop.run_in_executor(disk, builder.link_cached, part) for part in parts)
-        )
+        link = functools.partial(builder.link_cached, since=since)
+        done = await asyncio.gather(*(loop.run_in_executor(disk, link, part) for part in parts))
         return {sha for part in done for sha in part}
 
     looked = time.time()  # when the cache was looked at, for the fetcher's second look
-    if options.refetch:
+    if options.refetch and since is None:
         missing = set(paths)
     else:
         # Only objects whose names are in the cache can be linked: one listing of each
@@ -286,7 +472,7 @@ async def _fill(
             disk, functools.partial(cache.named, paths, budget=LIST_BUDGET * len(paths))
         )
         candidates = list(paths) if named is None else [s for s in paths if s in named]
-        missing = (set(paths).difference(candidates)) | await link_cached(candidates)
+        missing = (set(paths).difference(candidates)) | await link_cached(candidates, since)
     if refresh is not None and _needs_blobs(manifest, {*paths} - missing):
         updated = await refresh()
         if updated is not None:
@@ -294,13 +480,14 @@ async def _fill(
             paths = {}
             for f in manifest.files:
                 paths.setdefault(f.sha256, []).append(f)
-    fetched = 0
+    fetched = fetched_bytes = 0
     fallbacks: list[str] = []
     for _ in range(MAX_ROUNDS):
         if not missing:
-            return fetched, tuple(fallbacks), (manifest, version or manifest)
+            return _Filled(fetched, fetched_bytes, tuple(fallbacks), manifest, version or manifest)
         plan = plan_fetch(manifest, _absent(missing), options.tuning)
-        progress.start(f"pulling {manifest.uri}", plan.files_to_fetch, plan.bytes_to_fetch)
+        if phases:
+            progress.start(f"pulling {manifest.uri}", plan.files_to_fetch, plan.bytes_to_fetch)
         try:
             fetcher = Fetcher(
                 store,
@@ -315,13 +502,23 @@ async def _fill(
             )
             outcome = await fetcher.run(plan)
         finally:
-            progress.done()
+            if phases:
+                progress.done()
         fetched += outcome.files
+        fetched_bytes += outcome.bytes
         fallbacks.extend(outcome.fallbacks)
         # Objects another process fetched while this one waited for it, or that vanished.
         looked = time.time()
         missing = await link_cached([sha for sha in missing if sha not in builder.placed_objects])
     raise MissingObject(paths[next(iter(missing))][0])
+
+
+class _Filled(NamedTuple):
+    files: int  # fetched
+    bytes: int
+    fallbacks: tuple[str, ...]
+    manifest: Manifest  # the one filled (read again when packages were added)
+    version: Manifest
 
 
 def _needs_blobs(manifest: Manifest, present: set[str]) -> bool:

@@ -38,7 +38,7 @@ import hashlib
 import json
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, NamedTuple
@@ -60,7 +60,7 @@ from dspkg.manifest import (
     parse_json_object,
     schema_of,
 )
-from dspkg.manifest_checks import LayoutCheck, check_records, tree_check
+from dspkg.manifest_checks import CollisionCheck, LayoutCheck, check_records, tree_check
 from dspkg.paths import path_problem
 
 READ_MAX_SHARD_FILES = 1_000_000  # what a reader accepts in one shard
@@ -431,3 +431,68 @@ def join_shards(
             if tuple(shards) == root.shards and tuple(layout.used) != root.package_files:
                 raise bad("its shards put a different number of files in its packages")
         return tuple(chain.from_iterable(make_entries(*r) for r in records))
+
+
+class JoinStream:
+    """:func:`join_shards`'s checks for a version read a batch of shards at a time, in the
+    root's order, in bounded memory (a pull that never holds every file checks its
+    version this way before it pulls).
+
+    Each batch is checked as :func:`join_shards` checks it; across batches, the package
+    layout carries one number per package (:class:`LayoutCheck`), and paths that collide
+    across batches are found from 8 bytes per path (:class:`CollisionCheck`):
+    :meth:`suspects` after the last batch.
+    """
+
+    def __init__(self, root: ManifestRoot, *, obj: str) -> None:
+        self.root = root
+        self._bad = bad_manifest(obj)
+        self._layout = LayoutCheck(root.packages, self._bad)
+        self._collisions = CollisionCheck()
+        self._shards = 0
+
+    def add(self, shards: Sequence[ShardInfo], records: Sequence[Records]) -> None:
+        """Check the records of the next ``shards`` (those after the last batch)."""
+        expected = self.root.shards[self._shards : self._shards + len(shards)]
+        if tuple(shards) != expected:
+            raise ValueError("shards must be added in the root's order, each once")
+        self._shards += len(shards)
+        with collector_paused():
+            paths = list(chain.from_iterable(r.paths for r in records))
+            tree_check(paths, self._bad)
+            for r in records:
+                self._layout.add(r.paths, r.sizes, r.indexes, r.offsets)
+            self._collisions.add(paths)
+
+    def suspects(self) -> frozenset[int]:
+        """After the last batch: raise if the packages hold other counts of files than the
+        root says; return the hashes of paths that may collide across batches."""
+        if self._shards != len(self.root.shards):
+            raise ValueError("suspects are known once every shard was added")
+        if tuple(self._layout.used) != self.root.package_files:
+            raise self._bad("its shards put a different number of files in its packages")
+        return self._collisions.suspects()
+
+    def name_collision(self, paths: Iterable[str], suspects: frozenset[int]) -> None:
+        """Raise for the collision among ``paths`` (every shard's, again) that
+        :meth:`suspects` hinted at; nothing when the hashes merely matched."""
+        found = CollisionCheck.collision_among(paths, suspects)
+        if found is not None:
+            raise self._bad(f"path {found[0]!r} {found[1]}", found[0])
+
+
+def shard_batches(shards: Sequence[ShardInfo], files: int) -> list[tuple[ShardInfo, ...]]:
+    """``shards`` in runs of consecutive shards holding at most ``files`` files together
+    (a bigger shard alone): what a pull that never holds every file loads at once."""
+    batches: list[tuple[ShardInfo, ...]] = []
+    run: list[ShardInfo] = []
+    count = 0
+    for shard in shards:
+        if run and count + shard.count > files:
+            batches.append(tuple(run))
+            run, count = [], 0
+        run.append(shard)
+        count += shard.count
+    if run:
+        batches.append(tuple(run))
+    return batches
