@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from itertools import chain
 from typing import NamedTuple
 
@@ -146,7 +146,7 @@ class FileStream:
     :class:`~dspkg.shards.JoinStream`), keeping them in the cache and noting the version
     checked: a damaged or hostile manifest fails before anything is fetched or written,
     as in a pull that loads it whole. :meth:`load` then reads each batch again (the
-    cache's checked copies).
+    cache's checked copies) and hands out its files at most ``batch_files`` at a time.
     """
 
     def __init__(self, store: Store, cache: Cache, root: ManifestRoot, *, batch_files: int):
@@ -155,6 +155,7 @@ class FileStream:
         self.store = store
         self.cache = cache
         self.root = root
+        self.batch_files = batch_files
         self.batches = shard_batches(root.shards, batch_files)
         self._load = _shard_loader(store, cache, root, read_only=False)
 
@@ -177,11 +178,24 @@ class FileStream:
             join.name_collision(paths, suspects)
         _note_checked(self.cache, self.store.url, self.root)
 
-    async def load(self, batch: Sequence[ShardInfo]) -> tuple[FileEntry, ...]:
-        """The files of ``batch`` (one of :attr:`batches`), after :meth:`check`."""
-        records = await load_shards(batch, self._load)
-        with collector_paused():
-            return tuple(chain.from_iterable(make_entries(*r) for r in records))
+    async def parts(self) -> AsyncIterator[tuple[FileEntry, ...]]:
+        """The version's files in path order, at most ``batch_files`` at a time, after
+        :meth:`check`: a batch of small shards together, a big shard in slices (its
+        records, as columns, take a fraction of what its file entries would)."""
+        size = self.batch_files
+        for batch in self.batches:
+            records = await load_shards(batch, self._load)
+            if len(batch) == 1 and batch[0].count > size:
+                (columns,) = records
+                del records
+                for start in range(0, batch[0].count, size):
+                    with collector_paused():
+                        yield make_entries(*(c[start : start + size] for c in columns))
+                continue
+            with collector_paused():
+                files = tuple(chain.from_iterable(make_entries(*r) for r in records))
+            del records
+            yield files
 
 
 def _note_checked(cache: Cache, store: str, root: ManifestRoot) -> None:

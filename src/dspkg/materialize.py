@@ -169,6 +169,11 @@ class TreeBuilder:
             self.abort()
             raise self._error(exc) from None
 
+    def forget(self) -> None:
+        """Let go of the files of the last :meth:`add` (a batch is done)."""
+        self._by_sha = {}
+        self.placed_objects = set()
+
     def _probe(self) -> LinkMode:
         """The first link mode that works between the cache and DEST."""
         if self.requested in (LinkMode.SYMLINK, LinkMode.COPY):

@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from dspkg import memory
 from dspkg.cache import Cache
 from dspkg.catalog import whole
 from dspkg.errors import DestinationError
 from dspkg.fetcher import Fetcher
 from dspkg.loader import FileStream, Loaded, load_files, load_version, reload_root
-from dspkg.manifest import FileEntry, Manifest, ManifestRoot, ShardInfo
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot
 from dspkg.materialize import LinkMode, MissingObject, TreeBuilder, plan_tree, prepare_destination
 from dspkg.names import VersionUri
 from dspkg.progress import Progress
 from dspkg.pull_plan import FetchPlan, Tuning, estimate, plan_fetch
-from dspkg.shards import shard_batches
 from dspkg.store import Store
 from dspkg.subset import EVERYTHING, Subset
 from dspkg.upkeep import prune
@@ -35,10 +35,11 @@ LINK_BATCH = 2000
 # A cache is listed (rather than stat'ed object by object) while its folders hold at most
 # this many names per object a pull needs: a name listed costs far less than a stat.
 LIST_BUDGET = 20
-# Files a pull of a whole version holds at once: whole manifest shards up to this many (a
-# bigger shard alone). A version this small is pulled in one pass, as before; a bigger
-# one batch by batch, so that memory stays flat however many files it has.
-BATCH_FILES = 120_000
+# Files a pull of a whole version holds at once (about 1.5 kB each): a version of up to
+# twice this many is pulled in one pass, as it always was (the 100,000-file pull stays as
+# fast); a bigger one a batch at a time (whole shards, or slices of a big shard), so that
+# its memory stays flat however many files it has.
+BATCH_FILES = 50_000
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class PullOptions:
     max_cache_size: int | None = None  # evict down to this after pulling
     speedups: bool = True  # the compiled extractor, where it is built
     tuning: Tuning = field(default_factory=Tuning)
-    batch_files: int = BATCH_FILES  # a bigger version is pulled a batch of shards at a time
+    batch_files: int = BATCH_FILES  # see BATCH_FILES
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,12 @@ async def pull_version(
         version = await files_of(fresh)
         return subset.view(version), version
 
-    if not options.dry_run and subset.everything and len(_batches(root, options)) > 1:
+    if (
+        not options.dry_run
+        and subset.everything
+        and root.inline is None
+        and root.files > 2 * options.batch_files
+    ):
         return await _pull_in_batches(
             loaded, dest, store, cache, options, progress, before, started
         )
@@ -196,10 +202,6 @@ async def pull_version(
     )
 
 
-def _batches(root: ManifestRoot, options: PullOptions) -> list[tuple[ShardInfo, ...]]:
-    return [()] if root.inline is not None else shard_batches(root.shards, options.batch_files)
-
-
 class _Refreshed(Exception):
     """The store's root has packages the cache's copy lacked: pull with it instead."""
 
@@ -218,8 +220,8 @@ async def _pull_in_batches(
     before: tuple[int, int],
     started: float,
 ) -> PullResult:
-    """A whole version of many shards, a batch of shards at a time (see ``BATCH_FILES``):
-    load the batch, link what the cache holds, fetch the rest (ranges of the packages the
+    """A whole version of many files, a batch at a time (see ``BATCH_FILES``): load the
+    batch, link what the cache holds, fetch the rest (ranges of the packages the
     batch uses), next batch; the staging tree in DEST grows until the end, when it is
     moved into place as in a pull in one pass. Memory holds one batch's files, never the
     version's; an object shared by files of several batches is fetched by the first and
@@ -325,27 +327,17 @@ async def _fill_batches(
     try:
         with contextlib.ExitStack() as stack:
             objects = stack.enter_context(open(listing, "w")) if listing else None
-            for batch in stream.batches:
-                files = await stream.load(batch)
-                manifest = whole(root, files)
-                builder.add(plan_tree(files))
-                filled = await _fill(
-                    manifest,
-                    store,
-                    cache,
-                    disk,
-                    builder,
-                    options,
-                    progress,
-                    refresh=refresh,
-                    phases=False,
-                    since=since,
+            async for files in stream.parts():
+                shas, files_fetched, taken = await _fill_batch(
+                    root, files, store, cache, disk, builder, options, progress, refresh, since
                 )
-                fetched += filled.files
-                fallbacks.extend(f for f in filled.fallbacks if f not in fallbacks)
-                progress.advance(len(files) - filled.files, manifest.total_bytes - filled.bytes)
+                del files
+                fetched += files_fetched
+                fallbacks.extend(f for f in taken if f not in fallbacks)
                 if objects is not None:
-                    objects.write("".join(f"{f.sha256}\n" for f in files))
+                    objects.write("".join(f"{sha}\n" for sha in shas))
+                del shas  # before the next batch loads: one batch in memory at a time
+                memory.trim()
         objects_listed = _lines(listing) if listing else iter(())
         cache.record_version(
             store.url,
@@ -359,6 +351,41 @@ async def _fill_batches(
         if listing is not None:
             listing.unlink(missing_ok=True)
     return fetched, tuple(fallbacks)
+
+
+async def _fill_batch(
+    root: ManifestRoot,
+    files: tuple[FileEntry, ...],
+    store: Store,
+    cache: Cache,
+    disk: Executor,
+    builder: TreeBuilder,
+    options: PullOptions,
+    progress: Progress,
+    refresh: Callable[[], Awaitable[tuple[Manifest, Manifest] | None]],
+    since: float | None,
+) -> tuple[list[str], int, tuple[str, ...]]:
+    """One batch into the tree; returns its objects (each once), the files fetched and
+    the fallbacks taken. Nothing of the batch but its objects outlives the call."""
+    manifest = whole(root, files)
+    builder.add(plan_tree(files))
+    try:
+        filled = await _fill(
+            manifest,
+            store,
+            cache,
+            disk,
+            builder,
+            options,
+            progress,
+            refresh=refresh,
+            phases=False,
+            since=since,
+        )
+    finally:
+        builder.forget()
+    progress.advance(len(files) - filled.files, manifest.total_bytes - filled.bytes)
+    return list(dict.fromkeys(f.sha256 for f in files)), filled.files, filled.fallbacks
 
 
 def _lines(path: Path) -> Iterator[str]:
