@@ -209,14 +209,18 @@ def reshard(store: Store, limits: ShardLimits = TEN, version: VersionUri = VERSI
     return run_sync(go())
 
 
-@pytest.fixture
-def published(tmp_path: Path, env: dict[str, str]) -> tuple[Store, dict[str, str]]:
-    """FILES as a packaged version in a ``file://`` store, in three shards of ten files."""
+@pytest.fixture(params=["whole", "batched"])
+def published(
+    tmp_path: Path, env: dict[str, str], request: pytest.FixtureRequest
+) -> tuple[Store, dict[str, str]]:
+    """FILES as a packaged version in a ``file://`` store, in three shards of ten files;
+    pulled whole, or in batches of ten files (what a version of millions does)."""
     url = f"file://{tmp_path / 'store'}"
     api.publish(write_outputs(tmp_path / "out", FILES, [URI]), store=url, packaging=True, env=env)
     store = open_store(url)
     reshard(store)
-    return store, {**env, "DSPKG_STORE": url}
+    pulls = {"DSPKG_PULL_BATCH_FILES": "10"} if request.param == "batched" else {}
+    return store, {**env, "DSPKG_STORE": url, **pulls}
 
 
 def root_and_shards(store: Store) -> tuple[dict[str, Any], list[dict[str, Any]]]:

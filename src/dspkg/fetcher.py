@@ -132,6 +132,8 @@ class Fetcher:
     # When the plan's view of the cache was taken (wall clock): a package whose lock
     # was stamped since then is looked at again before it is fetched.
     planned_at: float = field(default_factory=time.time)
+    # Warnings given already (shared by the fetchers of one pull's batches: once each).
+    warned: set[str] = field(default_factory=set)
     result: FetchResult = field(default_factory=FetchResult)
     # Ranges of packages found unusable, with why: their files come from blobs instead.
     _failed: list[tuple[RangeFetch, Exception]] = field(default_factory=list)
@@ -189,7 +191,9 @@ class Fetcher:
             note = f"{exc}; fetching its files one by one instead"
             if note not in self.result.fallbacks:
                 self.result.fallbacks.append(note)
-                self.progress.warn(note)
+                if note not in self.warned:
+                    self.warned.add(note)
+                    self.progress.warn(note)
             fallback.extend(f for f in r.files if not self.cache.lookup(f.sha256, f.size))
         self._failed.clear()
         if fallback:

@@ -302,7 +302,8 @@ class TreeBuilder:
         and a link per file, and with hardlinks a ``utime`` that marks the object
         checked again (the link moved its ctime; see the tamper check in the cache).
         With ``since`` (a pull told to ignore the cache), only objects written or checked
-        at or after that time count: those this pull put there itself."""
+        after that time (as the file system stamps files) count: those this pull put there
+        itself."""
         linker = _LINKERS[self.mode]
         touch = self.cache.touch if self.mode is LinkMode.HARDLINK else None
         stat = os.stat
@@ -317,7 +318,7 @@ class TreeBuilder:
             except FileNotFoundError:
                 absent.append(sha)
                 continue
-            if since is not None and info.st_mtime < since:
+            if since is not None and info.st_mtime <= since:
                 absent.append(sha)
                 continue
             if not fingerprint_ok(info, first.size) and not self.cache.recheck(sha, first.size):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -248,9 +249,9 @@ async def _pull_in_batches(
             return None
         raise _Refreshed(fresh)
 
-    # Under refetch, objects written since this moment (less the clock's coarseness
-    # for file times) are this pull's own: files of later batches link them.
-    since = time.time() - 1.0 if options.refetch else None
+    # Under refetch, objects written after this moment are this pull's own: files of
+    # later batches link them.
+    since = _file_clock(cache) if options.refetch else None
     stream = FileStream(store, cache, root, batch_files=options.batch_files)
     await stream.check()  # a damaged manifest fails here, before DEST is touched
     with (
@@ -321,6 +322,7 @@ async def _fill_batches(
     root = stream.root
     fetched = 0
     fallbacks: list[str] = []
+    warned: set[str] = set()  # a refused package spans batches: one warning
     # The cache's record of the version lists its objects: streamed to a temp file as
     # batches go, written once all are in (unless a record exists, which is touched).
     listing = None if cache.holds_record(store.url, root.uri) else cache.temp_path()
@@ -329,7 +331,17 @@ async def _fill_batches(
             objects = stack.enter_context(open(listing, "w")) if listing else None
             async for files in stream.parts():
                 shas, files_fetched, taken = await _fill_batch(
-                    root, files, store, cache, disk, builder, options, progress, refresh, since
+                    root,
+                    files,
+                    store,
+                    cache,
+                    disk,
+                    builder,
+                    options,
+                    progress,
+                    refresh,
+                    since,
+                    warned,
                 )
                 del files
                 fetched += files_fetched
@@ -364,6 +376,7 @@ async def _fill_batch(
     progress: Progress,
     refresh: Callable[[], Awaitable[tuple[Manifest, Manifest] | None]],
     since: float | None,
+    warned: set[str],
 ) -> tuple[list[str], int, tuple[str, ...]]:
     """One batch into the tree; returns its objects (each once), the files fetched and
     the fallbacks taken. Nothing of the batch but its objects outlives the call."""
@@ -381,11 +394,23 @@ async def _fill_batch(
             refresh=refresh,
             phases=False,
             since=since,
+            warned=warned,
         )
     finally:
         builder.forget()
     progress.advance(len(files) - filled.files, manifest.total_bytes - filled.bytes)
     return list(dict.fromkeys(f.sha256 for f in files)), filled.files, filled.fallbacks
+
+
+def _file_clock(cache: Cache) -> float:
+    """Now, as the file system stamps files in the cache (its clock is coarser than
+    ``time.time()`` and may lag it): the mtime of a file written and removed."""
+    probe = cache.temp_path()
+    probe.write_bytes(b"")
+    try:
+        return probe.stat().st_mtime
+    finally:
+        probe.unlink()
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -460,6 +485,7 @@ async def _fill(
     *,
     phases: bool = True,
     since: float | None = None,
+    warned: set[str] | None = None,
 ) -> _Filled:
     """Link every cached file into the staging tree, then fetch the rest into both.
 
@@ -476,6 +502,7 @@ async def _fill(
     Returns the files and bytes fetched, the fallbacks, and the manifest and version it used.
     """
     loop = asyncio.get_running_loop()
+    warned = set() if warned is None else warned
     paths: dict[str, list[FileEntry]] = {}
     for f in manifest.files:
         paths.setdefault(f.sha256, []).append(f)
@@ -525,7 +552,9 @@ async def _fill(
                 progress=progress,
                 sink=builder,
                 speedups=options.speedups,
-                planned_at=looked,
+                # Under refetch, no second look: it would take the cache's older objects.
+                planned_at=math.inf if options.refetch else looked,
+                warned=warned,
             )
             outcome = await fetcher.run(plan)
         finally:
