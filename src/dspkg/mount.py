@@ -2,14 +2,24 @@
 
 The tree (names, sizes, modes 0444/0555, the version's creation time as every mtime)
 comes from the manifest through :class:`~dspkg.dirindex.DirectoryIndex`, so listing and
-walking cost no request. ``open`` asks the on-demand core for the file's cached object
-(fetched and verified first when missing); ``read`` is a ``pread`` of that object, so a
-file costs one fetch however small the kernel's reads are. A file that fails
-verification opens as ``EIO``. Everything that would change the
-tree is ``EROFS`` (the mount is also read-only for the kernel).
+walking cost no request. ``read`` asks the on-demand core for the file's cached object
+(fetched and verified first when missing) and ``pread``s it, so a file costs one fetch
+however small the kernel's reads are, and no byte of a file is returned before all of
+its bytes verified. A file that fails verification reads as ``EIO``. Everything that
+would change the tree is ``EROFS`` (the mount is also read-only for the kernel).
 
 The files never change, so the kernel may keep names, attributes and pages for as long
-as the mount lives (long timeouts, ``kernel_cache``, ``keep_cache``).
+as the mount lives (long timeouts, ``kernel_cache``). A pass over every file is bound by
+this process's CPU, one Python callback per request the kernel sends, so the mount asks
+for as few requests per file as the kernel allows:
+
+- listings are READDIRPLUS with every entry's attributes, so the kernel knows each
+  name before it is opened (no LOOKUP per file);
+- ``open`` answers ENOSYS once, FUSE's "no open" mode: the kernel sends no OPEN and no
+  RELEASE from then on, and keeps each file's pages (``flush`` is left to libfuse,
+  which answers ENOSYS once too);
+- what is left per file is one READ for a small file (and an IOCTL, answered by
+  libfuse, when the reader asks ``isatty``).
 
 This module imports ``mfusepy`` (the ``mount`` extra); :mod:`dspkg.mounting` checks
 that FUSE is usable before importing it.
@@ -17,6 +27,7 @@ that FUSE is usable before importing it.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -33,8 +44,19 @@ from dspkg.errors import DspkgError
 from dspkg.manifest import Manifest
 from dspkg.ondemand import OnDemand
 
+# fill(name, attributes, offset of the next entry, flags): True once the buffer is full.
+Filler = Callable[[bytes, Any, int, int], bool]
+
 # Names, attributes and pages never change while mounted.
 KERNEL_TIMEOUT = 24 * 3600.0
+
+# libfuse 3 (fuse_common.h): capabilities in fuse_conn_info.want / .capable.
+CAP_READDIRPLUS = 1 << 13
+CAP_READDIRPLUS_AUTO = 1 << 14
+CAP_NO_OPEN_SUPPORT = 1 << 17
+# fuse.h: readdir's flags, and the filler's flag for an entry with all its attributes.
+READDIR_PLUS = 1 << 0
+FILL_DIR_PLUS = 1 << 1
 
 
 def _refuse(*_: Any) -> int:
@@ -65,6 +87,8 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
         self.gid = os.getgid()
         self.mtime_ns = _created_ns(manifest.created_at)
         self.total_bytes = manifest.total_bytes
+        self.no_open = False  # set in init when the kernel can do without OPEN
+        self._listings: dict[str, list[tuple[str, int]]] = {}
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -74,6 +98,13 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
             config.attr_timeout = KERNEL_TIMEOUT
             config.negative_timeout = KERNEL_TIMEOUT
             config.kernel_cache = 1
+        if conn is not None:
+            self.no_open = bool(conn.capable & CAP_NO_OPEN_SUPPORT)
+            if conn.capable & CAP_READDIRPLUS:
+                # Every chunk of a listing with attributes, not only the first one ("auto"
+                # sends plain READDIR after it): a name the kernel learnt from a listing
+                # costs no LOOKUP when it is opened.
+                conn.want = (conn.want | CAP_READDIRPLUS) & ~CAP_READDIRPLUS_AUTO
         self.on_ready()
 
     # --- the tree -------------------------------------------------------------------------
@@ -100,13 +131,53 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
         }
 
     def readdir(self, path: str, fh: int) -> list[Any]:
-        if not self.index.is_dir(path):
-            raise mfusepy.FuseOSError(errno.ENOTDIR)
+        """The plain listing (libfuse 2, or a libfuse that asks without "plus")."""
         entries: list[Any] = [".", ".."]
-        for name, index in self.index.listing(path):
+        for name, index in self._listing(path):
             mode = stat.S_IFDIR if index == DIRECTORY else stat.S_IFREG
             entries.append((name, mode, 0))
         return entries
+
+    def fill_directory(self, path: str, offset: int, fill: Filler, plus: bool) -> None:
+        """Entries of ``path`` from position ``offset`` on, each with the offset of the one
+        after it, until ``fill`` says the kernel's buffer is full. With ``plus`` every
+        entry carries its attributes, as a LOOKUP would answer (libfuse records the
+        node; the kernel caches name and attributes for KERNEL_TIMEOUT)."""
+        listing = self._listing(path)
+        st = mfusepy.c_stat()
+        st.st_uid = self.uid
+        st.st_gid = self.gid
+        st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = divmod(self.mtime_ns, 10**9)
+        flags = FILL_DIR_PLUS if plus else 0
+        if offset < 2:
+            st.st_mode = stat.S_IFDIR | 0o555
+            for position, name in ((0, "."), (1, ".."))[offset:]:
+                if fill(name.encode(), st, position + 1, 0):
+                    return
+        files = self.manifest.files
+        for position in range(max(offset, 2), len(listing) + 2):
+            name, index = listing[position - 2]
+            if index == DIRECTORY:
+                st.st_mode = stat.S_IFDIR | 0o555
+                st.st_nlink = 2 + self.index.subdirectories(_join(path, name))
+                st.st_size = st.st_blocks = 0
+            else:
+                size = files[index].size
+                st.st_mode = stat.S_IFREG | 0o444
+                st.st_nlink = 1
+                st.st_size = size
+                st.st_blocks = (size + 511) // 512
+            if fill(name.encode("utf-8", "surrogateescape"), st, position + 1, flags):
+                return
+
+    def _listing(self, path: str) -> list[tuple[str, int]]:
+        """The sorted entries of directory ``path``, kept: a listing comes in chunks."""
+        listing = self._listings.get(path)
+        if listing is None:
+            if not self.index.is_dir(path):
+                raise mfusepy.FuseOSError(errno.ENOTDIR)
+            listing = self._listings[path] = self.index.listing(path)
+        return listing
 
     def statfs(self, path: str) -> dict[str, int]:
         return {
@@ -125,29 +196,30 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
     def open(self, path: str, fi: Any) -> int:
         if fi.flags & os.O_ACCMODE != os.O_RDONLY or fi.flags & os.O_TRUNC:
             raise mfusepy.FuseOSError(errno.EROFS)
-        index = self.index.file(path)
-        if index is None:
-            raise mfusepy.FuseOSError(errno.EISDIR if self.index.is_dir(path) else errno.ENOENT)
-        # Read-ahead hears of every open; a cached file is served without waiting for the
-        # loop (the common case in a pass that read-ahead keeps ahead of).
-        self.core.note_read(index)
-        if self.core.cached(index) is None:
-            self._fetch(index)
-        # The handle is the file's index: reads open the cached object themselves, so no
-        # descriptor is held and no release callback is needed (one Python call less per
-        # file; the kernel keeps the pages, so a small file is read once).
-        fi.fh = index
+        if self.no_open:
+            # "No open": the kernel treats this and every later open as done, and sends
+            # neither OPEN nor RELEASE again. Nothing is lost: writes never get this far
+            # on a read-only mount, and read verifies before it returns a byte.
+            raise mfusepy.FuseOSError(errno.ENOSYS)
         fi.keep_cache = 1
         return 0
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        index = fi.fh
-        obj = self.core.cached(index) or self._fetch(index)  # pruned meanwhile: again
-        try:
-            fd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            self.log(f"cannot read {path[1:]}: {exc}")
-            raise mfusepy.FuseOSError(errno.EIO) from None
+        index = self.index.file(path)
+        if index is None:
+            raise mfusepy.FuseOSError(errno.EISDIR if self.index.is_dir(path) else errno.ENOENT)
+        if offset == 0:
+            # A reader starts this file: read-ahead hears of it (once per file, as the
+            # kernel keeps the pages).
+            self.core.note_read(index)
+        fd = self.core.open_cached(index)
+        if fd is None:
+            obj = self._fetch(index)
+            try:
+                fd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:  # pruned meanwhile
+                self.log(f"cannot read {path[1:]}: {exc}")
+                raise mfusepy.FuseOSError(errno.EIO) from None
         try:
             return os.pread(fd, size, offset)
         finally:
@@ -179,11 +251,26 @@ def _created_ns(created_at: str) -> int:
     return int(stamp.timestamp()) * 10**9
 
 
+class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy's bridge, with listings that carry attributes (mfusepy fills only the
+    mode, so the kernel would LOOKUP every name again)."""
+
+    def readdir_fuse_3(
+        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+    ) -> int:
+        def fill(name: bytes, st: Any, next_offset: int, fill_flags: int) -> bool:
+            return bool(filler(buf, name, ctypes.byref(st), next_offset, fill_flags))
+
+        decoded = "/" if path is None else path.decode("utf-8", "surrogateescape")
+        self.operations.fill_directory(decoded, offset, fill, bool(flags & READDIR_PLUS))
+        return 0
+
+
 def run_fuse(fs: VersionFS, mountpoint: str) -> None:
     """Serve ``fs`` at ``mountpoint`` until it is unmounted (or SIGINT/SIGTERM/SIGHUP,
     which libfuse answers by unmounting)."""
     try:
-        mfusepy.FUSE(
+        _FUSE(
             fs,
             mountpoint,
             foreground=True,
@@ -198,3 +285,7 @@ def run_fuse(fs: VersionFS, mountpoint: str) -> None:
         # is meant to end. A mount that never started failed in the caller's checks or
         # printed libfuse's reason.
         sys.stderr.flush()
+
+
+def _join(directory: str, name: str) -> str:
+    return f"/{name}" if directory == "/" else f"{directory}/{name}"
