@@ -32,6 +32,7 @@ import errno
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -54,6 +55,9 @@ KERNEL_TIMEOUT = 24 * 3600.0
 CAP_READDIRPLUS = 1 << 13
 CAP_READDIRPLUS_AUTO = 1 << 14
 CAP_NO_OPEN_SUPPORT = 1 << 17
+# libfuse keeps its worker threads for the mount's life from 3.12 on (before, idle ones
+# come and go, and a kept thread state would outlive each).
+PIN_THREAD_STATES = (mfusepy.fuse_version_major, mfusepy.fuse_version_minor) >= (3, 12)
 # fuse.h: readdir's flags, and the filler's flag for an entry with all its attributes.
 READDIR_PLUS = 1 << 0
 FILL_DIR_PLUS = 1 << 1
@@ -254,6 +258,22 @@ def _created_ns(created_at: str) -> int:
 class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
     """mfusepy's bridge, with listings that carry attributes (mfusepy fills only the
     mode, so the kernel would LOOKUP every name again)."""
+
+    def __init__(self, operations: VersionFS, mountpoint: str, **options: Any) -> None:
+        self._pinned: set[int] = set()
+        super().__init__(operations, mountpoint, **options)  # serves until unmounted
+
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        # libfuse calls from its own worker threads, which Python does not know: for
+        # each callback ctypes makes a thread state and drops it after, a good part of
+        # a READ's cost. One extra PyGILState_Ensure per worker, never released, keeps
+        # its state for the mount's life (libfuse >= 3.12 keeps its workers, at most 10).
+        if PIN_THREAD_STATES:
+            ident = threading.get_ident()
+            if ident not in self._pinned:
+                self._pinned.add(ident)
+                ctypes.pythonapi.PyGILState_Ensure()
+        return super()._wrapper(func, *args, **kwargs)
 
     def readdir_fuse_3(
         self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int

@@ -121,6 +121,7 @@ class OnDemand:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._awaited: dict[str, int] = {}  # sha256 -> readers waiting for its fetch
         self._bad: dict[str, str] = {}
         self._leases: dict[int, _Lease] = {}
         self._checks: dict[int, asyncio.Task[Exception | None]] = {}
@@ -155,12 +156,26 @@ class OnDemand:
             if waiting is None:
                 await self._fetch_alone(f)
             else:
-                await asyncio.shield(waiting)
+                await self._wait_for(f, waiting)
         raise Integrity(
             f"{f.path}: its cached copy vanished {ROUNDS} times while being served "
             "(is something pruning the cache?)",
             obj=f.path,
         )
+
+    async def _wait_for(self, f: FileEntry, fetch: asyncio.Future[None]) -> None:
+        """Wait for a fetch that brings ``f``, woken as soon as ``f`` lands (the fetch
+        wakes only files someone waits for: a hop to the loop per object would cost
+        more than a pass's reads)."""
+        self._awaited[f.sha256] = self._awaited.get(f.sha256, 0) + 1
+        try:
+            # It may have landed between the caller's look and the mark just made.
+            if not self.cache.lookup(f.sha256, f.size):
+                await asyncio.shield(fetch)
+        finally:
+            left = self._awaited.pop(f.sha256) - 1
+            if left:
+                self._awaited[f.sha256] = left
 
     def cached(self, index: int) -> str | None:
         """The object of file ``index`` when it is cached and not refused, else None; safe
@@ -426,7 +441,9 @@ class OnDemand:
         with self._counting:
             self.fetched += 1
         loop = self._loop
-        if loop is not None:
+        # Read without the loop's lock: a reader marks a file before it looks into the
+        # cache a last time, so either it sees the object there or this sees the mark.
+        if loop is not None and entry.sha256 in self._awaited:
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 loop.call_soon_threadsafe(self._wake, entry.sha256)
 
