@@ -159,6 +159,8 @@ def test_mounted_tree_is_the_published_tree(
         lambda: os.chmod(m.point / "README.txt", 0o644),
         lambda: os.unlink(m.point / "README.txt"),
         lambda: os.mkdir(m.point / "d"),
+        lambda: os.open(m.point / "README.txt", os.O_RDWR),
+        lambda: os.open(m.point / "README.txt", os.O_RDONLY | os.O_TRUNC),
     ):
         with pytest.raises(OSError, match="Read-only file system") as caught:
             change()
@@ -211,6 +213,16 @@ def test_corrupted_range_reads_eio_and_nothing_corrupt_is_cached(
 
     m = start_mount(case, tmp_path, tmp_path / "mnt")
     mounts.append(m)
+    # Opening succeeds (the kernel opens without asking the mount); no byte of the file
+    # comes back, neither its first nor one from its middle read first.
+    fd = os.open(m.point / "cat/010.jpg", os.O_RDONLY)
+    try:
+        for read in (lambda: os.pread(fd, 1, victim["size"] // 2), lambda: os.read(fd, 1)):
+            with pytest.raises(OSError, match="Input/output error") as caught:
+                read()
+            assert caught.value.errno == errno.EIO
+    finally:
+        os.close(fd)
     for path, content in files.items():
         if path == "cat/010.jpg":
             with pytest.raises(OSError, match="Input/output error") as caught:
@@ -315,6 +327,64 @@ def test_sigkill_leaves_a_consistent_cache_and_a_mount_point_that_is_cleared(
     m.stop()
     info = json.loads(run_cli(["cache", "info", "--json"], env).stdout)
     assert [v["pinned"] for v in info["versions"]] == [False]
+
+
+def test_a_big_directory_lists_in_chunks_with_every_entry_and_its_attributes(
+    tmp_path: Path, mounts: list[Mounted]
+) -> None:
+    # Listings come to the kernel in chunks (READDIRPLUS), each resumed at an offset:
+    # thousands of names take several, and none may be lost, repeated or misdescribed.
+    case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
+    files = {f"many/{i:05d}-{'x' * (i % 40)}.bin": bytes([i % 251]) * (i % 97) for i in range(3000)}
+    files["many/sub/inner.txt"] = b"inner"
+    publish(case, tmp_path, files)
+    m = start_mount(case, tmp_path, tmp_path / "mnt")
+    mounts.append(m)
+    with os.scandir(m.point / "many") as listing:
+        entries = {e.name: e for e in listing}
+    names = {p.removeprefix("many/") for p in files if p.count("/") == 1} | {"sub"}
+    assert sorted(entries) == sorted(names)
+    assert sorted(os.listdir(m.point / "many")) == sorted(names)  # listed again, same
+    for name, entry in entries.items():
+        if name == "sub":
+            assert entry.is_dir(follow_symlinks=False)
+            assert stat.S_IMODE(entry.stat().st_mode) == 0o555
+            continue
+        info = entry.stat(follow_symlinks=False)
+        assert entry.is_file(follow_symlinks=False)
+        assert (info.st_size, stat.S_IMODE(info.st_mode)) == (len(files[f"many/{name}"]), 0o444)
+    some = f"many/01234-{'x' * (1234 % 40)}.bin"
+    assert (m.point / some).read_bytes() == files[some]
+    assert (m.point / "many/sub/inner.txt").read_bytes() == b"inner"
+
+
+def test_a_cached_object_changed_behind_dspkg_is_never_served(
+    tmp_path: Path, mounts: list[Mounted]
+) -> None:
+    case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
+    files = pet_files(count=20)
+    publish(case, tmp_path, files)
+    m = start_mount(case, tmp_path, tmp_path / "one")
+    mounts.append(m)
+    assert read_tree(m.point) == files  # every object is in the cache now
+    m.stop()
+    record = stored_record(case, "pets", "v1", "cat/003.jpg")
+    obj = tmp_path / "cache/objects" / record["sha256"][:2] / record["sha256"][2:]
+    before = obj.stat()
+    obj.chmod(0o644)
+    obj.write_bytes(b"X" * record["size"])  # same size, other bytes, the old mtime
+    obj.chmod(0o444)
+    os.utime(obj, ns=(before.st_atime_ns, before.st_mtime_ns - 5 * 10**9))
+
+    # A new mount (the first one's pages are gone with it) checks the object it reads
+    # on the descriptor it reads from: it was touched, so it is hashed, dropped and
+    # fetched again.
+    m = start_mount(case, tmp_path, tmp_path / "two")
+    mounts.append(m)
+    assert (m.point / "cat/003.jpg").read_bytes() == files["cat/003.jpg"]
+    assert obj.read_bytes() == files["cat/003.jpg"]
+    fetched, _ = downloaded(m.stop())
+    assert fetched == 1
 
 
 def test_without_fuse_one_line_says_what_to_do(tmp_path: Path) -> None:
