@@ -19,6 +19,7 @@ from dspkg.errors import Integrity, UnsafePackage
 from dspkg.fetcher import CacheSink, _CompiledExtractor, _RangeExtractor
 from dspkg.manifest import FileEntry
 from dspkg.materialize import LinkMode, TreeBuilder, plan_tree
+from dspkg.paths import path_problem
 from dspkg.pull_plan import RangeFetch
 from dspkg.speedups import extractor_type
 from tests.helpers import build_package
@@ -28,8 +29,13 @@ needs_compiled = pytest.mark.skipif(
     COMPILED is None, reason="the compiled extractor is not built (no C compiler at install)"
 )
 
+# Names a publish accepts (a Windows device name such as "nul" is refused before any
+# package is made; the Python extractor also refuses it in entries it skips, the compiled
+# one never reads the names it skips: both write nothing of them).
 names = st.lists(
-    st.from_regex(r"[a-z]{1,3}(/[a-z0-9]{1,4}){0,2}\.bin", fullmatch=True),
+    st.from_regex(r"[a-z]{1,3}(/[a-z0-9]{1,4}){0,2}\.bin", fullmatch=True).filter(
+        lambda p: path_problem(p) is None
+    ),
     min_size=1,
     max_size=12,
     unique=True,

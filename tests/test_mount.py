@@ -296,8 +296,12 @@ def test_readers_in_parallel_a_second_mount_and_a_pull_download_each_range_once(
     total = json.loads(pulled)["bytes_downloaded"]
     for m in (first, second):
         total += downloaded(m.stop())[1]
-    # Every package byte at most once, plus at most one manifest per process.
-    assert total <= package_bytes + 3 * manifest_bytes, (total, package_bytes)
+    # Every package byte at most once, plus at most one manifest per process, plus what
+    # the pull's ranges bridge: a gap of a few small files that a mount cached meanwhile
+    # is cheaper to download again than to cut the range for (a few kilobytes here; a
+    # range downloaded twice would be megabytes).
+    bridged = package_bytes // 100
+    assert total <= package_bytes + 3 * manifest_bytes + bridged, (total, package_bytes)
 
 
 def test_sigkill_leaves_a_consistent_cache_and_a_mount_point_that_is_cleared(
