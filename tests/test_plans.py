@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dspkg import zipformat as zf
 from dspkg.errors import UnsafePackage
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
 from dspkg.metadata import VersionRequest
@@ -25,6 +26,7 @@ from dspkg.publish_plan import (
 )
 from dspkg.pull_plan import Tuning, estimate, header_start, plan_fetch
 from dspkg.sources import LocalFile
+from dspkg.zipwriter import PackageWriter
 from tests.helpers import build_package
 
 _sizes = st.lists(st.integers(0, 50_000), min_size=1, max_size=60)
@@ -48,6 +50,33 @@ def test_split_estimate_is_the_real_package_size(sizes: list[int]) -> None:
     files = local_files(sizes)
     package, _ = build_package((f.rel, b"\0" * f.size) for f in files)
     assert package_bytes(files) == len(package)
+
+
+@given(
+    sizes=st.lists(
+        st.one_of(st.integers(0, 5_000), st.integers(2**31, 2**33)), min_size=0, max_size=8
+    ),
+    names=st.lists(st.text(min_size=1, max_size=6), min_size=8, max_size=8, unique=True),
+)
+def test_package_size_counts_zip64_records_exactly(sizes: list[int], names: list[str]) -> None:
+    """Sizes past 4 GiB (and entries that start past it): the records the writer lays out,
+    without writing the data."""
+    writer = PackageWriter()
+    entries = []
+    for name, size in zip(sorted(names), sizes, strict=False):
+        writer.add(name, size, 0)
+        entries.append((len(name.encode()), size))
+    writer.finish()
+    assert zf.package_size(entries) == writer.position
+    assert zf.package_size(iter(entries)) == writer.position
+
+
+@given(sizes=_sizes, limit=st.integers(1_000, 10_000_000))
+def test_split_puts_everything_in_one_package_when_it_fits(sizes: list[int], limit: int) -> None:
+    files = local_files(sizes)
+    groups = split_packages(files, limit)
+    bound = zf.END_RECORDS_MAX + sum(zf.entry_cost_max(len(f.rel), f.size) for f in files)
+    assert (len(groups) == 1) == (bound <= limit) or len(files) == 1
 
 
 @given(

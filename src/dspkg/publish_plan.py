@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from dspkg import zipformat as zf
 from dspkg.errors import InvalidArgument
@@ -97,6 +98,14 @@ def split_packages(files: Sequence[LocalFile], package_size: int) -> list[list[L
 
     A file bigger than the limit gets a package of its own.
     """
+    # The per-entry bound is its name twice, its data and a constant: all in one package
+    # when their sum fits (the common case: no loop in Python).
+    fixed = zf.entry_cost_max(0, 0)
+    names = sum(len(f.rel.encode()) for f in files)
+    if zf.END_RECORDS_MAX + fixed * len(files) + 2 * names + sum(f.size for f in files) <= (
+        package_size
+    ):
+        return [list(files)] if files else []
     groups: list[list[LocalFile]] = []
     current: list[LocalFile] = []
     used = zf.END_RECORDS_MAX
@@ -231,10 +240,8 @@ def plan_packages(
 
 def shape_digest(files: Sequence[LocalFile]) -> str:
     """Identifies a package's layout (paths and sizes) before any file is read."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.rel}\0{f.size}\n".encode())
-    return h.hexdigest()
+    text = "".join([f"{f.rel}\0{f.size}\n" for f in files])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def layout_offsets(files: Sequence[tuple[str, int, int]]) -> dict[str, int]:
@@ -295,7 +302,7 @@ def assemble_manifest(
             files.append(FileEntry(local.rel, size, sha))
         else:
             files.append(FileEntry(local.rel, size, sha, where[0], where[1]))
-    files.sort(key=lambda f: f.path)
+    files.sort(key=itemgetter(0))  # by path
     inherited_blobs = parent is None or parent.blobs or not plan.inherited
     return Manifest(
         dataset=plan.request.uri.dataset,

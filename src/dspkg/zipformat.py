@@ -85,6 +85,16 @@ def entry_cost_max(name_len: int, size: int) -> int:
 
 def package_size(entries: Iterable[tuple[int, int]]) -> int:
     """The exact size of the package dspkg writes of entries ``(name length, size)``."""
+    entries = list(entries)
+    # Without ZIP64 anywhere (every entry below 4 GiB and starting below it), the size
+    # is two sums; else each entry's place decides its records, one by one.
+    names = sum(n for n, _ in entries)
+    data = sum(s for _, s in entries)
+    position = LOCAL.size * len(entries) + names + data
+    last = max((s for _, s in entries), default=0)
+    if position < MAX32 and last < MAX32:
+        directory = CENTRAL.size * len(entries) + names
+        return position + directory + end_records_size(len(entries), directory, position)
     position = directory = count = 0
     for name_len, size in entries:
         directory += central_record_size(name_len, size, position)
