@@ -590,6 +590,14 @@ typedef struct {
     unsigned char digest[32];
 } Job;
 
+static void hex_digest(const unsigned char digest[32], char text[64]) {
+    static const char hex[] = "0123456789abcdef";
+    for (int k = 0; k < 32; k++) {
+        text[2 * k] = hex[digest[k] >> 4];
+        text[2 * k + 1] = hex[digest[k] & 15];
+    }
+}
+
 static int read_one(Job *j, void *ctx) {
     int fd = open(j->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
@@ -682,7 +690,6 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     result = PyList_New(count);
     if (!result) goto done;
-    static const char hex[] = "0123456789abcdef";
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item;
         if (!jobs[i].ok) {
@@ -690,10 +697,7 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
             item = Py_None;
         } else {
             char text[64];
-            for (int k = 0; k < 32; k++) {
-                text[2 * k] = hex[jobs[i].digest[k] >> 4];
-                text[2 * k + 1] = hex[jobs[i].digest[k] & 15];
-            }
+            hex_digest(jobs[i].digest, text);
             if (_PyBytes_Resize(&datas[i], jobs[i].size) < 0) {
                 Py_CLEAR(result);
                 goto done;
@@ -823,7 +827,6 @@ static PyObject *pack_files(PyObject *self, PyObject *args) {
     }
     results = PyList_New(count);
     if (!results) goto done;
-    static const char hex[] = "0123456789abcdef";
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item;
         if (!jobs[i].ok) {
@@ -831,10 +834,7 @@ static PyObject *pack_files(PyObject *self, PyObject *args) {
             item = Py_None;
         } else {
             char text[64];
-            for (int k = 0; k < 32; k++) {
-                text[2 * k] = hex[jobs[i].digest[k] >> 4];
-                text[2 * k + 1] = hex[jobs[i].digest[k] & 15];
-            }
+            hex_digest(jobs[i].digest, text);
             item = Py_BuildValue("(s#k)", text, (Py_ssize_t)64, jobs[i].crc);
             if (!item) goto done;
         }
