@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from dspkg.bench.dask_bench import differences
 from dspkg.bench.manifest_bench import run_manifest, synthetic
 from dspkg.manifest import Manifest
 from tests.helpers import run_cli
@@ -42,3 +43,34 @@ def test_scale_mode_of_the_command() -> None:
         "pull_peak_rss_mb",
         "pull_requests",
     }
+
+
+def test_scale_mode_checks_a_dask_publish_against_the_single_one() -> None:
+    # 3,000 files of 10 kB: two packages of 16 MiB, so two package tasks on the cluster.
+    result = run_cli(
+        ["bench", "--scale", "--files", "3000", "--size", "10000", "--dask-workers", "2", "--json"],
+        {},
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    dask = doc["dask"]
+    assert dask["workers"] == 2 and dask["tasks"] == dask["packages"] == 2
+    assert dask["differences"] == []
+    assert doc["targets"]["dask_differences"] == {"target": 0, "measured": 0, "met": True}
+
+
+def test_differences_ignore_the_attempt_and_name_what_differs() -> None:
+    package = {"key": "packages/ds/v1/a1b2/ds.v1.vhpkgzip", "sha256": "00" * 32, "size": 9}
+    root = {"digest": "d", "files": 2, "bytes": 9, "shards": [{"key": "s"}], "blobs": False}
+    single = {**root, "packages": [package]}
+    again = {**root, "packages": [{**package, "key": "packages/ds/v1/ffff/ds.v1.vhpkgzip"}]}
+    assert differences(single, again) == []
+    other_bytes = {**again, "packages": [{**package, "sha256": "11" * 32}]}
+    assert differences(single, other_bytes) == ["packages"]
+    assert differences(single, {**again, "digest": "e", "shards": []}) == ["digest", "shards"]
+
+
+def test_dask_workers_need_scale_mode() -> None:
+    result = run_cli(["bench", "--dask-workers", "2"], {})
+    assert result.returncode == 2
+    assert "--dask-workers: only with --scale" in result.stderr

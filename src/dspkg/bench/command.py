@@ -64,6 +64,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "1000) on a local store: time, requests, peak memory, manifest load; no servers",
     )
     p.add_argument(
+        "--dask-workers",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="with --scale: also publish the files on a Dask LocalCluster of N workers and "
+        "check it gives the same version (needs dspkg[dask]; default 0: off)",
+    )
+    p.add_argument(
         "--files",
         type=positive_int,
         help=f"files to generate (default {PULL_FILES:,}; {PUBLISH_FILES:,} with --publish, "
@@ -121,6 +129,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.scale:
         return _run_scale(args)
+    if args.dask_workers:
+        from dspkg.errors import UsageError
+
+        raise UsageError("--dask-workers: only with --scale")
     if args.size is None:
         args.size = FILE_SIZE
     if args.manifest:
@@ -200,7 +212,11 @@ def _run_scale(args: argparse.Namespace) -> int:
     say = _say(time.monotonic())
     try:
         figures = run_scale(
-            args.files or 1_000_000, 1000 if args.size is None else args.size, work, say
+            args.files or 1_000_000,
+            1000 if args.size is None else args.size,
+            work,
+            say,
+            dask_workers=args.dask_workers,
         )
         figures["load_average_at_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     finally:

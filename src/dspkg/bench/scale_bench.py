@@ -37,6 +37,9 @@ TARGETS = {
     "pull_peak_rss_mb": 300,
     "pull_requests": 1000,
 }
+# With --dask-workers, both publishes cut packages of this size, so that the cluster has
+# many package tasks to share (one package of the default 1 GiB would be one task).
+DASK_PACKAGE_SIZE = "16MiB"
 
 
 def generate(root: Path, files: int, size: int) -> None:
@@ -90,7 +93,12 @@ def _best(run: Callable[[], Any], rounds: int = 3) -> float:
 
 
 def run_scale(
-    files: int, size: int, work: Path, say: Callable[[str], None] = lambda _: None
+    files: int,
+    size: int,
+    work: Path,
+    say: Callable[[str], None] = lambda _: None,
+    *,
+    dask_workers: int = 0,
 ) -> dict[str, Any]:
     outputs, store_dir = work / "outputs", work / "store"
     url = f"file://{store_dir}"
@@ -109,8 +117,11 @@ def run_scale(
         "generate_seconds": time.monotonic() - started,
     }
     say("publishing (--packages-only)")
-    doc, seconds, rss = _run(["publish", str(outputs), "--packages-only"], env)
+    sizing = ["--package-size", DASK_PACKAGE_SIZE] if dask_workers else []
+    doc, seconds, rss = _run(["publish", str(outputs), "--packages-only", *sizing], env)
     figures["publish"] = {"seconds": seconds, "peak_rss_mb": rss, "requests": doc["requests"]}
+    if dask_workers:
+        figures["dask"] = _dask_row(outputs, store_dir, work / "store-dask", dask_workers, env, say)
     version = VersionUri.parse(URI)
     store = open_store(url)
     caches = iter(range(100))
@@ -147,6 +158,22 @@ def run_scale(
     return figures
 
 
+def _dask_row(
+    outputs: Path,
+    store_dir: Path,
+    dask_dir: Path,
+    workers: int,
+    env: dict[str, str],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    from dspkg.bench.dask_bench import differences, publish_on_dask, stored_root
+
+    say(f"publishing the same files on a Dask LocalCluster of {workers} workers")
+    row = publish_on_dask(_run, outputs, dask_dir, URI, workers, DASK_PACKAGE_SIZE, env)
+    row["differences"] = differences(stored_root(store_dir, URI), stored_root(dask_dir, URI))
+    return row
+
+
 def _check(figures: dict[str, Any]) -> dict[str, Any]:
     measured = {
         "root_load_seconds": figures["root_load_seconds"],
@@ -157,10 +184,15 @@ def _check(figures: dict[str, Any]) -> dict[str, Any]:
         ),
         "pull_requests": figures["pull_cold"]["requests"],
     }
-    return {
+    checked = {
         name: {"target": TARGETS[name], "measured": value, "met": value <= TARGETS[name]}
         for name, value in measured.items()
     }
+    if "dask" in figures:
+        # Nothing may differ between the version published on Dask and the single one.
+        differ = len(figures["dask"]["differences"])
+        checked["dask_differences"] = {"target": 0, "measured": differ, "met": differ == 0}
+    return checked
 
 
 def describe(figures: dict[str, Any]) -> str:
@@ -174,6 +206,18 @@ def describe(figures: dict[str, Any]) -> str:
         f"{m['shard_bytes'] / 1e6:.1f} MB; root loads in {figures['root_load_seconds']:.3f} s, "
         f"every file in {figures['manifest_load_seconds']:.2f} s (empty cache, best of 3)",
     ]
+    if "dask" in figures:
+        d = figures["dask"]
+        same = (
+            "the same version"
+            if not d["differences"]
+            else "differs in " + ", ".join(d["differences"])
+        )
+        lines.append(
+            f"  publish on Dask ({d['workers']} workers, {d['tasks']} tasks, packages of "
+            f"{DASK_PACKAGE_SIZE}): {d['seconds']:.1f} s, client peak RSS "
+            f"{d['client_peak_rss_mb']:.0f} MB; {same}"
+        )
     for label in ("pull_cold", "pull_warm"):
         p = figures[label]
         lines.append(
