@@ -640,12 +640,15 @@ async def _commit_version(
         await _discard_packages(run)
         return manifest, _result(other, created=False, uploaded=set(), aliases=())
     run.uploaded_packages.clear()  # referenced by a manifest now: never discard them
-    for done in manifest.packages:
-        if done.key in uploaded:
-            await run.catalog.remember_package(*uploaded[done.key], done)
     aliases = (LATEST, *req.aliases)
-    for alias in aliases:
-        await run.catalog.set_alias(req.uri.dataset, alias, req.uri.version)
+    # Independent objects: the reuse index and the aliases go up side by side (a round
+    # trip each saved on a distant store).
+    async with BoundedTasks(8) as notes:
+        for done in manifest.packages:
+            if done.key in uploaded:
+                await notes.spawn(run.catalog.remember_package(*uploaded[done.key], done))
+        for alias in aliases:
+            await notes.spawn(run.catalog.set_alias(req.uri.dataset, alias, req.uri.version))
     return manifest, _result(manifest.root(), created=True, uploaded=set(uploaded), aliases=aliases)
 
 

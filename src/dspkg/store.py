@@ -600,6 +600,10 @@ def open_store(
                 options.setdefault("virtual_hosted_style_request", "false")
             if not (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")):
                 options.setdefault("region", "us-east-1")
+            # Sign requests, not every uploaded byte (a SHA-256 pass over each package, 0.16
+            # CPU-s per 200 MB here), as the AWS CLI does over HTTPS: TLS guards the bytes
+            # on the way and every pull verifies each file's SHA-256.
+            options.setdefault("unsigned_payload", "true")
             inner = S3Store.from_url(
                 url,
                 client_options=client,
