@@ -219,11 +219,12 @@ def _run_scale(args: argparse.Namespace) -> int:
             dask_workers=args.dask_workers,
         )
         figures["load_average_at_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        # The figures first: removing millions of files takes minutes.
+        print(json.dumps(figures, indent=2) if args.json else describe(figures), flush=True)
     finally:
         if args.keep is None:
             say("removing the work directory")
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(figures, indent=2) if args.json else describe(figures))
     return 0
 
 
