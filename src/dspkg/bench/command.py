@@ -210,6 +210,7 @@ def _run_scale(args: argparse.Namespace) -> int:
     work = _work_dir(args.keep)
     _stop_on_sigterm()
     say = _say(time.monotonic())
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     try:
         figures = run_scale(
             args.files or 1_000_000,
@@ -218,7 +219,7 @@ def _run_scale(args: argparse.Namespace) -> int:
             say,
             dask_workers=args.dask_workers,
         )
-        figures["load_average_at_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        figures["load_average_at_start"] = load
         # The figures first: removing millions of files takes minutes.
         print(json.dumps(figures, indent=2) if args.json else describe(figures), flush=True)
     finally:
