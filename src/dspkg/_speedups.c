@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- OpenSSL through dlsym -------------------------------------------------------- */
@@ -858,6 +859,125 @@ done:
     return answer;
 }
 
+/* ---- the hot loop of a warm pull ---------------------------------------------------- */
+
+/* link_cached(sources, sizes, counts, targets, since_ns, slack_ns) links cached objects
+ * into a tree with hard links, the loop TreeBuilder.link_cached runs in Python otherwise.
+ * Object g is sources[g] of sizes[g] bytes; its files are the next counts[g] entries of
+ * targets. An object is linked when it is as dspkg left it (a read-only regular file of
+ * its size whose ctime is within slack_ns after its mtime) and, when since_ns >= 0, was
+ * written after since_ns; then its mtime and ctime are made to meet again (the links
+ * moved its ctime). A target that exists already counts as linked (an earlier round).
+ * Returns (absent, careful): the objects that are not there (or older than since_ns),
+ * and those the caller must look at itself (a failed check or link), by index. */
+enum { LINK_OK, LINK_ABSENT, LINK_CAREFUL };
+
+typedef struct {
+    const char *source;
+    long long size;
+    Py_ssize_t first, count;
+    int state;
+} LinkJob;
+
+static int link_one(const LinkJob *j, const char *const *targets, long long since_ns,
+                    long long slack_ns) {
+    struct stat info;
+    if (stat(j->source, &info) != 0) return errno == ENOENT ? LINK_ABSENT : LINK_CAREFUL;
+    long long mtime = (long long)info.st_mtim.tv_sec * 1000000000LL + info.st_mtim.tv_nsec;
+    long long ctime = (long long)info.st_ctim.tv_sec * 1000000000LL + info.st_ctim.tv_nsec;
+    if (since_ns >= 0 && mtime <= since_ns) return LINK_ABSENT;
+    if ((long long)info.st_size != j->size || !S_ISREG(info.st_mode) || (info.st_mode & 0222) ||
+        ctime - mtime < 0 || ctime - mtime > slack_ns)
+        return LINK_CAREFUL;
+    for (Py_ssize_t i = 0; i < j->count; i++)
+        if (link(j->source, targets[j->first + i]) != 0 && errno != EEXIST) return LINK_CAREFUL;
+    if (utimensat(AT_FDCWD, j->source, NULL, 0) != 0 && errno != ENOENT) return LINK_CAREFUL;
+    return LINK_OK;
+}
+
+static PyObject *link_cached(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *sources_arg, *sizes_arg, *counts_arg, *targets_arg;
+    long long since_ns, slack_ns;
+    if (!PyArg_ParseTuple(args, "OOOOLL", &sources_arg, &sizes_arg, &counts_arg, &targets_arg,
+                          &since_ns, &slack_ns))
+        return NULL;
+    PyObject *sources = PySequence_Fast(sources_arg, "sources must be a sequence");
+    PyObject *sizes = sources ? PySequence_Fast(sizes_arg, "sizes must be a sequence") : NULL;
+    PyObject *counts = sizes ? PySequence_Fast(counts_arg, "counts must be a sequence") : NULL;
+    PyObject *targets = counts ? PySequence_Fast(targets_arg, "targets must be a sequence") : NULL;
+    PyObject *answer = NULL, *absent = NULL, *careful = NULL;
+    LinkJob *jobs = NULL;
+    const char **names = NULL;
+    if (!targets) goto done;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(sources);
+    Py_ssize_t ntargets = PySequence_Fast_GET_SIZE(targets);
+    if (PySequence_Fast_GET_SIZE(sizes) != count || PySequence_Fast_GET_SIZE(counts) != count) {
+        PyErr_SetString(PyExc_ValueError, "sources, sizes and counts differ in length");
+        goto done;
+    }
+    jobs = PyMem_Calloc((size_t)count + 1, sizeof(LinkJob));
+    names = PyMem_Calloc((size_t)ntargets + 1, sizeof(char *));
+    if (!jobs || !names) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < ntargets; i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(targets, i);
+        if (!PyBytes_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "targets must be bytes");
+            goto done;
+        }
+        names[i] = PyBytes_AS_STRING(name);
+    }
+    Py_ssize_t next = 0;
+    for (Py_ssize_t g = 0; g < count; g++) {
+        PyObject *source = PySequence_Fast_GET_ITEM(sources, g);
+        if (!PyBytes_Check(source)) {
+            PyErr_SetString(PyExc_TypeError, "sources must be bytes");
+            goto done;
+        }
+        long long size = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(sizes, g));
+        Py_ssize_t n = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(counts, g));
+        if (PyErr_Occurred()) goto done;
+        if (size < 0 || n < 1 || n > ntargets - next) {
+            PyErr_SetString(PyExc_ValueError, "bad size or count of targets");
+            goto done;
+        }
+        jobs[g] = (LinkJob){PyBytes_AS_STRING(source), size, next, n, LINK_OK};
+        next += n;
+    }
+    if (next != ntargets) {
+        PyErr_SetString(PyExc_ValueError, "counts do not add up to the targets");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t g = 0; g < count; g++) jobs[g].state = link_one(&jobs[g], names, since_ns, slack_ns);
+    Py_END_ALLOW_THREADS
+    absent = PyList_New(0);
+    careful = PyList_New(0);
+    if (!absent || !careful) goto done;
+    for (Py_ssize_t g = 0; g < count; g++) {
+        if (jobs[g].state == LINK_OK) continue;
+        PyObject *index = PyLong_FromSsize_t(g);
+        if (!index) goto done;
+        int failed = PyList_Append(jobs[g].state == LINK_ABSENT ? absent : careful, index);
+        Py_DECREF(index);
+        if (failed) goto done;
+    }
+    answer = PyTuple_Pack(2, absent, careful);
+done:
+    Py_XDECREF(absent);
+    Py_XDECREF(careful);
+    PyMem_Free(jobs);
+    PyMem_Free(names);
+    Py_XDECREF(sources);
+    Py_XDECREF(sizes);
+    Py_XDECREF(counts);
+    Py_XDECREF(targets);
+    return answer;
+}
+
 static PyMethodDef module_methods[] = {
     {"load_crypto", load_crypto, METH_O, "Load SHA-256 from the libcrypto at this path."},
     {"load_zlib", load_zlib, METH_O, "Load crc32 from the libz at this path."},
@@ -865,6 +985,8 @@ static PyMethodDef module_methods[] = {
      "Read, hash and CRC small files whole: [(data, sha256 hex, crc32) or None, ...]."},
     {"pack_files", pack_files, METH_VARARGS,
      "Read small files into one buffer of local headers, names and data, hashed."},
+    {"link_cached", link_cached, METH_VARARGS,
+     "Hard-link intact cached objects into a tree: (absent, careful) object indexes."},
     {NULL, NULL, 0, NULL},
 };
 

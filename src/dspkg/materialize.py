@@ -19,10 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from dspkg.cache import Cache, ObjectWriter, cache_error, fingerprint_ok
+from dspkg.cache import CTIME_SLACK_NS, Cache, ObjectWriter, cache_error, fingerprint_ok
 from dspkg.errors import DestinationError, DspkgError, InvalidArgument
 from dspkg.manifest import FileEntry
+from dspkg.speedups import compiled_module as speedups_module
 
 STAGING_PREFIX = ".dspkg-staging-"
 FICLONE = 0x40049409
@@ -123,8 +125,10 @@ class TreeBuilder:
 
     links_targets = False  # settled by the probe: True with hardlinks
 
-    def __init__(self, cache: Cache, dest: Path, mode: LinkMode) -> None:
+    def __init__(self, cache: Cache, dest: Path, mode: LinkMode, *, speedups: bool = True) -> None:
         self.cache = cache
+        # The compiled warm-pull loop (hard links only), where it is built.
+        self._linker = speedups_module() if speedups else None
         self.dest = dest
         self.requested = mode
         self.mode = mode
@@ -304,6 +308,27 @@ class TreeBuilder:
         With ``since`` (a pull told to ignore the cache), only objects written or checked
         after that time (as the file system stamps files) count: those this pull put there
         itself."""
+        if self._linker is not None and self.mode is LinkMode.HARDLINK:
+            return self._link_cached_compiled(self._linker, groups, since)
+        return self._link_groups(groups, since)
+
+    def _link_cached_compiled(
+        self, compiled: Any, groups: Sequence[Sequence[FileEntry]], since: float | None
+    ) -> list[str]:
+        """:meth:`link_cached` in C: the groups it could not settle go through Python."""
+        object_path, base = self.cache.object_path, self._base
+        absent, careful = compiled.link_cached(
+            [os.fsencode(object_path(g[0].sha256)) for g in groups],
+            [g[0].size for g in groups],
+            [len(g) for g in groups],
+            [os.fsencode(f"{base}/{f.path}") for g in groups for f in g],
+            -1 if since is None else int(since * 1e9),
+            CTIME_SLACK_NS,
+        )
+        found = [groups[i][0].sha256 for i in absent]
+        return found + self._link_groups([groups[i] for i in careful], since)
+
+    def _link_groups(self, groups: Sequence[Sequence[FileEntry]], since: float | None) -> list[str]:
         linker = _LINKERS[self.mode]
         touch = self.cache.touch if self.mode is LinkMode.HARDLINK else None
         stat = os.stat

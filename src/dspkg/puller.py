@@ -168,7 +168,7 @@ async def pull_version(
         ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
     ):
         prepare_destination(dest)
-        builder = TreeBuilder(cache, dest, options.link)
+        builder = TreeBuilder(cache, dest, options.link, speedups=options.speedups)
         builder.begin(plan_tree(manifest.files))
         try:
             fetched, _, fallbacks, manifest, version = await _fill(
@@ -261,7 +261,7 @@ async def _pull_in_batches(
     ):
         created = not dest.exists()
         prepare_destination(dest)
-        builder = TreeBuilder(cache, dest, options.link)
+        builder = TreeBuilder(cache, dest, options.link, speedups=options.speedups)
         builder.begin()
         try:
             while True:

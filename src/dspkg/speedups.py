@@ -60,6 +60,17 @@ def compiled_reader() -> Compiled | None:
     return module
 
 
+@functools.cache
+def compiled_module() -> Any | None:
+    """``_speedups`` itself, for its helpers that need no library (``link_cached``), or
+    None when it was not built."""
+    try:
+        from dspkg import _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _speedups
+
+
 def bad_entry_type() -> type[Exception]:
     from dspkg import _speedups  # type: ignore[attr-defined]
 
