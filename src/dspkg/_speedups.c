@@ -990,6 +990,10 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The checks of manifest records over whole columns (_checks.c). */
+extern PyMethodDef dspkg_check_methods[];
+void dspkg_checks_init(void);
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "dspkg._speedups", NULL, -1, module_methods, NULL, NULL, NULL, NULL,
 };
@@ -998,6 +1002,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (PyType_Ready(&ExtractorType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
+    dspkg_checks_init();
+    if (PyModule_AddFunctions(m, dspkg_check_methods) < 0) return NULL;
     BadEntry = PyErr_NewException("dspkg._speedups.BadEntry", NULL, NULL);
     if (!BadEntry || PyModule_AddObject(m, "BadEntry", BadEntry) < 0) return NULL;
     Py_INCREF(&ExtractorType);

@@ -40,9 +40,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from dspkg import speedups
 from dspkg.errors import UnsafePackage
 from dspkg.layout import package_key_problem
-from dspkg.manifest_checks import LayoutCheck, check_records, tree_check
+from dspkg.manifest_checks import LayoutCheck, all_lists, check_records, tree_check
 from dspkg.names import VersionUri, check_name
 
 SCHEMA_V1 = 1
@@ -276,6 +277,14 @@ def make_entries(
     paths: list[Any], sizes: list[Any], shas: list[Any], indexes: list[Any], offsets: list[Any]
 ) -> tuple[FileEntry, ...]:
     """File entries from checked columns."""
+    compiled = speedups.compiled_checks()
+    if compiled is not None and all_lists(paths, sizes, shas, indexes, offsets):
+        # Built in C and untracked by the cycle collector (they hold no containers): a
+        # million tracked tuples would cost the next collection a walk over every one.
+        entries: tuple[FileEntry, ...] = compiled.file_entries(
+            FileEntry, paths, sizes, shas, indexes, offsets
+        )
+        return entries
     return tuple(map(_NEW_ENTRY, zip(paths, sizes, shas, indexes, offsets, strict=True)))
 
 

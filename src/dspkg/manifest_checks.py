@@ -31,6 +31,7 @@ from itertools import groupby, islice, repeat
 from operator import add, is_, is_not, le, sub
 from typing import TYPE_CHECKING, Any
 
+from dspkg import speedups
 from dspkg import zipformat as zf
 from dspkg.errors import UnsafePackage
 from dspkg.paths import all_paths_ok, directories, path_problem, tree_problem
@@ -48,6 +49,22 @@ def records_ok(
     paths: list[Any], sizes: list[Any], shas: list[Any], indexes: list[Any], offsets: list[Any]
 ) -> bool:
     """Whether every record is well formed on its own (see the module docstring)."""
+    compiled = speedups.compiled_checks()
+    if compiled is not None and all_lists(paths, sizes, shas, indexes, offsets):
+        return compiled.records_ok(paths, sizes, shas, indexes, offsets)
+    return python_records_ok(paths, sizes, shas, indexes, offsets)
+
+
+def all_lists(*columns: Any) -> bool:
+    """Whether every column is a list (what the compiled checks take)."""
+    return all(type(c) is list for c in columns)
+
+
+def python_records_ok(
+    paths: list[Any], sizes: list[Any], shas: list[Any], indexes: list[Any], offsets: list[Any]
+) -> bool:
+    """:func:`records_ok` in Python (where ``_speedups`` is not built; the twin its
+    property test holds it to)."""
     if not paths:
         return True
     if set(map(type, sizes)) != {int} or min(sizes) < 0:
@@ -148,10 +165,29 @@ class LayoutCheck:
         self._bad = bad
         self._end = [0] * len(packages)
         self.used = [0] * len(packages)  # files of the version in each package
+        self._sizes = [p.size for p in packages]
+        self._entries = [p.entries for p in packages]
 
     def add(
         self, paths: list[str], sizes: list[int], indexes: list[Any], offsets: list[Any]
     ) -> None:
+        compiled = speedups.compiled_checks()
+        # The compiled check applies the records only when all of them pass; otherwise
+        # the walk below runs from the same state and names the first bad one.
+        if (
+            compiled is not None
+            and all_lists(paths, sizes, indexes, offsets)
+            and compiled.layout_add(
+                self._sizes, self._entries, self._end, self.used, paths, sizes, indexes, offsets
+            )
+        ):
+            return
+        self.python_add(paths, sizes, indexes, offsets)
+
+    def python_add(
+        self, paths: list[str], sizes: list[int], indexes: list[Any], offsets: list[Any]
+    ) -> None:
+        """:meth:`add` in Python (the twin of the compiled check)."""
         position = 0
         for index, run in groupby(indexes):
             count = len(list(run))

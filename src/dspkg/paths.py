@@ -15,6 +15,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
 
+from dspkg import speedups
+
 MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
 
@@ -70,6 +72,14 @@ def path_problem(path: object) -> str | None:
 
 def all_paths_ok(paths: Sequence[str]) -> bool:
     """Whether every path is acceptable (``path_problem`` is None for each), fast."""
+    compiled = speedups.compiled_checks()
+    if compiled is not None and type(paths) is list:
+        return compiled.paths_ok(paths)
+    return python_all_paths_ok(paths)
+
+
+def python_all_paths_ok(paths: Sequence[str]) -> bool:
+    """:func:`all_paths_ok` in Python (the twin of the compiled check)."""
     if not paths:
         return True
     if set(map(type, paths)) != {str}:
@@ -141,6 +151,17 @@ def tree_problem(paths: Iterable[str], *, strictly_sorted: bool = False) -> tupl
     ``strictly_sorted`` says the caller checked that the paths are sorted and unique.
     """
     paths = paths if isinstance(paths, list) else list(paths)
+    compiled = speedups.compiled_checks()
+    if compiled is not None and compiled.tree_clear(paths):
+        return None
+    return python_tree_problem(paths, strictly_sorted=strictly_sorted)
+
+
+def python_tree_problem(
+    paths: list[str], *, strictly_sorted: bool = False
+) -> tuple[str, str] | None:
+    """:func:`tree_problem` in Python (what names a collision, and the twin of the compiled
+    check, which only ever clears a list of ASCII paths)."""
     joined = "\n".join(paths)
     if (
         joined.isascii()

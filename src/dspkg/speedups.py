@@ -4,6 +4,10 @@
 them dspkg runs the same steps in Python (``fetcher._RangeExtractor`` for cold pulls,
 ``sources._read_small`` for publishes), more slowly.
 ``DSPKG_SPEEDUPS=0`` turns it off (the test suite runs both).
+
+The checks of manifest records (``_checks.c``, :func:`compiled_checks`) are used wherever
+the module is built: they only ever answer "all clear" and leave every refusal, and its
+message, to the Python checks, to which property tests hold them (tests/test_checks.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,60 @@ def extractor_type() -> Any | None:
     except OSError:
         return None
     return _speedups.Extractor
+
+
+class Checks(Protocol):
+    """``_speedups``' checks of manifest records over whole columns (see ``_checks.c``)."""
+
+    def paths_ok(self, paths: list[Any], /) -> bool: ...
+
+    def records_ok(
+        self,
+        paths: list[Any],
+        sizes: list[Any],
+        shas: list[Any],
+        indexes: list[Any],
+        offsets: list[Any],
+        /,
+    ) -> bool: ...
+
+    def layout_add(
+        self,
+        package_sizes: list[int],
+        package_entries: list[int],
+        ends: list[int],
+        used: list[int],
+        paths: list[Any],
+        sizes: list[Any],
+        indexes: list[Any],
+        offsets: list[Any],
+        /,
+    ) -> bool: ...
+
+    def tree_clear(self, paths: list[Any], /) -> bool: ...
+
+    def file_entries(
+        self,
+        cls: type[Any],
+        paths: list[Any],
+        sizes: list[Any],
+        shas: list[Any],
+        indexes: list[Any],
+        offsets: list[Any],
+        /,
+    ) -> tuple[Any, ...]: ...
+
+
+@functools.cache
+def compiled_checks() -> Checks | None:
+    """``_speedups`` with its manifest checks, or None when it is not built here (they need
+    no library: only the module)."""
+    try:
+        from dspkg import _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    module: Checks = _speedups
+    return module
 
 
 class Compiled(Protocol):
