@@ -6,7 +6,9 @@ is taken). Hostile shards are refused with the same messages with and without it
 from __future__ import annotations
 
 import gc
+import gzip
 import hashlib
+import json
 import re
 from dataclasses import replace
 from typing import Any
@@ -17,10 +19,18 @@ from hypothesis import strategies as st
 
 from dspkg import speedups
 from dspkg.errors import UnsafePackage
-from dspkg.manifest import _NEW_ENTRY, FileEntry, Manifest, PackageInfo, make_entries
+from dspkg.layout import shard_key
+from dspkg.manifest import _NEW_ENTRY, FileEntry, Manifest, PackageInfo, ShardInfo, make_entries
 from dspkg.manifest_checks import LayoutCheck, python_records_ok
 from dspkg.paths import path_problem, python_all_paths_ok, python_tree_problem
-from dspkg.shards import ShardLimits, decode_shard, encode_manifest, join_shards, shard_of
+from dspkg.shards import (
+    ShardLimits,
+    decode_shard,
+    encode_manifest,
+    encode_shard,
+    join_shards,
+    shard_of,
+)
 
 COMPILED = speedups.compiled_checks()
 needs_compiled = pytest.mark.skipif(
@@ -71,7 +81,8 @@ def test_paths_ok_refuses_what_is_not_a_str() -> None:
     class Text(str):
         pass
 
-    for odd in ([b"a"], [None], [1], [Text("a")]):
+    odds: list[list[Any]] = [[b"a"], [None], [1], [Text("a")]]
+    for odd in odds:
         assert compiled().paths_ok(odd) is python_all_paths_ok(odd) is False
 
 
@@ -97,12 +108,9 @@ def columns(draw: st.DrawFn) -> tuple[list[Any], ...]:
     indexes: list[Any] = []
     offsets: list[Any] = []
     for _ in paths:
-        if draw(st.booleans()):
-            indexes.append(draw(st.integers(0, 3)))
-            offsets.append(draw(st.integers(30, 2**40)))
-        else:
-            indexes.append(None)
-            offsets.append(None)
+        packaged = draw(st.booleans())
+        indexes.append(draw(st.integers(0, 3)) if packaged else None)
+        offsets.append(draw(st.integers(30, 2**40)) if packaged else None)
     cols = [paths, sizes, shas, indexes, offsets]
     for _ in range(draw(st.integers(0, 2)) if n else 0):
         column = draw(st.integers(0, 4))
@@ -126,7 +134,7 @@ def test_records_ok_takes_columns_of_one_length() -> None:
     with pytest.raises(ValueError, match="another length"):
         compiled().records_ok(["a"], [1, 2], [_SHA], [None], [None])
     with pytest.raises(TypeError, match="must be a list"):
-        compiled().records_ok(("a",), [1], [_SHA], [None], [None])
+        compiled().records_ok(("a",), [1], [_SHA], [None], [None])  # type: ignore[arg-type]
 
 
 # --- the package layout ----------------------------------------------------------------
@@ -158,7 +166,7 @@ def layouts(draw: st.DrawFn) -> tuple[list[PackageInfo], list[tuple[list[Any], .
                 ends[index] = offset + size
             for column, value in zip(cols, (path, size, index, offset), strict=True):
                 column.append(value)
-        if cols[0] and draw(st.booleans()):
+        if draw(st.booleans()) and cols[0]:
             at = draw(st.integers(0, len(cols[0]) - 1))
             cols[draw(st.integers(1, 3))][at] = draw(_NUMBERS)
         batches.append(cols)
@@ -231,6 +239,115 @@ def test_tree_clear_never_clears_a_collision(paths: list[str]) -> None:
         assert not compiled().tree_clear(paths)  # left to Python: Unicode folding
 
 
+# --- the JSON of a shard ---------------------------------------------------------------
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (1 == True == 1.0 does not count)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(same, a, b))
+    return bool(a == b)
+
+
+def agrees_with_json(data: bytes) -> Any:
+    """What loads_columns returns for ``data``: None, or exactly what json.loads returns."""
+    found = compiled().loads_columns(data)
+    if found is not None:
+        assert same(found, json.loads(data))
+    return found
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=False),
+    st.text(),
+    st.sampled_from(["", "é日\U0001f600", 'a"b', "a\\b", "\x7f", "\n"]),
+)
+_JSON = st.recursive(
+    _SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner)
+)
+_COLUMNS = st.dictionaries(
+    st.text(max_size=8),
+    st.one_of(
+        st.lists(st.one_of(st.none(), st.integers(-(10**19), 10**19), st.text()), max_size=6),
+        _SCALARS,
+    ),
+    max_size=6,
+)
+
+
+def _encode(doc: Any, compact: bool, ascii: bool) -> bytes:
+    separators = (",", ":") if compact else (", ", ": ")
+    return json.dumps(doc, separators=separators, ensure_ascii=ascii).encode()
+
+
+@needs_compiled
+@settings(max_examples=500)
+@given(st.one_of(_JSON, _COLUMNS), st.booleans(), st.booleans())
+def test_loads_columns_is_json_loads_or_declines(doc: Any, compact: bool, ascii: bool) -> None:
+    found = agrees_with_json(_encode(doc, compact, ascii))
+    if found is None:
+        return
+    assert isinstance(doc, dict)
+
+
+@needs_compiled
+@settings(max_examples=300)
+@given(_COLUMNS, st.booleans())
+def test_loads_columns_reads_columns_of_plain_strings(doc: dict[str, Any], compact: bool) -> None:
+    """Integers of up to 18 digits, nulls and strings with nothing to escape: read here."""
+
+    def plain(value: Any) -> bool:
+        if isinstance(value, list):
+            return all(map(plain, value))
+        if isinstance(value, str):
+            return json.dumps(value, ensure_ascii=False) == f'"{value}"'
+        return value is None or (type(value) is int and abs(value) < 10**18)
+
+    found = agrees_with_json(_encode(doc, compact, False))
+    assert (found is not None) == all(plain(k) and plain(v) for k, v in doc.items())
+
+
+def _shard_json(*paths: str) -> bytes:
+    files = [FileEntry(p, 10**i, _SHA, i % 2 or None, 2**i + 30) for i, p in enumerate(paths)]
+    files = [f if f.package else f._replace(package=None, offset=None) for f in files]
+    return gzip.decompress(encode_shard(files))
+
+
+_SHARD = _shard_json("a/b.txt", "a/é c", "b/日本\U0001f600")
+
+
+@needs_compiled
+@settings(max_examples=1000)
+@given(st.integers(0, len(_SHARD) - 1), st.binary(max_size=3), st.integers(0, 3))
+def test_loads_columns_on_damaged_shards(at: int, new: bytes, cut: int) -> None:
+    """A shard's JSON with bytes replaced, inserted or cut: never read otherwise than json."""
+    for data in (
+        _SHARD[:at] + new + _SHARD[at + 1 :],
+        _SHARD[:at] + new + _SHARD[at:],
+        _SHARD[: at - cut] + _SHARD[at:],
+        _SHARD[:at],
+    ):
+        try:
+            json.loads(data)
+        except ValueError:
+            assert compiled().loads_columns(data) is None
+        else:
+            agrees_with_json(data)
+
+
+@needs_compiled
+def test_loads_columns_reads_what_the_writer_writes() -> None:
+    assert same(compiled().loads_columns(_SHARD), json.loads(_SHARD))
+    assert compiled().loads_columns(_shard_json('a/"quoted"')) is None  # an escape: json.loads
+
+
 # --- file entries ----------------------------------------------------------------------
 
 
@@ -296,7 +413,7 @@ _LIMITS = ShardLimits(min_files=10, max_files=10, cut_mask=0)
         (14, {"size": -1}, f"file {_ENTRY.path!r} has a malformed size"),
         (14, {"offset": 29}, f"file {_ENTRY.path!r} has a malformed offset"),
         (14, {"package": 1}, f"file {_ENTRY.path!r} names package 1, which does not exist"),
-        (14, {"offset": _ENTRY.offset - 5}, f"file {_ENTRY.path!r} overlaps another entry"),
+        (14, {"offset": (_ENTRY.offset or 0) - 5}, f"file {_ENTRY.path!r} overlaps another entry"),
         (29, {"size": 10**6}, "lies beyond the end of its package"),
         # Shard boundaries: a file that is a directory of the next shard's first path, and
         # a case twin in another shard (each shard passes on its own).
@@ -331,3 +448,13 @@ def test_sound_records_load_alike(checks: str) -> None:
     assert files == _BASE.files
     assert make_entries(*records[0]) == _BASE.files[:10]
     assert all(not gc.is_tracked(f) for f in files) == (checks == "compiled")
+
+
+def test_a_lone_surrogate_is_refused_alike(checks: str) -> None:
+    """Bytes no UTF-8 encoder writes (json.loads reads them, as surrogatepass)."""
+    text = _shard_json("a/xyz").replace(b"xyz", b"\xed\xa0\x80")
+    data = gzip.compress(text, mtime=0)
+    sha = hashlib.sha256(data).hexdigest()
+    info = ShardInfo(shard_key("s", sha), sha, len(data), 1, 1, "a/\ud800", "a/\ud800")
+    with pytest.raises(UnsafePackage, match=r"refusing path 'a/\\ud800': not valid UTF-8"):
+        decode_shard(data, info, obj="s")

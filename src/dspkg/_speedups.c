@@ -990,8 +990,10 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* The checks of manifest records over whole columns (_checks.c). */
+/* The checks of manifest records over whole columns (_checks.c), and the reader of the
+ * JSON of a shard (_columns.c). */
 extern PyMethodDef dspkg_check_methods[];
+extern PyMethodDef dspkg_column_methods[];
 void dspkg_checks_init(void);
 
 static struct PyModuleDef module = {
@@ -1003,7 +1005,9 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     dspkg_checks_init();
-    if (PyModule_AddFunctions(m, dspkg_check_methods) < 0) return NULL;
+    if (PyModule_AddFunctions(m, dspkg_check_methods) < 0 ||
+        PyModule_AddFunctions(m, dspkg_column_methods) < 0)
+        return NULL;
     BadEntry = PyErr_NewException("dspkg._speedups.BadEntry", NULL, NULL);
     if (!BadEntry || PyModule_AddObject(m, "BadEntry", BadEntry) < 0) return NULL;
     Py_INCREF(&ExtractorType);

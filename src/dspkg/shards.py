@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, NamedTuple
 
+from dspkg import speedups
 from dspkg.layout import shard_key
 from dspkg.manifest import (
     SCHEMA_V1,
@@ -381,7 +382,7 @@ def decode_shard(data: bytes, info: ShardInfo, *, obj: str, trusted: bool = Fals
             f"{info.sha256[:12]}...); the store is damaged or was tampered with"
         )
     with collector_paused():
-        doc = parse_json_object(_gunzip(data, info.count * _MAX_JSON_PER_FILE, bad), bad)
+        doc = _parse_columns(_gunzip(data, info.count * _MAX_JSON_PER_FILE, bad), bad)
         if doc.get("schema_version") != SCHEMA_V2:
             raise bad(f"shard schema_version {doc.get('schema_version')!r} is not supported")
         columns: list[Any] = [doc.get(name) for name in _COLUMNS]
@@ -395,6 +396,15 @@ def decode_shard(data: bytes, info: ShardInfo, *, obj: str, trusted: bool = Fals
     if sum(records.sizes) != info.bytes:
         raise bad("holds a different number of bytes than its root says")
     return records
+
+
+def _parse_columns(text: bytes, bad: Any) -> dict[str, Any]:
+    """The shard's JSON object: read by the compiled reader of exactly this shape where it
+    is built (the same result as json.loads, at about half the time), else by json.loads,
+    which also reads every other shape of JSON and names what is wrong with bad JSON."""
+    compiled = speedups.compiled_checks()
+    doc = None if compiled is None else compiled.loads_columns(text)
+    return parse_json_object(text, bad) if doc is None else doc
 
 
 def _gunzip(data: bytes, limit: int, bad: Any) -> bytes:

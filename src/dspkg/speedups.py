@@ -64,6 +64,8 @@ class Checks(Protocol):
 
     def tree_clear(self, paths: list[Any], /) -> bool: ...
 
+    def loads_columns(self, data: bytes, /) -> dict[str, Any] | None: ...
+
     def file_entries(
         self,
         cls: type[Any],
