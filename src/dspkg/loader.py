@@ -108,9 +108,13 @@ async def load_files(
     if root.inline is not None:
         return root.inline
     chosen = chosen_shards(root, shards)
-    records = await load_shards(chosen, _shard_loader(store, cache, root, read_only))
     obj = store.describe(manifest_key(root.dataset, root.version))
-    files = join_shards(root, chosen, records, obj=obj, checked=root.validated)
+    # Paused from the first shard to the last: a collection in between would walk the
+    # columns of every shard decoded so far (millions of references, each time).
+    with collector_paused():
+        records = await load_shards(chosen, _shard_loader(store, cache, root, read_only))
+        files = join_shards(root, chosen, records, obj=obj, checked=root.validated)
+        del records
     if chosen == root.shards and not root.validated and not read_only:
         _note_checked(cache, store.url, root)
     return files
