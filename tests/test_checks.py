@@ -22,7 +22,7 @@ from dspkg.errors import UnsafePackage
 from dspkg.layout import shard_key
 from dspkg.manifest import _NEW_ENTRY, FileEntry, Manifest, PackageInfo, ShardInfo, make_entries
 from dspkg.manifest_checks import LayoutCheck, python_records_ok
-from dspkg.paths import path_problem, python_all_paths_ok, python_tree_problem
+from dspkg.paths import fold, path_problem, python_all_paths_ok, python_tree_problem
 from dspkg.shards import (
     ShardLimits,
     decode_shard,
@@ -211,13 +211,17 @@ def test_layout_add_agrees_with_python(
 # --- paths in one tree -----------------------------------------------------------------
 
 
+def tree_clear(paths: list[str]) -> bool:
+    return compiled().tree_clear(paths, fold)
+
+
 @needs_compiled
 @settings(max_examples=1000)
 @given(st.lists(st.text("aAbB/._", max_size=5), max_size=8))
 def test_tree_clear_agrees_with_python_on_ascii(paths: list[str]) -> None:
-    assert compiled().tree_clear(paths) == (python_tree_problem(paths) is None)
+    assert tree_clear(paths) == (python_tree_problem(paths) is None)
     ordered = sorted(set(paths))
-    assert compiled().tree_clear(ordered) == (python_tree_problem(ordered) is None)
+    assert tree_clear(ordered) == (python_tree_problem(ordered) is None)
 
 
 @needs_compiled
@@ -226,17 +230,32 @@ def test_tree_clear_agrees_with_python_on_ascii(paths: list[str]) -> None:
 def test_tree_clear_on_sorted_lowercase_paths(paths: list[str]) -> None:
     """What a checked manifest holds: the bisecting path of the compiled check."""
     paths.sort()
-    assert compiled().tree_clear(paths) == (python_tree_problem(paths) is None)
+    assert tree_clear(paths) == (python_tree_problem(paths) is None)
+
+
+# Characters that fold onto others: case, Kelvin sign and long s onto ASCII letters,
+# composed and decomposed accents, sharp s onto "ss", wide characters, a lone surrogate.
+_FOLDING = st.lists(
+    st.sampled_from(["a", "A", "k", "K", "s", "S", "/", "\u212a", "\u017f", "é", "É", "e\u0301"])
+    | st.sampled_from(["ß", "ss", "SS", "日", "\U0001f600", "\ud800", "Ǆ", "ǆ", "ǅ", "."]),
+    max_size=5,
+).map("".join)
+
+
+@needs_compiled
+@settings(max_examples=1500)
+@given(st.lists(_FOLDING, max_size=7), st.booleans())
+def test_tree_clear_agrees_with_python_on_unicode(paths: list[str], ordered: bool) -> None:
+    if ordered:
+        paths = sorted(set(paths))
+    assert tree_clear(paths) == (python_tree_problem(paths) is None)
 
 
 @needs_compiled
 @settings(max_examples=500)
 @given(st.lists(_PATHS, max_size=6))
-def test_tree_clear_never_clears_a_collision(paths: list[str]) -> None:
-    if compiled().tree_clear(paths):
-        assert python_tree_problem(paths) is None
-    if not all(p.isascii() for p in paths):
-        assert not compiled().tree_clear(paths)  # left to Python: Unicode folding
+def test_tree_clear_on_any_paths(paths: list[str]) -> None:
+    assert tree_clear(paths) == (python_tree_problem(paths) is None)
 
 
 # --- the JSON of a shard ---------------------------------------------------------------

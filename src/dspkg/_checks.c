@@ -11,7 +11,7 @@
  *   paths_ok(paths)            paths.all_paths_ok
  *   records_ok(p, s, h, i, o)  manifest_checks.records_ok (types, hex, sorted, paths, ...)
  *   layout_add(...)            manifest_checks.LayoutCheck.add (True: checked and applied)
- *   tree_clear(paths)          paths.tree_problem(paths) is None (True only for ASCII)
+ *   tree_clear(paths, fold)    paths.tree_problem(paths) is None
  *   file_entries(type, ...)    manifest.make_entries
  *
  * file_entries builds the FileEntry tuples untracked by the cycle collector: they hold only
@@ -275,39 +275,68 @@ static PyObject *layout_add(PyObject *self, PyObject *args) {
 
 /* ---- paths that cannot share one tree (paths.tree_problem) -------------------------- */
 
-/* The keyed hash the interpreter gives str and bytes (SipHash: a path list is untrusted,
- * so no hash flooding), over the ASCII lowercase form of text[:n], without an object. */
-static Py_hash_t folded_hash(const unsigned char *text, Py_ssize_t n, unsigned char *buf) {
-    for (Py_ssize_t k = 0; k < n; k++)
-        buf[k] = text[k] >= 'A' && text[k] <= 'Z' ? text[k] + 32 : text[k];
-#if PY_VERSION_HEX >= 0x030E0000
-    return Py_HashBuffer(buf, n);
-#else
-    return _Py_HashBytes(buf, n);
-#endif
+/* Each path's folded form (paths.fold): an ASCII path is its own bytes, lowercased on the
+ * fly; any other is the str its fold returned (kept alive in a list). */
+typedef struct {
+    const void *data;
+    Py_ssize_t len;
+    int kind;
+    int ascii; /* data are the path's own bytes: lowercase them when reading */
+} Key;
+
+static Py_UCS4 key_at(const Key *k, Py_ssize_t i) {
+    Py_UCS4 c = PyUnicode_READ(k->kind, k->data, i);
+    return k->ascii && c >= 'A' && c <= 'Z' ? c + 32 : c;
 }
 
-static int folded_equal(const unsigned char *a, const unsigned char *b, Py_ssize_t n) {
-    for (Py_ssize_t k = 0; k < n; k++) {
-        unsigned char x = a[k] >= 'A' && a[k] <= 'Z' ? a[k] + 32 : a[k];
-        unsigned char y = b[k] >= 'A' && b[k] <= 'Z' ? b[k] + 32 : b[k];
-        if (x != y) return 0;
-    }
+/* Whether a equals b[:n]. Equal strings have the same kind (the interpreter keeps each str
+ * in its narrowest), so b is always a whole str in its own form (probe_of). */
+static int keys_equal(const Key *a, const Key *b, Py_ssize_t n) {
+    if (a->len != n || a->kind != b->kind) return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (key_at(a, i) != key_at(b, i)) return 0;
     return 1;
 }
 
-typedef struct {
-    const unsigned char **text;
-    Py_ssize_t *len;
-    Py_hash_t *hashes;
-    uint32_t *slots; /* index + 1 into the paths; 0: empty */
-    size_t mask;
-} Folded;
+/* The interpreter's keyed hash of the str key[:n] (SipHash: a path list is untrusted, so
+ * no hash flooding), as hash() gives it, and in *probe that str to compare; *hold, when
+ * set, keeps the probe's characters alive until the caller releases it. -1 on error. */
+static Py_hash_t probe_of(const Key *k, Py_ssize_t n, PyObject *owner, unsigned char *buf,
+                          Key *probe, PyObject **hold) {
+    *probe = *k;
+    probe->len = n;
+    *hold = NULL;
+    if (k->ascii) {
+        const unsigned char *text = k->data;
+        for (Py_ssize_t i = 0; i < n; i++)
+            buf[i] = text[i] >= 'A' && text[i] <= 'Z' ? text[i] + 32 : text[i];
+#if PY_VERSION_HEX >= 0x030E0000
+        return Py_HashBuffer(buf, n);
+#else
+        return _Py_HashBytes(buf, n);
+#endif
+    }
+    if (n == k->len) return PyObject_Hash(owner);
+    /* A prefix of a folded key may be narrower than the key ("a/日" has "a"): let the
+     * interpreter make that str, in its own form. */
+    PyObject *prefix = PyUnicode_Substring(owner, 0, n);
+    if (prefix == NULL) return -1;
+    *hold = prefix;
+    *probe = (Key){PyUnicode_DATA(prefix), n, PyUnicode_KIND(prefix), 0};
+    return PyObject_Hash(prefix);
+}
 
-/* Whether the folded text[:n] is a path in the table; when add, insert it (as path
- * `index`) unless it is. The table is at most half full: every probe ends. */
-static int folded_find(Folded *t, const unsigned char *text, Py_ssize_t n, Py_hash_t h,
-                       int add, uint32_t index) {
+typedef struct {
+    Key *keys;
+    Py_hash_t *hashes;
+    uint32_t *slots; /* index + 1 into keys; 0: empty */
+    size_t mask;
+} Table;
+
+/* Whether key[:n] (of hash h) is a path's folded form; when add, insert path `index`
+ * unless it is. The table is at most half full: every probe ends. */
+static int table_find(Table *t, const Key *key, Py_ssize_t n, Py_hash_t h, int add,
+                      uint32_t index) {
     for (size_t at = (size_t)h & t->mask;; at = (at + 1) & t->mask) {
         uint32_t slot = t->slots[at];
         if (slot == 0) {
@@ -315,7 +344,7 @@ static int folded_find(Folded *t, const unsigned char *text, Py_ssize_t n, Py_ha
             return 0;
         }
         slot--;
-        if (t->hashes[slot] == h && t->len[slot] == n && folded_equal(t->text[slot], text, n))
+        if (t->hashes[slot] == h && keys_equal(&t->keys[slot], key, n))
             return 1;
     }
 }
@@ -326,22 +355,29 @@ static int compare(const unsigned char *a, Py_ssize_t n, const unsigned char *b,
     return order ? order : (n > m) - (n < m);
 }
 
-/* Lowercase paths, strictly sorted (a checked manifest): nothing folds and nothing
- * repeats, so only a file that is also a directory is left, looked up by bisection. */
-static int sorted_tree_clear(const unsigned char **text, const Py_ssize_t *len, Py_ssize_t n) {
+/* How many leading bytes two ASCII keys share. */
+static Py_ssize_t shared(const Key *a, const Key *b) {
+    if (!a->ascii || !b->ascii) return 0;
+    const unsigned char *x = a->data, *y = b->data;
+    Py_ssize_t i = 0;
+    while (i < a->len && i < b->len && x[i] == y[i]) i++;
+    return i;
+}
+
+/* Lowercase ASCII paths, strictly sorted (a checked manifest): nothing folds and nothing
+ * repeats, so only a file that is also a directory is left, looked up by bisection. A
+ * directory of the previous path too (the same bytes up to and including its "/") was
+ * looked up then: one lookup per directory, not per file. */
+static int sorted_tree_clear(const Key *keys, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t same = 0;
-        if (i > 0)
-            while (same < len[i] && same < len[i - 1] && text[i][same] == text[i - 1][same])
-                same++;
-        /* A directory of the previous path too (the same bytes up to and including its
-         * "/") was looked up then: one lookup per directory, not per file. */
-        for (Py_ssize_t k = 1; k < len[i]; k++) {
-            if (text[i][k] != '/' || k < same) continue;
+        const unsigned char *text = keys[i].data;
+        Py_ssize_t same = i > 0 ? shared(&keys[i - 1], &keys[i]) : 0;
+        for (Py_ssize_t k = same > 1 ? same : 1; k < keys[i].len; k++) {
+            if (text[k] != '/') continue;
             Py_ssize_t low = 0, high = i; /* a prefix sorts before its path */
             while (low < high) {
                 Py_ssize_t mid = low + (high - low) / 2;
-                int order = compare(text[mid], len[mid], text[i], k);
+                int order = compare(keys[mid].data, keys[mid].len, text, k);
                 if (order == 0) return 0;
                 if (order < 0) low = mid + 1;
                 else high = mid;
@@ -351,14 +387,13 @@ static int sorted_tree_clear(const unsigned char **text, const Py_ssize_t *len, 
     return 1;
 }
 
-/* Any ASCII paths: a table of their folded forms finds twins; each directory (as above,
- * once per run of paths sharing it) is looked up in the table. */
-static int hashed_tree_clear(const unsigned char **text, Py_ssize_t *len, Py_ssize_t n,
-                             Py_ssize_t longest) {
+/* Any paths: a table of the folded forms finds twins, then each directory of each folded
+ * form (once per run of ASCII paths sharing it) is looked up. 1: clear, 0: not, -1: error. */
+static int hashed_tree_clear(PyObject *folded, Key *keys, Py_ssize_t n, Py_ssize_t longest) {
     size_t capacity = 16;
     while (capacity < 2 * (size_t)n) capacity *= 2;
-    Folded t = {text, len, PyMem_Malloc(sizeof(Py_hash_t) * (size_t)(n ? n : 1)),
-                PyMem_Calloc(capacity, sizeof(uint32_t)), capacity - 1};
+    Table t = {keys, PyMem_Malloc(sizeof(Py_hash_t) * (size_t)(n ? n : 1)),
+               PyMem_Calloc(capacity, sizeof(uint32_t)), capacity - 1};
     unsigned char *buf = PyMem_Malloc((size_t)longest + 1);
     int clear = -1;
     if (t.hashes == NULL || t.slots == NULL || buf == NULL) {
@@ -366,18 +401,23 @@ static int hashed_tree_clear(const unsigned char **text, Py_ssize_t *len, Py_ssi
         goto done;
     }
     clear = 1;
-    for (Py_ssize_t i = 0; clear && i < n; i++) {
-        t.hashes[i] = folded_hash(text[i], len[i], buf);
-        if (folded_find(&t, text[i], len[i], t.hashes[i], 1, (uint32_t)i)) clear = 0;
+    Key probe;
+    PyObject *hold;
+    for (Py_ssize_t i = 0; clear == 1 && i < n; i++) {
+        PyObject *owner = keys[i].ascii ? NULL : PyList_GET_ITEM(folded, i);
+        t.hashes[i] = probe_of(&keys[i], keys[i].len, owner, buf, &probe, &hold);
+        if (t.hashes[i] == -1 && PyErr_Occurred()) clear = -1;
+        else if (table_find(&t, &keys[i], keys[i].len, t.hashes[i], 1, (uint32_t)i)) clear = 0;
     }
-    for (Py_ssize_t i = 0; clear && i < n; i++) {
-        Py_ssize_t same = 0;
-        if (i > 0)
-            while (same < len[i] && same < len[i - 1] && text[i][same] == text[i - 1][same])
-                same++;
-        for (Py_ssize_t k = 1; clear && k < len[i]; k++) {
-            if (text[i][k] != '/' || k < same) continue;
-            if (folded_find(&t, text[i], k, folded_hash(text[i], k, buf), 0, 0)) clear = 0;
+    for (Py_ssize_t i = 0; clear == 1 && i < n; i++) {
+        PyObject *owner = keys[i].ascii ? NULL : PyList_GET_ITEM(folded, i);
+        Py_ssize_t same = i > 0 ? shared(&keys[i - 1], &keys[i]) : 0;
+        for (Py_ssize_t k = same > 1 ? same : 1; clear == 1 && k < keys[i].len; k++) {
+            if (PyUnicode_READ(keys[i].kind, keys[i].data, k) != '/') continue;
+            Py_hash_t h = probe_of(&keys[i], k, owner, buf, &probe, &hold);
+            if (h == -1 && PyErr_Occurred()) clear = -1;
+            else if (table_find(&t, &probe, k, h, 0, 0)) clear = 0;
+            Py_XDECREF(hold);
         }
     }
 done:
@@ -387,42 +427,59 @@ done:
     return clear;
 }
 
-/* True when no two paths collide: no duplicate, no two equal once folded (ASCII
- * lowercase: what paths.fold does to ASCII), no path that is also a directory (a prefix
- * before a "/", except "") of another. False when one does, or when a path is not an
- * ASCII str (the Python check decides). */
-static PyObject *tree_clear(PyObject *self, PyObject *paths) {
+/* True when no two paths collide: no duplicate, no two with equal folded forms (fold: the
+ * paths.fold function, called for paths that are not ASCII; ASCII ones fold to lowercase
+ * here), no path whose folded form is a folded directory (a prefix before a "/", except "")
+ * of another. False when one does, or when anything is unexpected (the Python check
+ * decides). */
+static PyObject *tree_clear(PyObject *self, PyObject *args) {
     (void)self;
+    PyObject *paths, *fold;
+    if (!PyArg_ParseTuple(args, "OO", &paths, &fold)) return NULL;
     if (!column(paths, -1, "paths")) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(paths);
     if (n > (Py_ssize_t)(UINT32_MAX / 4)) Py_RETURN_FALSE;
-    const unsigned char **text = PyMem_Malloc(sizeof(char *) * (size_t)(n ? n : 1));
-    Py_ssize_t *len = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1));
-    if (text == NULL || len == NULL) {
-        PyMem_Free(text);
-        PyMem_Free(len);
+    Key *keys = PyMem_Malloc(sizeof(Key) * (size_t)(n ? n : 1));
+    PyObject *folded = PyList_New(n); /* the folded forms that are not the path itself */
+    if (keys == NULL || folded == NULL) {
+        PyMem_Free(keys);
+        Py_XDECREF(folded);
         return PyErr_NoMemory();
     }
     int clear = 1, lower = 1, sorted = 1;
     Py_ssize_t longest = 0;
-    for (Py_ssize_t i = 0; clear && i < n; i++) {
+    for (Py_ssize_t i = 0; clear == 1 && i < n; i++) {
         PyObject *p = PyList_GET_ITEM(paths, i);
-        if (!PyUnicode_CheckExact(p) || !ready(p) || !PyUnicode_IS_ASCII(p)) {
+        if (!PyUnicode_CheckExact(p) || !ready(p)) {
             clear = 0;
             break;
         }
-        text[i] = PyUnicode_1BYTE_DATA(p);
-        len[i] = PyUnicode_GET_LENGTH(p);
-        longest = len[i] > longest ? len[i] : longest;
-        for (Py_ssize_t k = 0; lower && k < len[i]; k++)
-            lower = !(text[i][k] >= 'A' && text[i][k] <= 'Z');
-        if (sorted && i > 0) sorted = compare(text[i - 1], len[i - 1], text[i], len[i]) < 0;
+        if (PyUnicode_IS_ASCII(p)) {
+            keys[i] = (Key){PyUnicode_1BYTE_DATA(p), PyUnicode_GET_LENGTH(p), 1, 1};
+            const unsigned char *text = keys[i].data;
+            for (Py_ssize_t k = 0; lower && k < keys[i].len; k++)
+                lower = !(text[k] >= 'A' && text[k] <= 'Z');
+        } else {
+            PyObject *key = PyObject_CallOneArg(fold, p);
+            if (key == NULL || !PyUnicode_CheckExact(key) || !ready(key)) {
+                Py_XDECREF(key);
+                PyErr_Clear();
+                clear = 0;
+                break;
+            }
+            PyList_SET_ITEM(folded, i, key);
+            keys[i] = (Key){PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key), PyUnicode_KIND(key), 0};
+            lower = sorted = 0;
+        }
+        longest = keys[i].len > longest ? keys[i].len : longest;
+        if (sorted && i > 0)
+            sorted = compare(keys[i - 1].data, keys[i - 1].len, keys[i].data, keys[i].len) < 0;
     }
-    if (clear)
-        clear = lower && sorted ? sorted_tree_clear(text, len, n)
-                                : hashed_tree_clear(text, len, n, longest);
-    PyMem_Free(text);
-    PyMem_Free(len);
+    if (clear == 1)
+        clear = lower && sorted ? sorted_tree_clear(keys, n)
+                                : hashed_tree_clear(folded, keys, n, longest);
+    PyMem_Free(keys);
+    Py_DECREF(folded);
     if (clear < 0) return NULL;
     return PyBool_FromLong(clear);
 }
@@ -486,8 +543,8 @@ PyMethodDef dspkg_check_methods[] = {
      "Whether every record is well formed on its own (manifest_checks.records_ok)."},
     {"layout_add", layout_add, METH_VARARGS,
      "Check and apply records to the package layout; False: let the Python check decide."},
-    {"tree_clear", tree_clear, METH_O,
-     "True when no two ASCII paths collide; False: there may be a collision."},
+    {"tree_clear", tree_clear, METH_VARARGS,
+     "True when no two paths collide (fold: paths.fold); False: there may be a collision."},
     {"file_entries", file_entries, METH_VARARGS,
      "NamedTuple entries of five columns, untracked by the cycle collector."},
     {NULL, NULL, 0, NULL},

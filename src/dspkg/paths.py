@@ -152,7 +152,7 @@ def tree_problem(paths: Iterable[str], *, strictly_sorted: bool = False) -> tupl
     """
     paths = paths if isinstance(paths, list) else list(paths)
     compiled = speedups.compiled_checks()
-    if compiled is not None and compiled.tree_clear(paths):
+    if compiled is not None and compiled.tree_clear(paths, fold):
         return None
     return python_tree_problem(paths, strictly_sorted=strictly_sorted)
 
@@ -161,7 +161,7 @@ def python_tree_problem(
     paths: list[str], *, strictly_sorted: bool = False
 ) -> tuple[str, str] | None:
     """:func:`tree_problem` in Python (what names a collision, and the twin of the compiled
-    check, which only ever clears a list of ASCII paths)."""
+    check, which only ever says there is none)."""
     joined = "\n".join(paths)
     if (
         joined.isascii()

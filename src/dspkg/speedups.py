@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -62,7 +63,7 @@ class Checks(Protocol):
         /,
     ) -> bool: ...
 
-    def tree_clear(self, paths: list[Any], /) -> bool: ...
+    def tree_clear(self, paths: list[Any], fold: Callable[[str], str], /) -> bool: ...
 
     def loads_columns(self, data: bytes, /) -> dict[str, Any] | None: ...
 
