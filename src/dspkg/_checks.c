@@ -440,27 +440,39 @@ static PyObject *tree_clear(PyObject *self, PyObject *args) {
     Py_ssize_t n = PyList_GET_SIZE(paths);
     if (n > (Py_ssize_t)(UINT32_MAX / 4)) Py_RETURN_FALSE;
     Key *keys = PyMem_Malloc(sizeof(Key) * (size_t)(n ? n : 1));
-    PyObject *folded = PyList_New(n); /* the folded forms that are not the path itself */
-    if (keys == NULL || folded == NULL) {
-        PyMem_Free(keys);
-        Py_XDECREF(folded);
-        return PyErr_NoMemory();
-    }
+    if (keys == NULL) return PyErr_NoMemory();
     int clear = 1, lower = 1, sorted = 1;
-    Py_ssize_t longest = 0;
-    for (Py_ssize_t i = 0; clear == 1 && i < n; i++) {
+    Py_ssize_t longest = 0, others = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *p = PyList_GET_ITEM(paths, i);
         if (!PyUnicode_CheckExact(p) || !ready(p)) {
             clear = 0;
             break;
         }
-        if (PyUnicode_IS_ASCII(p)) {
-            keys[i] = (Key){PyUnicode_1BYTE_DATA(p), PyUnicode_GET_LENGTH(p), 1, 1};
-            const unsigned char *text = keys[i].data;
-            for (Py_ssize_t k = 0; lower && k < keys[i].len; k++)
-                lower = !(text[k] >= 'A' && text[k] <= 'Z');
-        } else {
-            PyObject *key = PyObject_CallOneArg(fold, p);
+        if (!PyUnicode_IS_ASCII(p)) {
+            keys[i] = (Key){NULL, 0, 0, 0}; /* folded below */
+            others++;
+            continue;
+        }
+        keys[i] = (Key){PyUnicode_1BYTE_DATA(p), PyUnicode_GET_LENGTH(p), 1, 1};
+        const unsigned char *text = keys[i].data;
+        for (Py_ssize_t k = 0; lower && k < keys[i].len; k++)
+            lower = !(text[k] >= 'A' && text[k] <= 'Z');
+        if (sorted && i > 0 && keys[i - 1].data != NULL)
+            sorted = compare(keys[i - 1].data, keys[i - 1].len, text, keys[i].len) < 0;
+        longest = keys[i].len > longest ? keys[i].len : longest;
+    }
+    /* Paths that are not ASCII fold through paths.fold: Python code, so first a list of our
+     * own holds every path whose characters the keys point at. */
+    PyObject *held = NULL, *folded = NULL;
+    if (clear && others) {
+        lower = sorted = 0;
+        held = PyList_GetSlice(paths, 0, n);
+        folded = PyList_New(n);
+        if (held == NULL || folded == NULL) clear = -1;
+        for (Py_ssize_t i = 0; clear == 1 && i < n; i++) {
+            if (keys[i].data != NULL) continue;
+            PyObject *key = PyObject_CallOneArg(fold, PyList_GET_ITEM(held, i));
             if (key == NULL || !PyUnicode_CheckExact(key) || !ready(key)) {
                 Py_XDECREF(key);
                 PyErr_Clear();
@@ -469,17 +481,15 @@ static PyObject *tree_clear(PyObject *self, PyObject *args) {
             }
             PyList_SET_ITEM(folded, i, key);
             keys[i] = (Key){PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key), PyUnicode_KIND(key), 0};
-            lower = sorted = 0;
+            longest = keys[i].len > longest ? keys[i].len : longest;
         }
-        longest = keys[i].len > longest ? keys[i].len : longest;
-        if (sorted && i > 0)
-            sorted = compare(keys[i - 1].data, keys[i - 1].len, keys[i].data, keys[i].len) < 0;
     }
     if (clear == 1)
         clear = lower && sorted ? sorted_tree_clear(keys, n)
                                 : hashed_tree_clear(folded, keys, n, longest);
     PyMem_Free(keys);
-    Py_DECREF(folded);
+    Py_XDECREF(held);
+    Py_XDECREF(folded);
     if (clear < 0) return NULL;
     return PyBool_FromLong(clear);
 }
