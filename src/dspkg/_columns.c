@@ -32,18 +32,23 @@ static PyObject *foreign(Cursor *c) {
     return NULL;
 }
 
+/* Bytes a plain string holds: 1 for ASCII that needs no escape, 2 for the bytes of UTF-8
+ * beyond ASCII; 0 for the quote, the backslash and control characters. */
+static unsigned char plain[256];
+
 static PyObject *read_string(Cursor *c) {
     const unsigned char *start = ++c->at; /* after the opening quote */
-    unsigned char seen = 0;
-    while (c->at < c->end && *c->at != '"') {
-        unsigned char b = *c->at++;
-        if (b == '\\' || b < 0x20) return foreign(c);
-        seen |= b;
+    const unsigned char *end = memchr(start, '"', (size_t)(c->end - start));
+    if (end == NULL) return foreign(c);
+    unsigned char seen = 1;
+    for (const unsigned char *at = start; at < end; at++) {
+        unsigned char kind = plain[*at];
+        if (!kind) return foreign(c); /* an escape or a control character: json.loads */
+        seen |= kind;
     }
-    if (c->at >= c->end) return foreign(c);
-    Py_ssize_t n = c->at - start;
-    c->at++;
-    if (!(seen & 0x80)) {
+    Py_ssize_t n = end - start;
+    c->at = end + 1;
+    if (seen == 1) {
         PyObject *text = PyUnicode_New(n, 127);
         if (text != NULL) memcpy(PyUnicode_1BYTE_DATA(text), start, (size_t)n);
         return text;
@@ -181,6 +186,12 @@ static PyObject *loads_columns(PyObject *self, PyObject *arg) {
         Py_RETURN_NONE;
     }
     return doc;
+}
+
+void dspkg_columns_init(void) {
+    for (int b = 0x20; b < 0x80; b++) plain[b] = 1;
+    for (int b = 0x80; b < 0x100; b++) plain[b] = 2;
+    plain['"'] = plain['\\'] = 0;
 }
 
 PyMethodDef dspkg_column_methods[] = {

@@ -995,6 +995,7 @@ static PyMethodDef module_methods[] = {
 extern PyMethodDef dspkg_check_methods[];
 extern PyMethodDef dspkg_column_methods[];
 void dspkg_checks_init(void);
+void dspkg_columns_init(void);
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "dspkg._speedups", NULL, -1, module_methods, NULL, NULL, NULL, NULL,
@@ -1005,6 +1006,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     dspkg_checks_init();
+    dspkg_columns_init();
     if (PyModule_AddFunctions(m, dspkg_check_methods) < 0 ||
         PyModule_AddFunctions(m, dspkg_column_methods) < 0)
         return NULL;

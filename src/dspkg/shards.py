@@ -427,10 +427,13 @@ def join_shards(
     *,
     obj: str,
     checked: bool = False,
+    entries: Sequence[tuple[FileEntry, ...]] | None = None,
 ) -> tuple[FileEntry, ...]:
     """The files of ``shards`` (in the root's order), checked together: entries inside
     their packages without overlaps, and no two paths colliding, across shards. Unless
-    ``checked``: this whole version was validated before (the cache's note)."""
+    ``checked``: this whole version was validated before (the cache's note). ``entries``:
+    each shard's records already made into file entries (a loader makes them while other
+    shards still inflate)."""
     bad = bad_manifest(obj)
     with collector_paused():
         if not checked:
@@ -440,7 +443,9 @@ def join_shards(
                 layout.add(r.paths, r.sizes, r.indexes, r.offsets)
             if tuple(shards) == root.shards and tuple(layout.used) != root.package_files:
                 raise bad("its shards put a different number of files in its packages")
-        return tuple(chain.from_iterable(make_entries(*r) for r in records))
+        if entries is None:
+            entries = [make_entries(*r) for r in records]
+        return tuple(chain.from_iterable(entries))
 
 
 class JoinStream:
