@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import json
 import re
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +21,15 @@ from hypothesis import strategies as st
 from dspkg import speedups
 from dspkg.errors import UnsafePackage
 from dspkg.layout import shard_key
-from dspkg.manifest import _NEW_ENTRY, FileEntry, Manifest, PackageInfo, ShardInfo, make_entries
+from dspkg.manifest import (
+    _NEW_ENTRY,
+    FileEntry,
+    Manifest,
+    PackageInfo,
+    ShardInfo,
+    collector_paused,
+    make_entries,
+)
 from dspkg.manifest_checks import LayoutCheck, python_records_ok
 from dspkg.paths import fold, path_problem, python_all_paths_ok, python_tree_problem
 from dspkg.shards import (
@@ -477,3 +486,31 @@ def test_a_lone_surrogate_is_refused_alike(checks: str) -> None:
     info = ShardInfo(shard_key("s", sha), sha, len(data), 1, 1, "a/\ud800", "a/\ud800")
     with pytest.raises(UnsafePackage, match=r"refusing path 'a/\\ud800': not valid UTF-8"):
         decode_shard(data, info, obj="s")
+
+
+def test_the_collector_runs_again_when_the_last_pause_ends() -> None:
+    """Shards decode in several threads, each pausing the collector: the first to finish
+    must not start it under the others (nor the last start one that was off)."""
+    first, second = collector_paused(), collector_paused()
+    assert gc.isenabled()
+    first.__enter__()
+    assert not gc.isenabled()
+    done = threading.Event()
+
+    def other() -> None:
+        with collector_paused():
+            first.__exit__(None, None, None)  # the first pause ends: this one still holds
+            assert not gc.isenabled()
+        done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert done.is_set() and gc.isenabled()
+    gc.disable()
+    try:
+        with second:
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
