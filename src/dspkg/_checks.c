@@ -289,8 +289,9 @@ static Py_UCS4 key_at(const Key *k, Py_ssize_t i) {
     return k->ascii && c >= 'A' && c <= 'Z' ? c + 32 : c;
 }
 
-/* Whether a equals b[:n]. Equal strings have the same kind (the interpreter keeps each str
- * in its narrowest), so b is always a whole str in its own form (probe_of). */
+/* Whether the folded form a equals the probe b, of n characters. Equal strings have the
+ * same kind (the interpreter keeps each str in its narrowest), which is why a probe is
+ * always a whole str in its own form (probe_of). */
 static int keys_equal(const Key *a, const Key *b, Py_ssize_t n) {
     if (a->len != n || a->kind != b->kind) return 0;
     for (Py_ssize_t i = 0; i < n; i++)

@@ -27,7 +27,15 @@ from dspkg.layout import (
     package_key_problem,
     versions_prefix,
 )
-from dspkg.manifest import FileEntry, Manifest, ManifestRoot, PackageInfo, ShardInfo
+from dspkg.manifest import (
+    FileEntry,
+    Manifest,
+    ManifestRoot,
+    PackageInfo,
+    ShardInfo,
+    collector_paused,
+    make_entries,
+)
 from dspkg.names import VersionUri, check_name
 from dspkg.shards import (
     Records,
@@ -99,6 +107,35 @@ async def load_shards(
     return [results[s] for s in shards]
 
 
+async def load_joined(
+    root: ManifestRoot,
+    shards: Sequence[ShardInfo],
+    load: Callable[[ShardInfo], Awaitable[Records]],
+    *,
+    obj: str,
+    checked: bool = False,
+) -> tuple[FileEntry, ...]:
+    """``load`` every one of ``shards`` (of ``root``), then their files checked together
+    (:func:`~dspkg.shards.join_shards`)."""
+    entries: dict[ShardInfo, tuple[FileEntry, ...]] = {}
+
+    async def load_and_build(shard: ShardInfo) -> Records:
+        records = await load(shard)
+        # Built here as each shard arrives, while others still inflate in threads, not
+        # after the last one: the checks across shards need only the columns.
+        entries[shard] = make_entries(*records)
+        return records
+
+    # Paused from the first shard to the last: a collection in between would walk the
+    # columns of every shard decoded so far (millions of references, each time).
+    with collector_paused():
+        records = await load_shards(shards, load_and_build)
+        built = [entries.pop(s) for s in shards]
+        files = join_shards(root, shards, records, obj=obj, checked=checked, entries=built)
+        del records, built
+    return files
+
+
 async def decode_in_thread(data: bytes, info: ShardInfo, *, obj: str, trusted: bool) -> Records:
     """Hashing and inflating release the GIL: shards decode alongside each other."""
     loop = asyncio.get_running_loop()
@@ -156,8 +193,7 @@ class Catalog:
                 data, shard, obj=self.store.describe(shard.key), trusted=False
             )
 
-        records = await load_shards(chosen, load)
-        return join_shards(root, chosen, records, obj=self._describe(root.uri))
+        return await load_joined(root, chosen, load, obj=self._describe(root.uri))
 
     def _describe(self, uri: VersionUri) -> str:
         return self.store.describe(manifest_key(uri.dataset, uri.version))

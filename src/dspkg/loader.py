@@ -29,6 +29,7 @@ from dspkg.catalog import (
     Catalog,
     chosen_shards,
     decode_in_thread,
+    load_joined,
     load_shards,
     parse_root,
     whole,
@@ -110,22 +111,7 @@ async def load_files(
     chosen = chosen_shards(root, shards)
     obj = store.describe(manifest_key(root.dataset, root.version))
     load = _shard_loader(store, cache, root, read_only)
-    entries: dict[ShardInfo, tuple[FileEntry, ...]] = {}
-
-    async def load_and_build(shard: ShardInfo) -> Records:
-        records = await load(shard)
-        # Built here as each shard arrives, while others still inflate in threads, not
-        # after the last one: the checks across shards below need only the columns.
-        entries[shard] = make_entries(*records)
-        return records
-
-    # Paused from the first shard to the last: a collection in between would walk the
-    # columns of every shard decoded so far (millions of references, each time).
-    with collector_paused():
-        records = await load_shards(chosen, load_and_build)
-        built = [entries.pop(s) for s in chosen]
-        files = join_shards(root, chosen, records, obj=obj, checked=root.validated, entries=built)
-        del records, built
+    files = await load_joined(root, chosen, load, obj=obj, checked=root.validated)
     if chosen == root.shards and not root.validated and not read_only:
         _note_checked(cache, store.url, root)
     return files

@@ -3,8 +3,11 @@
 A manifest from the store (v1, or a v2 shard) is untrusted input. Its records arrive as
 columns (paths, sizes, hashes, package indexes, offsets); checking a column in one C-level
 pass instead of a million Python-level steps is what makes a million-file manifest load
-in about a second. When a fast check fails, :func:`first_bad_record` walks the records
-one by one to name the first bad one.
+in about a second. Where ``_speedups`` is built, ``_checks.c`` runs each check in one C loop
+per column; it only ever answers "all clear", and otherwise the Python twin here
+(``python_records_ok``, ``LayoutCheck.python_add``, ``paths.python_tree_problem``) runs
+again: property tests hold the two together. When a fast check fails,
+:func:`first_bad_record` walks the records one by one to name the first bad one.
 
 Checks come in three kinds, by what they depend on:
 
