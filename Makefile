@@ -12,7 +12,7 @@ AZURITE := .cache/azurite/.installed-$(AZURITE_VERSION)
 
 .PHONY: demo demo-wan test lint types unit sysdeps azurite bench clean
 
-$(BASE): pyproject.toml src/dspkg/_speedups.c src/dspkg/_checks.c src/dspkg/_columns.c
+$(BASE): pyproject.toml src/dspkg/_speedups.c src/dspkg/_checks.c src/dspkg/_columns.c src/dspkg/_readtable.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .

@@ -57,11 +57,14 @@ def pet_files(seed: int = 3, count: int = 240) -> dict[str, bytes]:
     return files
 
 
-def env_for(case: StoreCase, tmp_path: Path, cache: str = "cache") -> dict[str, str]:
+def env_for(
+    case: StoreCase, tmp_path: Path, cache: str = "cache", speedups: str = "1"
+) -> dict[str, str]:
     return {
         **case.env,
         "DSPKG_STORE": case.url,
         "DSPKG_CACHE": str(tmp_path / cache),
+        "DSPKG_SPEEDUPS": speedups,
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/root"),
     }
@@ -97,9 +100,15 @@ class Mounted:
 
 
 def start_mount(
-    case: StoreCase, tmp_path: Path, point: Path, *, cache: str = "cache", prefetch: bool = False
+    case: StoreCase,
+    tmp_path: Path,
+    point: Path,
+    *,
+    cache: str = "cache",
+    prefetch: bool = False,
+    speedups: str = "1",
 ) -> Mounted:
-    env = env_for(case, tmp_path, cache)
+    env = env_for(case, tmp_path, cache, speedups)
     output = tmp_path / f"mount-{point.name}-{len(list(tmp_path.glob('mount-*')))}.log"
     with output.open("wb") as out:
         argv = mount_argv(URI, point, store=case.url, prefetch=prefetch)
@@ -199,8 +208,11 @@ def test_cli_background_mount_and_unmount(tmp_path: Path) -> None:
     assert_one_line_error(run_cli(["unmount", str(point)], env), f"nothing is mounted at {point}")
 
 
+# DSPKG_SPEEDUPS=0: READs served in Python, ranges extracted in Python (the mount's
+# compiled READ and extractor are what it turns off).
+@pytest.mark.parametrize("speedups", ["1", "0"])
 def test_corrupted_range_reads_eio_and_nothing_corrupt_is_cached(
-    tmp_path: Path, mounts: list[Mounted]
+    tmp_path: Path, mounts: list[Mounted], speedups: str
 ) -> None:
     case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
     files = pet_files()
@@ -211,7 +223,7 @@ def test_corrupted_range_reads_eio_and_nothing_corrupt_is_cached(
     data[victim["offset"] + victim["size"] // 2] ^= 0xFF
     package.write_bytes(bytes(data))
 
-    m = start_mount(case, tmp_path, tmp_path / "mnt")
+    m = start_mount(case, tmp_path, tmp_path / "mnt", speedups=speedups)
     mounts.append(m)
     # Opening succeeds (the kernel opens without asking the mount); no byte of the file
     # comes back, neither its first nor one from its middle read first.
@@ -365,13 +377,14 @@ def test_a_big_directory_lists_in_chunks_with_every_entry_and_its_attributes(
     assert (m.point / "many/sub/inner.txt").read_bytes() == b"inner"
 
 
+@pytest.mark.parametrize("speedups", ["1", "0"])
 def test_a_cached_object_changed_behind_dspkg_is_never_served(
-    tmp_path: Path, mounts: list[Mounted]
+    tmp_path: Path, mounts: list[Mounted], speedups: str
 ) -> None:
     case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
     files = pet_files(count=20)
     publish(case, tmp_path, files)
-    m = start_mount(case, tmp_path, tmp_path / "one")
+    m = start_mount(case, tmp_path, tmp_path / "one", speedups=speedups)
     mounts.append(m)
     assert read_tree(m.point) == files  # every object is in the cache now
     m.stop()
@@ -386,7 +399,7 @@ def test_a_cached_object_changed_behind_dspkg_is_never_served(
     # A new mount (the first one's pages are gone with it) checks the object it reads
     # on the descriptor it reads from: it was touched, so it is hashed, dropped and
     # fetched again.
-    m = start_mount(case, tmp_path, tmp_path / "two")
+    m = start_mount(case, tmp_path, tmp_path / "two", speedups=speedups)
     mounts.append(m)
     assert (m.point / "cat/003.jpg").read_bytes() == files["cat/003.jpg"]
     assert obj.read_bytes() == files["cat/003.jpg"]

@@ -55,6 +55,45 @@ def test_a_sequential_pass_plans_every_later_file_once_in_order(
         assert not set(members[:2]) & set(planned)
 
 
+@given(sizes, st.integers(min_value=1, max_value=3), st.lists(st.integers(1, 40), min_size=1))
+def test_reads_heard_of_in_batches_keep_read_ahead_ahead_of_the_reader(
+    file_sizes: list[int], packages: int, batches: list[int]
+) -> None:
+    # The mount's compiled READ tells read-ahead of the files it served, in batches: each
+    # file is planned at most once, in order, and after every batch something beyond its
+    # last read is planned (unless that lane is done or its stream not yet seen).
+    m = manifest_of(file_sizes, packages)
+    lanes = Lanes.of(m)
+    ra = planner(m)
+    planned: list[int] = []
+    start = 0
+    for size in batches * len(m.files):
+        if start >= len(m.files):
+            break
+        batch = list(range(start, min(start + size, len(m.files))))
+        ahead = ra.on_reads(batch)
+        assert batch[0] not in ahead
+        planned.extend(ahead)
+        start += size
+        last = batch[-1]
+        lane, pos = lanes.lane[last], lanes.position[last]
+        if 1 <= pos < len(lanes.files[lane]) - 1:
+            assert any(lanes.lane[j] == lane and lanes.position[j] > pos for j in planned)
+    assert planned == sorted(set(planned))
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=9), min_size=1, max_size=40, unique=True),
+    st.integers(1, 10),
+)
+def test_scattered_reads_heard_of_in_batches_plan_nothing(blocks: list[int], size: int) -> None:
+    m = manifest_of([100] * 1000)
+    ra = planner(m)
+    reads = [b * 100 for b in blocks]
+    for start in range(0, len(reads), size):
+        assert ra.on_reads(reads[start : start + size]) == []
+
+
 @given(sizes)
 def test_a_chunk_never_exceeds_the_largest_window_by_more_than_a_file(
     file_sizes: list[int],

@@ -550,7 +550,14 @@ def mount(
     source = resolve_store(store, settings, store_options)
     with _cache(cache_dir, settings) as cache:
         return serve(
-            version, Path(mountpoint), source, cache, prefetch=prefetch, log=log, on_ready=on_ready
+            version,
+            Path(mountpoint),
+            source,
+            cache,
+            prefetch=prefetch,
+            speedups=settings.speedups,
+            log=log,
+            on_ready=on_ready,
         )
 
 

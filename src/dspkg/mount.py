@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import stat
 import sys
@@ -42,6 +43,7 @@ import mfusepy
 from dspkg.concurrency import LoopThread
 from dspkg.dirindex import DIRECTORY, DirectoryIndex
 from dspkg.errors import DspkgError
+from dspkg.fastread import FastRead, install
 from dspkg.manifest import Manifest
 from dspkg.ondemand import OnDemand
 
@@ -93,6 +95,8 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
         self.total_bytes = manifest.total_bytes
         self.no_open = False  # set in init when the kernel can do without OPEN
         self._listings: dict[str, list[tuple[str, int]]] = {}
+        # The compiled READ's table (set by the caller), told of every refused file.
+        self.fast: FastRead | None = None
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -236,7 +240,10 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
         except DspkgError as exc:
             # The core logged a refused file already; this is for the store's errors.
             f = self.manifest.files[index]
-            if not self.core.bad_files.get(f.sha256):
+            if self.core.refused(f.sha256):
+                if self.fast is not None:
+                    self.fast.refuse(index)  # never served, even if it turns up later
+            else:
                 self.log(f"cannot read {f.path}: {exc}")
             raise mfusepy.FuseOSError(errno.EIO) from None
 
@@ -257,11 +264,32 @@ def _created_ns(created_at: str) -> int:
 
 class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
     """mfusepy's bridge, with listings that carry attributes (mfusepy fills only the
-    mode, so the kernel would LOOKUP every name again)."""
+    mode, so the kernel would LOOKUP every name again), and with ``fast_read`` libfuse's
+    read operation in C (:mod:`dspkg.fastread`), which passes what it does not serve to
+    mfusepy's Python read."""
 
-    def __init__(self, operations: VersionFS, mountpoint: str, **options: Any) -> None:
+    def __init__(
+        self, operations: VersionFS, mountpoint: str, *, fast_read: bool, **options: Any
+    ) -> None:
         self._pinned: set[int] = set()
-        super().__init__(operations, mountpoint, **options)  # serves until unmounted
+        self._python_read: Any = None  # the ctypes callback the compiled READ passes on to
+        if not fast_read:
+            super().__init__(operations, mountpoint, **options)  # serves until unmounted
+            return
+        # mfusepy builds libfuse's table of operations and mounts in one call: the read
+        # entry is swapped on its way to libfuse.
+        real = mfusepy.fuse_main_real
+
+        def main(argc: int, argv: Any, ops: Any, size: int, data: Any) -> int:
+            mfusepy.fuse_main_real = real
+            self._python_read = install(ops.contents, functools.partial(self._wrapper, self.read))
+            return int(real(argc, argv, ops, size, data))
+
+        mfusepy.fuse_main_real = main
+        try:
+            super().__init__(operations, mountpoint, **options)  # serves until unmounted
+        finally:
+            mfusepy.fuse_main_real = real
 
     def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         # libfuse calls from its own worker threads, which Python does not know: for
@@ -286,13 +314,15 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
         return 0
 
 
-def run_fuse(fs: VersionFS, mountpoint: str) -> None:
+def run_fuse(fs: VersionFS, mountpoint: str, *, fast_read: bool = False) -> None:
     """Serve ``fs`` at ``mountpoint`` until it is unmounted (or SIGINT/SIGTERM/SIGHUP,
-    which libfuse answers by unmounting)."""
+    which libfuse answers by unmounting); ``fast_read``: READs go to the compiled read
+    first (it serves from ``fs.fast`` once that is active)."""
     try:
         _FUSE(
             fs,
             mountpoint,
+            fast_read=fast_read,
             foreground=True,
             raw_fi=True,
             ro=True,

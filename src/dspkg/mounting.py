@@ -13,6 +13,7 @@ that place detach it. The cache needs nothing: objects only ever enter it whole.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from dspkg.cache import Cache
 from dspkg.concurrency import LoopThread
@@ -37,6 +38,10 @@ from dspkg.manifest import Manifest
 from dspkg.names import VersionUri
 from dspkg.pull_plan import Tuning
 from dspkg.store import Store
+
+if TYPE_CHECKING:
+    from dspkg.fastread import FastRead
+    from dspkg.ondemand import OnDemand
 
 FSTYPE = "fuse.dspkg"
 READY = b"ready\n"
@@ -216,11 +221,14 @@ def serve(
     *,
     prefetch: bool = False,
     tuning: Tuning | None = None,
+    speedups: bool = True,
     log: Callable[[str], None] = lambda line: None,
     on_ready: Callable[[Manifest], None] = lambda manifest: None,
 ) -> MountSummary:
-    """Mount ``uri`` at ``mountpoint`` and serve it until it is unmounted."""
+    """Mount ``uri`` at ``mountpoint`` and serve it until it is unmounted. ``speedups``:
+    the compiled READ and range extractor where they are built."""
     require_fuse(str(mountpoint))
+    from dspkg.fastread import FastRead
     from dspkg.mount import VersionFS, run_fuse
     from dspkg.ondemand import OnDemand
 
@@ -230,7 +238,8 @@ def serve(
     ready = threading.Event()
     try:
         manifest = loop.call(load_manifest(store, cache, uri))
-        core = OnDemand(store, cache, manifest, tuning=tuning, log=log)
+        core = OnDemand(store, cache, manifest, tuning=tuning, log=log, speedups=speedups)
+        fast = FastRead.build(manifest, cache) if speedups else None
 
         def mounted() -> None:
             ready.set()
@@ -245,11 +254,15 @@ def serve(
                 objects=(f.sha256 for f in manifest.files),
             )
             loop.call(core.start(prefetch=prefetch))
+            fs = VersionFS(manifest, core, loop, on_ready=mounted, log=log)
+            if fast is not None:
+                loop.call(_start_fast(fast, core))
+                fs.fast = fast
             try:
-                run_fuse(
-                    VersionFS(manifest, core, loop, on_ready=mounted, log=log), str(mountpoint)
-                )
+                run_fuse(fs, str(mountpoint), fast_read=fast is not None)
             finally:
+                if fast is not None:
+                    fast.stop()
                 loop.call(core.close())
     finally:
         loop.close()
@@ -269,6 +282,10 @@ def serve(
         refused=len(core.bad_files),
         seconds=time.monotonic() - started,
     )
+
+
+async def _start_fast(fast: FastRead, core: OnDemand) -> None:
+    fast.start(asyncio.get_running_loop(), core.note_reads)
 
 
 def exit_with_parent(parent: int) -> None:

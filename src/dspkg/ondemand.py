@@ -102,6 +102,7 @@ class OnDemand:
         tuning: Tuning | None = None,
         log: Log = _quiet,
         disk_threads: int = 2,
+        speedups: bool = True,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -118,6 +119,7 @@ class OnDemand:
             self._disk,
             tuning=self.tuning,
             sink=_NotifyingSink(cache, self._inserted),
+            speedups=speedups,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: dict[str, asyncio.Future[None]] = {}
@@ -214,6 +216,19 @@ class OnDemand:
             chosen = self.readahead.on_read(index)
         if chosen and self._loop is not None:
             self._loop.call_soon_threadsafe(self._fetch_ahead, chosen)
+
+    def note_reads(self, indexes: Sequence[int]) -> None:
+        """Reads of files ``indexes`` served elsewhere (the mount's compiled READ), in the
+        order they came: read-ahead follows them as it follows :meth:`note_read`. On the
+        loop."""
+        with self._planning:
+            chosen = self.readahead.on_reads(indexes)
+        if chosen:
+            self._fetch_ahead(chosen)
+
+    def refused(self, sha256: str) -> bool:
+        """Whether the object ``sha256`` was refused (its reads fail for good)."""
+        return sha256 in self._bad
 
     async def start(self, *, prefetch: bool = False) -> None:
         """Check every package's size in the background right away (the first read then

@@ -18,6 +18,7 @@ planned when less than half a window lies ahead, so ranges stay long.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dspkg.manifest import Manifest
@@ -115,8 +116,38 @@ class ReadAhead:
             return []
         stream.used = self._tick
         stream.next = max(stream.next, pos + 1)
+        return self._plan(stream)
+
+    def on_reads(self, indexes: Sequence[int]) -> list[int]:
+        """:meth:`on_read` for each of ``indexes`` in order (reads that were served without
+        asking, heard of in a batch), the files to fetch ahead of them together. A run
+        of reads that continue one stream moves its frontier read by read and plans
+        once, after the run's last read: what one read at a time would plan, at most a
+        batch later."""
+        chosen: list[int] = []
+        lanes = self.lanes
+        trigger = self.trigger
+        stream: _Stream | None = None
+        for index in indexes:
+            lane = lanes.lane[index]
+            pos = lanes.position[index]
+            if stream is not None and stream.lane == lane and stream.window:
+                if stream.next - trigger <= pos < stream.next + trigger:
+                    self._tick += 1
+                    stream.used = self._tick
+                    stream.next = max(stream.next, pos + 1)
+                    continue
+                chosen += self._plan(stream)
+            chosen += self.on_read(index)
+            stream = self._continued(lane, pos)
+        if stream is not None and stream.window:
+            chosen += self._plan(stream)
+        return chosen
+
+    def _plan(self, stream: _Stream) -> list[int]:
+        """The next chunk of ``stream`` when less than half its window lies ahead."""
         stream.ahead = max(stream.ahead, stream.next)
-        ends = self.lanes.ends[lane]
+        ends = self.lanes.ends[stream.lane]
         planned = ends[stream.ahead] - ends[stream.next]
         if stream.window and planned * 2 >= stream.window:
             return []
@@ -124,7 +155,7 @@ class ReadAhead:
         # The furthest position whose bytes still fit in the window after ``next``.
         end = bisect.bisect_right(ends, ends[stream.next] + stream.window) - 1
         end = min(max(end, stream.ahead + 1), len(ends) - 1)
-        chosen = self.lanes.files[lane][stream.ahead : end]
+        chosen = self.lanes.files[stream.lane][stream.ahead : end]
         stream.ahead = max(stream.ahead, end)
         return list(chosen)
 
