@@ -23,9 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from dspkg.catalog import Catalog
 from dspkg.layout import manifest_key
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot
 from dspkg.mounting import FSTYPE, MountProcess, fuse_problem, mount_argv, mounted_fstype
 from dspkg.mounting import start_mount as _start_mount
+from dspkg.names import VersionUri
+from dspkg.shards import ShardLimits, encode_manifest, encode_root
 from tests.helpers import (
     StoreCase,
     assert_one_line_error,
@@ -40,6 +44,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 URI = "dataset://pets/v1"
+NOW = "2026-12-02T00:00:00Z"
 SUMMARY = re.compile(
     r"unmounted (\S+) from .*: ([\d,]+) of ([\d,]+) files fetched.* = ([\d,]+) bytes downloaded"
 )
@@ -415,3 +420,77 @@ def test_without_fuse_one_line_says_what_to_do(tmp_path: Path) -> None:
         run_cli(["mount", URI, str(tmp_path / "mnt")], env), "libfuse cannot be loaded"
     )
     assert "apt-get install fuse3" in line and "dspkg pull" in line
+
+
+def store_in_shards(case: StoreCase, manifest: Manifest, per_shard: int) -> ManifestRoot:
+    """Store ``manifest`` again as a root over shards of ``per_shard`` files (a version of
+    many shards, small enough for a test); the root, as stored."""
+    store = case.open()
+    root, shards = encode_manifest(manifest, ShardLimits(per_shard, per_shard, 0))
+
+    async def write() -> None:
+        await Catalog(store).write_shards(shards)
+        await store.put(manifest_key(manifest.dataset, manifest.version), encode_root(root))
+
+    asyncio.run(write())
+    return root
+
+
+def test_a_version_of_many_shards_mounts_at_once_and_a_bad_shard_fails_what_needs_it(
+    tmp_path: Path, mounts: list[Mounted]
+) -> None:
+    case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
+    files = pet_files()
+    publish(case, tmp_path, files)
+    manifest = asyncio.run(Catalog(case.open()).read_manifest(VersionUri.parse(URI)))
+    root = store_in_shards(case, manifest, per_shard=30)
+    assert len(root.shards) > 5
+    m = start_mount(case, tmp_path, tmp_path / "whole")
+    mounts.append(m)
+    assert read_tree(m.point) == files  # every shard in, read across all of them
+    m.stop()
+
+    # One shard inside dog/ damaged in the store; a fresh cache reads it from there.
+    bad = next(s for s in root.shards if s.first > "dog/010.jpg")
+    assert bad.first.startswith("dog/") and bad.last.startswith("dog/")
+    shard_file = tmp_path / "store" / bad.key
+    data = bytearray(shard_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard_file.write_bytes(bytes(data))
+    m = start_mount(case, tmp_path, tmp_path / "damaged", cache="fresh")
+    mounts.append(m)  # it mounts: only the root is needed for that
+    cats = sorted(p.removeprefix("cat/") for p in files if p.startswith("cat/"))
+    assert sorted(os.listdir(m.point / "cat")) == cats  # its shards are good
+    assert (m.point / "cat" / "000.jpg").stat().st_size == len(files["cat/000.jpg"])
+    for needs_the_bad_shard in (m.point / "dog", m.point):
+        with pytest.raises(OSError, match="Input/output error") as caught:
+            os.listdir(needs_the_bad_shard)
+        assert caught.value.errno == errno.EIO
+    # Reading needs the whole manifest: refused, as a pull of this version is.
+    with pytest.raises(OSError, match="Input/output error"):
+        (m.point / "cat" / "000.jpg").read_bytes()
+    log = m.stop()
+    about_shard = [line for line in log.splitlines() if bad.key in line]
+    assert len(about_shard) == 1, log
+    assert "is not the shard its root lists" in about_shard[0]
+    assert "read as EIO" in about_shard[0]
+    assert not any((tmp_path / "fresh" / "objects").rglob("*/*"))
+
+
+def test_a_name_that_is_a_file_and_a_folder_across_shards_is_never_listed(
+    tmp_path: Path, mounts: list[Mounted]
+) -> None:
+    # Each shard alone is fine; together they make "a" a file and a folder.
+    case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
+    entries = tuple(
+        FileEntry(path, 1, hashlib.sha256(path.encode()).hexdigest()) for path in ("a", "a/b", "c")
+    )
+    store_in_shards(case, Manifest("pets", "v1", entries, created_at=NOW), per_shard=1)
+    m = start_mount(case, tmp_path, tmp_path / "mnt")
+    mounts.append(m)
+    with pytest.raises(OSError, match="Input/output error"):
+        os.listdir(m.point)
+    with pytest.raises(OSError, match="Input/output error"):
+        (m.point / "c").read_bytes()
+    log = m.stop()
+    assert "path 'a' is both a file and a directory" in log, log

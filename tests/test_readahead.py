@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import posixpath
+import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dspkg.dirindex import DIRECTORY, DirectoryIndex
+from dspkg.errors import UnsafePackage
 from dspkg.manifest import FileEntry, Manifest
 from dspkg.readahead import Lanes, ReadAhead
 
@@ -165,3 +169,45 @@ def test_the_directory_index_lists_exactly_the_files(raw: list[str]) -> None:
                 assert files[entry].path == path[1:] and index.file(path) == entry
                 found.append(path[1:])
     assert sorted(found) == chosen
+
+
+@given(paths, st.lists(st.integers(0, 30)), st.randoms())
+def test_the_index_of_shards_added_in_any_order_lists_what_the_whole_lists(
+    raw: list[str], cuts: list[int], rng: random.Random
+) -> None:
+    # A mount adds each shard's paths as it loads: the same answers as the whole manifest.
+    chosen = sorted(p for p in raw if not any(q.startswith(p + "/") for q in raw))
+    files = tuple(FileEntry(p, len(p), hashlib.sha256(p.encode()).hexdigest()) for p in chosen)
+    whole = DirectoryIndex.of(Manifest("d", "v", files))
+    bounds = sorted({0, len(chosen), *(c % (len(chosen) + 1) for c in cuts)})
+    segments = [(a, chosen[a:b]) for a, b in itertools.pairwise(bounds)]
+    rng.shuffle(segments)
+    pieces = DirectoryIndex()
+    for base, part in segments:
+        pieces.add(base, part)
+    directories = ["/", *sorted({"/" + d for p in chosen for d in dirs_of(p)})]
+    for d in directories:
+        assert pieces.is_dir(d)
+        assert pieces.listing(d) == whole.listing(d)
+        assert pieces.subdirectories(d) == whole.subdirectories(d)
+    for i, p in enumerate(chosen):
+        assert pieces.file("/" + p) == i
+        assert not pieces.is_dir("/" + p)
+    assert pieces.file("/" + "".join(chosen) + "x") is None
+
+
+@given(st.sampled_from(["a", "a.b/c", "a/b", "a/b/c", "b"]), st.integers(0, 3))
+def test_a_name_that_is_a_file_and_a_folder_is_refused_however_it_is_cut(
+    extra: str, cut: int
+) -> None:
+    names = sorted({"a", "a/x", extra})
+    index = DirectoryIndex(obj="manifest of d/v")
+    index.add(0, names[:cut])
+    index.add(cut, names[cut:])
+    with pytest.raises(UnsafePackage, match="path 'a' is both a file and a directory"):
+        index.listing("/")
+
+
+def dirs_of(path: str) -> list[str]:
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from dspkg.collector import GcResult
     from dspkg.committer import CommitResult
     from dspkg.distributed import DistributedResult
-    from dspkg.manifest import Manifest
+    from dspkg.manifest import ManifestRoot
     from dspkg.mounting import MountSummary
     from dspkg.packing import PackResult
     from dspkg.publisher import PublishOptions, PublishResult
@@ -535,7 +535,7 @@ def mount(
     store_options: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
     log: Callable[[str], None] = lambda line: None,
-    on_ready: Callable[[Manifest], None] = lambda manifest: None,
+    on_ready: Callable[[ManifestRoot], None] = lambda root: None,
 ) -> MountSummary:
     """Mount ``uri`` read-only at ``mountpoint`` and serve it until it is unmounted
     (``dspkg unmount``, SIGINT or SIGTERM); files are fetched when first opened.

@@ -31,7 +31,7 @@ from dspkg.selection import parse_list
 from dspkg.sizes import format_duration, format_size
 
 if TYPE_CHECKING:
-    from dspkg.manifest import Manifest
+    from dspkg.manifest import ManifestRoot
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -538,10 +538,10 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(f"dspkg mount: {line}", file=sys.stderr, flush=True)
 
-    def ready(manifest: Manifest) -> None:
+    def ready(root: ManifestRoot) -> None:
         print(
-            f"mounted {manifest.uri} at {args.mountpoint}: {len(manifest.files):,} files, "
-            f"{format_size(manifest.total_bytes)}; Ctrl-C or dspkg unmount {args.mountpoint} "
+            f"mounted {root.uri} at {args.mountpoint}: {root.files:,} files, "
+            f"{format_size(root.bytes)}; Ctrl-C or dspkg unmount {args.mountpoint} "
             "to stop",
             flush=True,
         )

@@ -34,7 +34,7 @@ from dspkg.cache import Cache, ObjectWriter, cache_error
 from dspkg.concurrency import BoundedTasks
 from dspkg.errors import DspkgError, Integrity, UnsafePackage
 from dspkg.layout import blob_key
-from dspkg.manifest import FileEntry, Manifest
+from dspkg.manifest import FileEntry, Manifest, PackageInfo
 from dspkg.progress import Progress
 from dspkg.pull_plan import FetchPlan, RangeFetch, Tuning, coalesce, header_start
 from dspkg.speedups import bad_entry_type, extractor_type
@@ -284,20 +284,7 @@ class Fetcher:
     # --- package checks ----------------------------------------------------------------
 
     async def _check_package(self, index: int) -> Exception | None:
-        """Why not to use a package at all (missing from the store, or of the wrong
-        size), or None."""
-        info = self.manifest.packages[index]
-        name = self.store.describe(info.key)
-        head = await self.store.head(info.key)
-        if head is None:
-            return Integrity(f"package {name} is missing from the store", obj=info.key)
-        if head.size != info.size:
-            return Integrity(
-                f"package {name} is {head.size} bytes but its manifest says {info.size} "
-                "(truncated or replaced)",
-                obj=info.key,
-            )
-        return None
+        return await check_package(self.store, self.manifest.packages[index])
 
     async def _check_directory(self, index: int) -> None:
         """When most of a package is about to be downloaded anyway, its central directory
@@ -439,6 +426,22 @@ class Fetcher:
     def _commit(self, f: FileEntry, writer: ObjectWriter) -> None:
         writer.commit(f.sha256)
         self._sink.committed(f)
+
+
+async def check_package(store: Store, info: PackageInfo) -> Exception | None:
+    """Why not to use a package at all (missing from the store, or of the wrong size),
+    or None."""
+    name = store.describe(info.key)
+    head = await store.head(info.key)
+    if head is None:
+        return Integrity(f"package {name} is missing from the store", obj=info.key)
+    if head.size != info.size:
+        return Integrity(
+            f"package {name} is {head.size} bytes but its manifest says {info.size} "
+            "(truncated or replaced)",
+            obj=info.key,
+        )
+    return None
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

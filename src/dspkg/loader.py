@@ -110,17 +110,39 @@ async def load_files(
         return root.inline
     chosen = chosen_shards(root, shards)
     obj = store.describe(manifest_key(root.dataset, root.version))
-    load = _shard_loader(store, cache, root, read_only)
+    load = shard_loader(store, cache, root, read_only=read_only)
     files = await load_joined(root, chosen, load, obj=obj, checked=root.validated)
     if chosen == root.shards and not root.validated and not read_only:
         _note_checked(cache, store.url, root)
     return files
 
 
-def _shard_loader(
-    store: Store, cache: Cache, root: ManifestRoot, read_only: bool
+def join_files(
+    store: Store,
+    cache: Cache,
+    root: ManifestRoot,
+    shards: Sequence[ShardInfo],
+    records: Sequence[Records],
+    *,
+    entries: Sequence[tuple[FileEntry, ...]] | None = None,
+    read_only: bool = False,
+) -> tuple[FileEntry, ...]:
+    """The files of ``shards`` (in the root's order, each with its ``records``, loaded by
+    :func:`shard_loader`; ``entries``: made of them already), checked together; all of
+    them: the version noted checked. What :func:`load_files` does once the shards are in,
+    for a caller that loads them itself (a mount, a shard at a time)."""
+    obj = store.describe(manifest_key(root.dataset, root.version))
+    files = join_shards(root, shards, records, obj=obj, checked=root.validated, entries=entries)
+    if tuple(shards) == root.shards and not root.validated and not read_only:
+        _note_checked(cache, store.url, root)
+    return files
+
+
+def shard_loader(
+    store: Store, cache: Cache, root: ManifestRoot, *, read_only: bool = False
 ) -> Callable[[ShardInfo], Awaitable[Records]]:
-    """Loads one shard of ``root``: the cache's copy, else the store's (then kept)."""
+    """Loads one shard of ``root``: the cache's copy, else the store's (then kept), each
+    checked on its own (see :func:`~dspkg.shards.decode_shard`)."""
     catalog = Catalog(store)
 
     async def load(shard: ShardInfo) -> Records:
@@ -158,7 +180,7 @@ class FileStream:
         self.root = root
         self.batch_files = batch_files
         self.batches = shard_batches(root.shards, batch_files)
-        self._load = _shard_loader(store, cache, root, read_only=False)
+        self._load = shard_loader(store, cache, root)
 
     async def check(self) -> None:
         """Read and check every shard, a batch at a time (nothing when the cache's note

@@ -2,11 +2,17 @@
 
 The tree (names, sizes, modes 0444/0555, the version's creation time as every mtime)
 comes from the manifest through :class:`~dspkg.dirindex.DirectoryIndex`, so listing and
-walking cost no request. ``read`` asks the on-demand core for the file's cached object
-(fetched and verified first when missing) and ``pread``s it, so a file costs one fetch
-however small the kernel's reads are, and no byte of a file is returned before all of
-its bytes verified. A file that fails verification reads as ``EIO``. Everything that
-would change the tree is ``EROFS`` (the mount is also read-only for the kernel).
+walking cost no request. The mount serves as soon as the version's root is read: a
+folder's listing or lookup waits only for the manifest shards that can hold its paths
+(:class:`~dspkg.versionview.VersionView`), a file's read for the whole manifest. A shard
+that cannot be loaded or checked makes what needs it ``EIO`` (logged once), never a
+listing without it.
+
+``read`` asks the on-demand core for the file's cached object (fetched and verified
+first when missing) and ``pread``s it, so a file costs one fetch however small the
+kernel's reads are, and no byte of a file is returned before all of its bytes verified.
+A file that fails verification reads as ``EIO``. Everything that would change the tree
+is ``EROFS`` (the mount is also read-only for the kernel).
 
 The files never change, so the kernel may keep names, attributes and pages for as long
 as the mount lives (long timeouts, ``kernel_cache``). A pass over every file is bound by
@@ -19,7 +25,8 @@ for as few requests per file as the kernel allows:
   RELEASE from then on, and keeps each file's pages (``flush`` is left to libfuse,
   which answers ENOSYS once too);
 - what is left per file is one READ for a small file (and an IOCTL, answered by
-  libfuse, when the reader asks ``isatty``).
+  libfuse, when the reader asks ``isatty``), which C answers when the file's object is
+  in the cache (:mod:`dspkg.fastread`); this Python ``read`` gets the rest.
 
 This module imports ``mfusepy`` (the ``mount`` extra); :mod:`dspkg.mounting` checks
 that FUSE is usable before importing it.
@@ -36,19 +43,22 @@ import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import mfusepy
 
 from dspkg.concurrency import LoopThread
-from dspkg.dirindex import DIRECTORY, DirectoryIndex
+from dspkg.dirindex import DIRECTORY
 from dspkg.errors import DspkgError
 from dspkg.fastread import FastRead, install
 from dspkg.manifest import Manifest
 from dspkg.ondemand import OnDemand
+from dspkg.versionview import VersionView
 
 # fill(name, attributes, offset of the next entry, flags): True once the buffer is full.
 Filler = Callable[[bytes, Any, int, int], bool]
+
+_T = TypeVar("_T")
 
 # Names, attributes and pages never change while mounted.
 KERNEL_TIMEOUT = 24 * 3600.0
@@ -70,33 +80,48 @@ def _refuse(*_: Any) -> int:
 
 
 class VersionFS(mfusepy.Operations):  # type: ignore[misc]
-    """The FUSE operations of one mounted version."""
+    """The FUSE operations of one mounted version: the tree from ``view`` as its shards
+    load, files once :meth:`attach` hands over the core (or :meth:`fail` says why not)."""
 
     use_ns = True
 
     def __init__(
         self,
-        manifest: Manifest,
-        core: OnDemand,
+        view: VersionView,
         loop: LoopThread,
         *,
         on_ready: Callable[[], None] = lambda: None,
         log: Callable[[str], None] = lambda line: None,
     ) -> None:
-        self.manifest = manifest
-        self.index = DirectoryIndex.of(manifest)
-        self.core = core
+        self.view = view
+        self.index = view.index
         self.loop = loop
         self.on_ready = on_ready
         self.log = log
         self.uid = os.getuid()
         self.gid = os.getgid()
-        self.mtime_ns = _created_ns(manifest.created_at)
-        self.total_bytes = manifest.total_bytes
+        self.mtime_ns = _created_ns(view.root.created_at)
+        self.total_bytes = view.root.bytes
         self.no_open = False  # set in init when the kernel can do without OPEN
-        self._listings: dict[str, list[tuple[str, int]]] = {}
-        # The compiled READ's table (set by the caller), told of every refused file.
+        self.manifest: Manifest | None = None
+        self.core: OnDemand | None = None
+        # The compiled READ's table, told of every refused file.
         self.fast: FastRead | None = None
+        self._attached = threading.Event()
+        self._failure: DspkgError | None = None
+        self._told: set[str] = set()  # refusals of the tree logged already
+
+    def attach(self, manifest: Manifest, core: OnDemand, fast: FastRead | None) -> None:
+        """The whole manifest is in: files can be read."""
+        self.manifest = manifest
+        self.core = core
+        self.fast = fast
+        self._attached.set()
+
+    def fail(self, exc: DspkgError) -> None:
+        """The manifest cannot be had whole: every read is EIO."""
+        self._failure = exc
+        self._attached.set()
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -118,13 +143,42 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
     # --- the tree -------------------------------------------------------------------------
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        if path == "/":
+            # Every path walk through the mount starts here: the top waits for no shard
+            # (its count of subfolders needs them all: "1", unknown, until they are in).
+            known = self.view.holds("")
+            links = 2 + self._tree(self.index.subdirectories, path) if known else 1
+            return self._attrs(stat.S_IFDIR | 0o555, links, 0)
+        self._need(path)
         index = self.index.file(path)
         if index is not None:
-            size = self.manifest.files[index].size
-            return self._attrs(stat.S_IFREG | 0o444, 1, size)
+            return self._attrs(stat.S_IFREG | 0o444, 1, self.view.size(index))
         if self.index.is_dir(path):
-            return self._attrs(stat.S_IFDIR | 0o555, 2 + self.index.subdirectories(path), 0)
+            links = 2 + self._tree(self.index.subdirectories, path)
+            return self._attrs(stat.S_IFDIR | 0o555, links, 0)
         raise mfusepy.FuseOSError(errno.ENOENT)
+
+    def _need(self, path: str) -> None:
+        """Wait until the shards that may hold ``path`` (as a file or a folder) are in;
+        EIO if one cannot be had (the view logged why)."""
+        prefix = path[1:]
+        if self.view.holds(prefix):
+            return
+        try:
+            self.loop.call(self.view.need(prefix))
+        except DspkgError:
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    def _tree(self, question: Callable[[str], _T], path: str) -> _T:
+        """The index's answer; EIO (logged once) for a name that is both a file and a
+        folder."""
+        try:
+            return question(path)
+        except DspkgError as exc:
+            if str(exc) not in self._told:
+                self._told.add(str(exc))
+                self.log(f"cannot list {path}: {exc}")
+            raise mfusepy.FuseOSError(errno.EIO) from None
 
     def _attrs(self, mode: int, links: int, size: int) -> dict[str, Any]:
         t = self.mtime_ns
@@ -162,15 +216,15 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
             for position, name in ((0, "."), (1, ".."))[offset:]:
                 if fill(name.encode(), st, position + 1, 0):
                     return
-        files = self.manifest.files
+        size_of = self.view.size
         for position in range(max(offset, 2), len(listing) + 2):
             name, index = listing[position - 2]
             if index == DIRECTORY:
                 st.st_mode = stat.S_IFDIR | 0o555
-                st.st_nlink = 2 + self.index.subdirectories(_join(path, name))
+                st.st_nlink = 2 + self._tree(self.index.subdirectories, _join(path, name))
                 st.st_size = st.st_blocks = 0
             else:
-                size = files[index].size
+                size = size_of(index)
                 st.st_mode = stat.S_IFREG | 0o444
                 st.st_nlink = 1
                 st.st_size = size
@@ -179,13 +233,12 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
                 return
 
     def _listing(self, path: str) -> list[tuple[str, int]]:
-        """The sorted entries of directory ``path``, kept: a listing comes in chunks."""
-        listing = self._listings.get(path)
-        if listing is None:
-            if not self.index.is_dir(path):
-                raise mfusepy.FuseOSError(errno.ENOTDIR)
-            listing = self._listings[path] = self.index.listing(path)
-        return listing
+        """The sorted entries of directory ``path`` (the index keeps them: a listing
+        comes in chunks)."""
+        self._need(path)
+        if not self.index.is_dir(path):
+            raise mfusepy.FuseOSError(errno.ENOTDIR)
+        return self._tree(self.index.listing, path)
 
     def statfs(self, path: str) -> dict[str, int]:
         return {
@@ -194,7 +247,7 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
             "f_blocks": (self.total_bytes + 4095) // 4096,
             "f_bfree": 0,
             "f_bavail": 0,
-            "f_files": len(self.manifest.files) + len(self.index.children),
+            "f_files": self.view.root.files,
             "f_ffree": 0,
             "f_namemax": 255,
         }
@@ -213,14 +266,20 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        core = self.core
+        if core is None:
+            self._attached.wait()  # the manifest is loading: its shards, then the checks
+            core = self.core
+            if core is None:
+                raise mfusepy.FuseOSError(errno.EIO)  # the view logged why
         index = self.index.file(path)
         if index is None:
             raise mfusepy.FuseOSError(errno.EISDIR if self.index.is_dir(path) else errno.ENOENT)
         if offset == 0:
             # A reader starts this file: read-ahead hears of it (once per file, as the
             # kernel keeps the pages).
-            self.core.note_read(index)
-        fd = self.core.open_cached(index)
+            core.note_read(index)
+        fd = core.open_cached(index)
         if fd is None:
             obj = self._fetch(index)
             try:
@@ -235,6 +294,7 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
 
     def _fetch(self, index: int) -> str:
         """The object of file ``index``, fetched and verified now; EIO if it cannot be."""
+        assert self.core is not None and self.manifest is not None
         try:
             return self.loop.call(self.core.path(index, noted=True))
         except DspkgError as exc:

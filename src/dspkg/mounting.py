@@ -28,20 +28,22 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from dspkg.cache import Cache
 from dspkg.concurrency import LoopThread
-from dspkg.errors import MountError
-from dspkg.loader import load_manifest
-from dspkg.manifest import Manifest
+from dspkg.errors import DspkgError, MountError
+from dspkg.loader import load_root
+from dspkg.manifest import Manifest, ManifestRoot
 from dspkg.names import VersionUri
 from dspkg.pull_plan import Tuning
 from dspkg.store import Store
 
 if TYPE_CHECKING:
     from dspkg.fastread import FastRead
+    from dspkg.mount import VersionFS
     from dspkg.ondemand import OnDemand
+    from dspkg.versionview import VersionView
 
 FSTYPE = "fuse.dspkg"
 READY = b"ready\n"
@@ -223,47 +225,44 @@ def serve(
     tuning: Tuning | None = None,
     speedups: bool = True,
     log: Callable[[str], None] = lambda line: None,
-    on_ready: Callable[[Manifest], None] = lambda manifest: None,
+    on_ready: Callable[[ManifestRoot], None] = lambda root: None,
 ) -> MountSummary:
     """Mount ``uri`` at ``mountpoint`` and serve it until it is unmounted. ``speedups``:
-    the compiled READ and range extractor where they are built."""
+    the compiled READ and range extractor where they are built.
+
+    The mount serves once the version's root is read; its shards load in the background
+    (folders wait for theirs), then the core that reads files starts.
+    """
     require_fuse(str(mountpoint))
-    from dspkg.fastread import FastRead
+    from dspkg.fastread import compiled
     from dspkg.mount import VersionFS, run_fuse
-    from dspkg.ondemand import OnDemand
+    from dspkg.versionview import VersionView
 
     prepare_mountpoint(mountpoint)
     started = time.monotonic()
     loop = LoopThread("dspkg-mount")
     ready = threading.Event()
+    files: _Files | None = None
     try:
-        manifest = loop.call(load_manifest(store, cache, uri))
-        core = OnDemand(store, cache, manifest, tuning=tuning, log=log, speedups=speedups)
-        fast = FastRead.build(manifest, cache) if speedups else None
+        root = loop.call(load_root(store, cache, uri))
+        view = VersionView(store, cache, root, log=log)
+        # The packages' sizes are asked for now: the first read then waits for no HEAD.
+        checks = loop.call(_check_packages(store, root))
+        fast_read = speedups and compiled() is not None
 
         def mounted() -> None:
             ready.set()
-            on_ready(manifest)
+            on_ready(root)
 
-        with cache.pin(store.url, manifest.uri):
-            cache.record_version(
-                store.url,
-                manifest.uri,
-                files=len(manifest.files),
-                nbytes=manifest.total_bytes,
-                objects=(f.sha256 for f in manifest.files),
-            )
-            loop.call(core.start(prefetch=prefetch))
-            fs = VersionFS(manifest, core, loop, on_ready=mounted, log=log)
-            if fast is not None:
-                loop.call(_start_fast(fast, core))
-                fs.fast = fast
+        with cache.pin(store.url, root.uri):
+            fs = VersionFS(view, loop, on_ready=mounted, log=log)
+            files = _Files(store, cache, view, fs, checks, tuning, speedups=fast_read, log=log)
+            loading = loop.spawn(files.start(prefetch=prefetch))
             try:
-                run_fuse(fs, str(mountpoint), fast_read=fast is not None)
+                run_fuse(fs, str(mountpoint), fast_read=fast_read)
             finally:
-                if fast is not None:
-                    fast.stop()
-                loop.call(core.close())
+                loading.cancel()
+                loop.call(files.close())
     finally:
         loop.close()
     if not ready.is_set():
@@ -271,21 +270,104 @@ def serve(
             f"could not mount {uri} at {mountpoint} (libfuse's message above says why)",
             path=str(mountpoint),
         )
+    core = files.core if files is not None else None
     return MountSummary(
-        uri=str(manifest.uri),
+        uri=str(root.uri),
         mountpoint=str(mountpoint),
-        files=len(manifest.files),
-        bytes=manifest.total_bytes,
-        files_fetched=core.fetched,
+        files=root.files,
+        bytes=root.bytes,
+        files_fetched=core.fetched if core is not None else 0,
         bytes_downloaded=store.stats.bytes_down,
         requests=store.stats.requests,
-        refused=len(core.bad_files),
+        refused=len(core.bad_files) if core is not None else 0,
         seconds=time.monotonic() - started,
     )
 
 
-async def _start_fast(fast: FastRead, core: OnDemand) -> None:
-    fast.start(asyncio.get_running_loop(), core.note_reads)
+async def _check_packages(store: Store, root: ManifestRoot) -> dict[int, asyncio.Task[Any]]:
+    from dspkg.fetcher import check_package
+    from dspkg.ondemand import EAGER_CHECKS
+
+    return {
+        i: asyncio.create_task(check_package(store, info))
+        for i, info in enumerate(root.packages[:EAGER_CHECKS])
+    }
+
+
+class _Files:
+    """What reads files, started once the whole manifest is in: the on-demand core, the
+    compiled READ's table, the version's record in the cache (off the path to the first
+    byte: the pin protects the version meanwhile)."""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: Cache,
+        view: VersionView,
+        fs: VersionFS,
+        checks: dict[int, asyncio.Task[Any]],
+        tuning: Tuning | None,
+        *,
+        speedups: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.view = view
+        self.fs = fs
+        self.checks = checks
+        self.tuning = tuning
+        self.speedups = speedups
+        self.log = log
+        self.core: OnDemand | None = None
+        self.fast: FastRead | None = None
+
+    async def start(self, *, prefetch: bool) -> None:
+        from dspkg.fastread import FastRead
+        from dspkg.ondemand import OnDemand
+
+        try:
+            manifest = await self.view.load_all()
+        except DspkgError as exc:  # the view logged it
+            self.fs.fail(exc)
+            return
+        loop = asyncio.get_running_loop()
+        self.core = OnDemand(
+            self.store,
+            self.cache,
+            manifest,
+            tuning=self.tuning,
+            log=self.log,
+            speedups=self.speedups,
+            checks=self.checks,
+        )
+        await self.core.start(prefetch=prefetch)
+        if self.speedups:
+            self.fast = FastRead.build(manifest, self.cache)
+            if self.fast is not None:
+                self.fast.start(loop, self.core.note_reads)
+        self.fs.attach(manifest, self.core, self.fast)
+        await loop.run_in_executor(None, self._record, manifest)
+
+    def _record(self, manifest: Manifest) -> None:
+        self.cache.record_version(
+            self.store.url,
+            manifest.uri,
+            files=len(manifest.files),
+            nbytes=manifest.total_bytes,
+            objects=(f.sha256 for f in manifest.files),
+        )
+
+    async def close(self) -> None:
+        """After the mount ended: nothing calls into the table or the core any more."""
+        if self.fast is not None:
+            self.fast.stop()
+        await self.view.close()
+        if self.core is not None:
+            await self.core.close()
+        for check in self.checks.values():
+            check.cancel()
+        await asyncio.gather(*self.checks.values(), return_exceptions=True)
 
 
 def exit_with_parent(parent: int) -> None:

@@ -27,7 +27,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +103,10 @@ class OnDemand:
         log: Log = _quiet,
         disk_threads: int = 2,
         speedups: bool = True,
+        checks: Mapping[int, asyncio.Task[Exception | None]] | None = None,
     ) -> None:
+        """``checks``: package checks (:func:`~dspkg.fetcher.check_package`) started
+        already, by package index (the rest start with :meth:`start` or on first use)."""
         self.store = store
         self.cache = cache
         self.manifest = manifest
@@ -126,7 +129,7 @@ class OnDemand:
         self._awaited: dict[str, int] = {}  # sha256 -> readers waiting for its fetch
         self._bad: dict[str, str] = {}
         self._leases: dict[int, _Lease] = {}
-        self._checks: dict[int, asyncio.Task[Exception | None]] = {}
+        self._checks: dict[int, asyncio.Task[Exception | None]] = dict(checks or {})
         self._ahead_slots = asyncio.Semaphore(self.tuning.range_requests)
         self._blob_slots = asyncio.Semaphore(self.tuning.blob_requests)
         self._demand_slots = asyncio.Semaphore(DEMAND_REQUESTS)
