@@ -241,19 +241,21 @@ def test_a_table_refuses_paths_listed_twice_and_bad_hashes(tmp_path: Path) -> No
     assert MODULE is not None
     objects = str(tmp_path)
     with pytest.raises(ValueError, match="listed twice"):
-        MODULE.Table(objects, ["/a", "/a"], ["0" * 64] * 2, [1, 1], CTIME_SLACK_NS)
+        MODULE.Table(objects, [FileEntry("a", 1, "0" * 64)] * 2, CTIME_SLACK_NS)
     with pytest.raises(ValueError, match="64 hex digits"):
-        MODULE.Table(objects, ["/a"], ["0" * 63], [1], CTIME_SLACK_NS)
+        MODULE.Table(objects, [FileEntry("a", 1, "0" * 63)], CTIME_SLACK_NS)
     with pytest.raises(ValueError, match="lowercase hex"):
-        MODULE.Table(objects, ["/a"], ["G" * 64], [1], CTIME_SLACK_NS)
-    with pytest.raises(ValueError, match="differ in length"):
-        MODULE.Table(objects, ["/a"], [], [1], CTIME_SLACK_NS)
+        MODULE.Table(objects, [FileEntry("a", 1, "G" * 64)], CTIME_SLACK_NS)
+    with pytest.raises(TypeError, match="a file is a tuple"):
+        MODULE.Table(objects, ["a"], CTIME_SLACK_NS)
 
 
 def test_big_tables_find_every_path(tmp_path: Path) -> None:
     assert MODULE is not None
-    names = [f"/d{i // 1000:03d}/f{i:06d}.bin" for i in range(50_000)]
-    table = MODULE.Table(str(tmp_path), names, ["ab" * 32] * len(names), [1] * len(names), 1)
-    assert [table.lookup(n) for n in names] == list(range(len(names)))
+    names = [f"d{i // 1000:03d}/f{i:06d}.bin" for i in range(50_000)]
+    files = [FileEntry(name, 1, "ab" * 32) for name in names]
+    table = MODULE.Table(str(tmp_path), files, CTIME_SLACK_NS)
+    assert [table.lookup("/" + n) for n in names] == list(range(len(names)))
     assert table.lookup("/d000/f000000.bi") == -1
     assert table.lookup("/d000/f000000.bin/") == -1
+    assert table.lookup("d000/f000000.bin") == -1  # FUSE's paths start with "/"

@@ -5,7 +5,7 @@
  * interpreter's lock, mfusepy's wrappers) on top of the few system calls that serve it;
  * in a pass over many small files that was most of the mount's CPU. The mount installs
  * fuse_read() below as libfuse's read operation. It looks the path up in a table of the
- * version's files (path -> size, sha256), opens the cache object the sha256 names and
+ * version's files (path -> size, sha256; built from the manifest's entries in C), opens the cache object the sha256 names and
  * serves it when the object is as dspkg left it (cache.fingerprint_ok: a read-only
  * regular file of the right size whose ctime has not moved away from its mtime), checked
  * with fstat on the descriptor it reads from. Every other case (no table yet, a path not
@@ -43,7 +43,7 @@ typedef struct {
     PyObject_HEAD
     Py_ssize_t count;
     int objects_fd; /* "<cache>/objects": objects are opened relative to it */
-    char *names;       /* every path, NUL-terminated, one after another */
+    char *names;       /* every path ("a/b.jpg"), NUL-terminated, one after another */
     size_t *name_at;   /* where path i starts in names */
     unsigned char *shas; /* 32 bytes a file */
     long long *sizes;
@@ -71,10 +71,16 @@ static uint64_t hash_path(const char *s, size_t n) {
         h ^= (unsigned char)s[i];
         h *= 1099511628211ull;
     }
+    /* Mixed down: FNV's low bits (the slot) barely differ for names that differ late. */
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
     return h;
 }
 
+/* The index of the file at path ("/a/b.jpg", as FUSE names it), or -1. */
 static Py_ssize_t lookup(const Table *t, const char *path) {
+    if (*path++ != '/') return -1;
     size_t n = strlen(path);
     size_t slot = (size_t)hash_path(path, n) & t->mask;
     for (;;) {
@@ -217,36 +223,34 @@ static int hex_value(int c) {
     return -1;
 }
 
-/* Table(objects, paths, shas, sizes, slack_ns): paths as FUSE names them ("/a/b.jpg"),
- * shas as lowercase hex, one of each per file, in the manifest's order. */
+/* Table(objects, files, slack_ns): files as the manifest holds them, tuples that start
+ * (path, size, sha256 hex), in its order; a file's index is its position there. */
 static int Table_init(Table *t, PyObject *args, PyObject *kwds) {
     (void)kwds;
     const char *objects;
-    PyObject *paths, *shas, *sizes;
+    PyObject *files;
     long long slack_ns;
-    if (!PyArg_ParseTuple(args, "sOOOL", &objects, &paths, &shas, &sizes, &slack_ns))
-        return -1;
+    if (!PyArg_ParseTuple(args, "sOL", &objects, &files, &slack_ns)) return -1;
     if (t->count || t->names) {
         PyErr_SetString(PyExc_RuntimeError, "a table is built once");
         return -1;
     }
-    PyObject *p = PySequence_Fast(paths, "paths must be a sequence");
-    PyObject *s = PySequence_Fast(shas, "shas must be a sequence");
-    PyObject *z = PySequence_Fast(sizes, "sizes must be a sequence");
-    if (!p || !s || !z) goto error;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(p);
-    if (PySequence_Fast_GET_SIZE(s) != n || PySequence_Fast_GET_SIZE(z) != n) {
-        PyErr_SetString(PyExc_ValueError, "paths, shas and sizes differ in length");
-        goto error;
-    }
+    PyObject *seq = PySequence_Fast(files, "files must be a sequence");
+    if (!seq) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     if ((unsigned long long)n >= UINT32_MAX / 2) {
         PyErr_SetString(PyExc_ValueError, "too many files for one table");
         goto error;
     }
     size_t total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) < 3) {
+            PyErr_SetString(PyExc_TypeError, "a file is a tuple (path, size, sha256, ...)");
+            goto error;
+        }
         Py_ssize_t len;
-        if (!PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(p, i), &len)) goto error;
+        if (!PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(f, 0), &len)) goto error;
         total += (size_t)len + 1;
     }
     size_t capacity = 16;
@@ -259,8 +263,8 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds) {
     t->slots = PyMem_Calloc(capacity, sizeof(uint32_t));
     t->notes = PyMem_Malloc(sizeof(long long) * NOTES_MAX);
     t->spare = PyMem_Malloc(sizeof(long long) * NOTES_MAX);
-    if (!t->names || !t->name_at || !t->shas || !t->sizes || !t->refused ||
-        !t->slots || !t->notes || !t->spare) {
+    if (!t->names || !t->name_at || !t->shas || !t->sizes || !t->refused || !t->slots ||
+        !t->notes || !t->spare) {
         PyErr_NoMemory();
         goto error;
     }
@@ -271,39 +275,64 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds) {
     }
     t->mask = capacity - 1;
     t->slack_ns = slack_ns;
+    /* With the interpreter's lock: each file's name, hash text and size. */
+    const char **hexes = PyMem_Malloc(sizeof(char *) * (size_t)(n ? n : 1));
+    if (!hexes) {
+        PyErr_NoMemory();
+        goto error;
+    }
     size_t at = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t len;
-        const char *name = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(p, i), &len);
-        Py_ssize_t hex_len;
-        const char *hex = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(s, i), &hex_len);
-        if (!hex) goto error;
+        PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t len, hex_len;
+        const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(f, 0), &len);
+        hexes[i] = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(f, 2), &hex_len);
+        if (!hexes[i]) goto error_hexes;
         if (hex_len != 64) {
             PyErr_SetString(PyExc_ValueError, "a sha256 is 64 hex digits");
-            goto error;
+            goto error_hexes;
         }
+        t->sizes[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(f, 1));
+        if (t->sizes[i] == -1 && PyErr_Occurred()) goto error_hexes;
+        memcpy(t->names + at, name, (size_t)len + 1);
+        t->name_at[i] = at;
+        at += (size_t)len + 1;
+    }
+    /* Without it (the strings stay alive: seq holds them): hashes parsed, names placed. A
+     * mount builds its table while its first reads are served in Python. */
+    Py_ssize_t bad_hex = -1, twice = -1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n && bad_hex < 0 && twice < 0; i++) {
+        const char *hex = hexes[i];
         for (int k = 0; k < 32; k++) {
             int hi = hex_value(hex[2 * k]), lo = hex_value(hex[2 * k + 1]);
             if (hi < 0 || lo < 0) {
-                PyErr_SetString(PyExc_ValueError, "a sha256 is lowercase hex");
-                goto error;
+                bad_hex = i;
+                break;
             }
             t->shas[32 * (size_t)i + (size_t)k] = (unsigned char)(hi << 4 | lo);
         }
-        t->sizes[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(z, i));
-        if (t->sizes[i] == -1 && PyErr_Occurred()) goto error;
-        memcpy(t->names + at, name, (size_t)len + 1);
-        t->name_at[i] = at;
-        size_t slot = (size_t)hash_path(name, (size_t)len) & t->mask;
+        const char *name = t->names + t->name_at[i];
+        size_t slot = (size_t)hash_path(name, strlen(name)) & t->mask;
         while (t->slots[slot]) {
             if (strcmp(t->names + t->name_at[t->slots[slot] - 1], name) == 0) {
-                PyErr_Format(PyExc_ValueError, "the path %s is listed twice", name);
-                goto error;
+                twice = i;
+                break;
             }
             slot = (slot + 1) & t->mask;
         }
         t->slots[slot] = (uint32_t)(i + 1);
-        at += (size_t)len + 1;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(hexes);
+    hexes = NULL;
+    if (bad_hex >= 0) {
+        PyErr_SetString(PyExc_ValueError, "a sha256 is lowercase hex");
+        goto error;
+    }
+    if (twice >= 0) {
+        PyErr_Format(PyExc_ValueError, "the path %s is listed twice", t->names + t->name_at[twice]);
+        goto error;
     }
     t->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (t->efd < 0) {
@@ -316,14 +345,12 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds) {
     }
     t->lock_ready = 1;
     t->count = n;
-    Py_DECREF(p);
-    Py_DECREF(s);
-    Py_DECREF(z);
+    Py_DECREF(seq);
     return 0;
+error_hexes:
+    PyMem_Free(hexes);
 error:
-    Py_XDECREF(p);
-    Py_XDECREF(s);
-    Py_XDECREF(z);
+    Py_DECREF(seq);
     if (t->efd >= 0) close(t->efd);
     t->efd = -1;
     free_table(t);

@@ -23,10 +23,34 @@ import threading
 
 from dspkg.errors import UnsafePackage
 from dspkg.manifest import Manifest
+from dspkg.paths import directories
 
 DIRECTORY = -1
 # The character after "/": paths under "a/" are those from "a/" up to "a0", excluded.
 _AFTER_SLASH = chr(ord("/") + 1)
+
+
+class _Segment:
+    """Sorted paths, the manifest index of the first, and (when first asked) the folders
+    they hold, by parent."""
+
+    __slots__ = ("_folders", "base", "paths")
+
+    def __init__(self, base: int, paths: list[str]) -> None:
+        self.base = base
+        self.paths = paths
+        self._folders: dict[str, set[str]] | None = None
+
+    def folders(self) -> dict[str, set[str]]:
+        """Each folder's subfolder names ("/" for the top): from every path's parent
+        at C speed, then one step per folder, not one per file."""
+        if self._folders is None:
+            folders: dict[str, set[str]] = {}
+            for d in directories(self.paths):
+                parent, _, name = d.rpartition("/")
+                folders.setdefault("/" + parent, set()).add(name)
+            self._folders = folders
+        return self._folders
 
 
 class DirectoryIndex:
@@ -35,7 +59,7 @@ class DirectoryIndex:
 
     def __init__(self, *, obj: str = "the manifest") -> None:
         self.obj = obj  # what a refusal names
-        self._segments: tuple[tuple[int, list[str]], ...] = ()  # sorted by first path
+        self._segments: tuple[_Segment, ...] = ()  # sorted by first path
         self._listings: dict[str, list[tuple[str, int]]] = {}
         self._adding = threading.Lock()
 
@@ -53,18 +77,19 @@ class DirectoryIndex:
             return
         with self._adding:
             segments = list(self._segments)
-            firsts = [s[1][0] for s in segments]
-            segments.insert(bisect.bisect_left(firsts, paths[0]), (base, paths))
+            firsts = [s.paths[0] for s in segments]
+            segments.insert(bisect.bisect_left(firsts, paths[0]), _Segment(base, paths))
             self._segments = tuple(segments)
 
     def file(self, path: str) -> int | None:
         """The manifest index of the file at ``path``, or None."""
         rel = path[1:]
-        for base, paths in self._segments:
+        for segment in self._segments:
+            paths = segment.paths
             if paths[0] <= rel <= paths[-1]:
                 at = bisect.bisect_left(paths, rel)
                 if at < len(paths) and paths[at] == rel:
-                    return base + at
+                    return segment.base + at
                 return None
         return None
 
@@ -72,7 +97,8 @@ class DirectoryIndex:
         if path == "/":
             return True
         prefix = path[1:] + "/"
-        for _, paths in self._segments:
+        for segment in self._segments:
+            paths = segment.paths
             at = bisect.bisect_left(paths, prefix)
             if at < len(paths) and paths[at].startswith(prefix):
                 return True
@@ -87,13 +113,22 @@ class DirectoryIndex:
         return listing
 
     def subdirectories(self, path: str) -> int:
-        return sum(1 for _, index in self.listing(path) if index == DIRECTORY)
+        """How many folders directory ``path`` holds (a mount's link count of a folder,
+        asked for every folder of a listing: no listing of each is computed for it)."""
+        listing = self._listings.get(path)
+        if listing is not None:
+            return sum(1 for _, index in listing if index == DIRECTORY)
+        names: set[str] = set()
+        for segment in self._segments:
+            names |= segment.folders().get(path, set())
+        return len(names)
 
     def _list(self, path: str) -> list[tuple[str, int]]:
         prefix = "" if path == "/" else path[1:] + "/"
         cut = len(prefix)
         entries: dict[str, int] = {}
-        for base, paths in self._segments:
+        for segment in self._segments:
+            base, paths = segment.base, segment.paths
             if prefix:
                 at = bisect.bisect_left(paths, prefix)
                 end = bisect.bisect_left(paths, prefix[:-1] + _AFTER_SLASH, at)

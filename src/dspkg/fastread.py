@@ -55,15 +55,8 @@ class FastRead:
         module = compiled()
         if module is None:
             return None
-        files = manifest.files
         try:
-            table = module.Table(
-                str(cache.objects),
-                ["/" + f.path for f in files],
-                [f.sha256 for f in files],
-                [f.size for f in files],
-                CTIME_SLACK_NS,
-            )
+            table = module.Table(str(cache.objects), manifest.files, CTIME_SLACK_NS)
         except (ValueError, UnicodeError, OSError):
             return None
         return cls(table)

@@ -111,11 +111,10 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
         self._failure: DspkgError | None = None
         self._told: set[str] = set()  # refusals of the tree logged already
 
-    def attach(self, manifest: Manifest, core: OnDemand, fast: FastRead | None) -> None:
-        """The whole manifest is in: files can be read."""
+    def attach(self, manifest: Manifest, core: OnDemand) -> None:
+        """The whole manifest is in: files can be read (``fast`` may follow)."""
         self.manifest = manifest
         self.core = core
-        self.fast = fast
         self._attached.set()
 
     def fail(self, exc: DspkgError) -> None:

@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 FSTYPE = "fuse.dspkg"
 READY = b"ready\n"
+# Seconds after its files became readable that a mount writes the version's record (for
+# eviction; the pin protects the version meanwhile): its first reads need the CPU more.
+RECORD_DELAY = 2.0
 # How long a mount process may take to leave after SIGTERM before it is killed.
 STOP_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1
@@ -321,6 +324,7 @@ class _Files:
         self.log = log
         self.core: OnDemand | None = None
         self.fast: FastRead | None = None
+        self.recorded = False
 
     async def start(self, *, prefetch: bool) -> None:
         from dspkg.fastread import FastRead
@@ -342,14 +346,24 @@ class _Files:
             checks=self.checks,
         )
         await self.core.start(prefetch=prefetch)
+        self.fs.attach(manifest, self.core)
         if self.speedups:
-            self.fast = FastRead.build(manifest, self.cache)
+            # Built while the first reads are served in Python (the table releases the
+            # interpreter's lock for most of its work).
+            self.fast = await loop.run_in_executor(None, FastRead.build, manifest, self.cache)
             if self.fast is not None:
+                for i, f in enumerate(manifest.files) if self.core.bad_files else ():
+                    if self.core.refused(f.sha256):
+                        self.fast.refuse(i)  # refused while the table was being built
                 self.fast.start(loop, self.core.note_reads)
-        self.fs.attach(manifest, self.core, self.fast)
+                self.fs.fast = self.fast
+        await asyncio.sleep(RECORD_DELAY)
         await loop.run_in_executor(None, self._record, manifest)
 
     def _record(self, manifest: Manifest) -> None:
+        if self.recorded:
+            return
+        self.recorded = True
         self.cache.record_version(
             self.store.url,
             manifest.uri,
@@ -359,9 +373,13 @@ class _Files:
         )
 
     async def close(self) -> None:
-        """After the mount ended: nothing calls into the table or the core any more."""
+        """After the mount ended: nothing calls into the table or the core any more. The
+        version's record is written now if it was not yet."""
         if self.fast is not None:
             self.fast.stop()
+        manifest = self.view.manifest
+        if manifest is not None and not self.recorded:
+            await asyncio.get_running_loop().run_in_executor(None, self._record, manifest)
         await self.view.close()
         if self.core is not None:
             await self.core.close()

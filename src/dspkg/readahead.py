@@ -20,6 +20,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate, chain, groupby, islice, repeat
+from operator import itemgetter, le
 
 from dspkg.manifest import Manifest
 from dspkg.pull_plan import Tuning
@@ -42,29 +44,40 @@ class Lanes:
 
     @classmethod
     def of(cls, manifest: Manifest) -> Lanes:
-        by_lane: dict[int, list[int]] = {}
+        # Whole runs at a time, not a Python step per file (a mount builds this before
+        # its first read): a package's files are runs of the manifest's order, and in a
+        # checked manifest already in storage order (packages are written in path order).
+        files = manifest.files
         blob_lane = len(manifest.packages)
-        for i, f in enumerate(manifest.files):
-            by_lane.setdefault(blob_lane if f.package is None else f.package, []).append(i)
-        lanes = sorted(by_lane)
-        lane = [0] * len(manifest.files)
-        position = [0] * len(manifest.files)
-        files: list[tuple[int, ...]] = []
+        keys = [blob_lane if p is None else p for p in map(itemgetter(3), files)]
+        runs: dict[int, list[range]] = {}
+        start = 0
+        for key, group in groupby(keys):
+            stop = start + len(list(group))
+            runs.setdefault(key, []).append(range(start, stop))
+            start = stop
+        sizes = list(map(itemgetter(1), files))
+        lane = [0] * len(files)
+        position = [0] * len(files)
+        members_of: list[tuple[int, ...]] = []
         ends: list[tuple[int, ...]] = []
-        for number, key in enumerate(lanes):
-            members = by_lane[key]
-            if key != blob_lane:
-                members.sort(key=lambda i: manifest.files[i].offset or 0)
-            total = 0
-            sums = [0]
-            for p, i in enumerate(members):
-                lane[i] = number
-                position[i] = p
-                total += manifest.files[i].size
-                sums.append(total)
-            files.append(tuple(members))
-            ends.append(tuple(sums))
-        return cls(tuple(lane), tuple(position), tuple(files), tuple(ends))
+        for number, key in enumerate(sorted(runs)):
+            members = list(chain.from_iterable(runs[key]))
+            offsets = [files[i].offset or 0 for i in members] if key != blob_lane else []
+            if not all(map(le, offsets, islice(offsets, 1, None))):
+                members.sort(key=lambda i: files[i].offset or 0)
+                for p, i in enumerate(members):
+                    lane[i] = number
+                    position[i] = p
+            else:
+                p = 0
+                for run in runs[key]:
+                    lane[run.start : run.stop] = repeat(number, len(run))
+                    position[run.start : run.stop] = range(p, p + len(run))
+                    p += len(run)
+            members_of.append(tuple(members))
+            ends.append(tuple(accumulate(map(sizes.__getitem__, members), initial=0)))
+        return cls(tuple(lane), tuple(position), tuple(members_of), tuple(ends))
 
 
 @dataclass

@@ -4,8 +4,9 @@ A mount appears as soon as the version's root is read. Its shards then load in t
 background, in order (the next one downloading while one decodes), and a folder that is
 listed or looked up first starts, ahead of the others, the shards whose path range can
 hold it (``ManifestRoot.shards_for``): the answer waits for those only. Each shard is
-checked as it loads (its hash, every record, no name both a file and a folder); once
-all are in, they are checked together as any consumer checks a version
+checked as it loads (its hash, every record); the index refuses a name that is both a
+file and a folder; once all are in, they are checked together as any consumer checks a
+version
 (:func:`~dspkg.loader.join_files`: paths across shards, package layout), and only then
 is the whole manifest handed out (to read files).
 
@@ -30,8 +31,7 @@ from dspkg.dirindex import DirectoryIndex
 from dspkg.errors import DspkgError
 from dspkg.layout import manifest_key
 from dspkg.loader import join_files, shard_loader
-from dspkg.manifest import Manifest, ManifestRoot, bad_manifest
-from dspkg.manifest_checks import tree_check
+from dspkg.manifest import Manifest, ManifestRoot
 from dspkg.shards import Records
 from dspkg.store import Store
 
@@ -145,12 +145,10 @@ class VersionView:
     async def _load_one(self, i: int) -> None:
         shard = self.root.shards[i]
         try:
+            # Checked on its own (hash, records); a name that is both a file and a
+            # folder is refused by the index when its folder is listed, and every check
+            # across shards runs in load_all.
             records = await self._load(shard)
-            if not self.root.validated:
-                # No name both a file and a folder within the shard (across shards the
-                # index refuses them as folders are listed, and join_files at the end).
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, tree_check, records.paths, bad_manifest(self.obj))
         except DspkgError as exc:
             self._failed[i] = exc
             self.log(f"{exc}; its folders and every file of {self.root.uri} read as EIO")
