@@ -15,37 +15,37 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dspkg import upkeep
 from dspkg.cache import Cache, store_id
 from dspkg.catalog import Catalog
 from dspkg.concurrency import run_sync
 from dspkg.config import Settings
 from dspkg.errors import InvalidArgument, NotFound
 from dspkg.loader import load_manifest
-from dspkg.materialize import LinkMode
 from dspkg.names import SCHEME, VersionUri, check_name, parse_dataset_uri
 from dspkg.progress import Progress
 from dspkg.pull_plan import Tuning
-from dspkg.puller import BATCH_FILES, PullOptions, PullResult, pull_version
-from dspkg.selection import Selection
-from dspkg.sharding import Shard, parse_shard
 from dspkg.sizes import format_size, parse_duration, parse_size
 from dspkg.store import Store, open_store
-from dspkg.subset import Selected, Subset
-from dspkg.upkeep import CacheInfo, PruneResult, VerifyResult
 
-# What only publishing, packaging, browsing, mounting or gc need is imported where it is
-# used: a pull (the command a training job runs) starts about 0.1 s sooner without it.
+# What only one command needs is imported where it is used: a pull (the command a
+# training job runs) starts about 0.1 s sooner without publishing, packaging, browsing,
+# mounting or gc code, and a mount (whose first byte is timed from its start) without
+# the pull's and the cache upkeep's.
 if TYPE_CHECKING:
     from dspkg.browse import DatasetSummary, VersionDetails, VersionSummary
     from dspkg.collector import GcResult
     from dspkg.committer import CommitResult
     from dspkg.distributed import DistributedResult
     from dspkg.manifest import ManifestRoot
+    from dspkg.materialize import LinkMode
     from dspkg.mounting import MountSummary
     from dspkg.packing import PackResult
     from dspkg.publisher import PublishOptions, PublishResult
+    from dspkg.puller import PullOptions, PullResult
     from dspkg.reader import VersionReader
+    from dspkg.sharding import Shard
+    from dspkg.subset import Selected, Subset
+    from dspkg.upkeep import CacheInfo, PruneResult, VerifyResult
     from dspkg.versiondiff import VersionDiff
 
 StoreLike = Store | str | None
@@ -183,12 +183,15 @@ def package(
 def pull_options(
     settings: Settings,
     *,
-    link: str | LinkMode = LinkMode.AUTO,
+    link: str | LinkMode = "auto",
     jobs: int = Tuning().blob_requests,
     dry_run: bool = False,
     refetch: bool | None = None,
 ) -> PullOptions:
     """How to pull, from the settings of the environment and the caller's choices."""
+    from dspkg.materialize import LinkMode
+    from dspkg.puller import BATCH_FILES, PullOptions
+
     return PullOptions(
         link=LinkMode.parse(str(link)),
         dry_run=dry_run,
@@ -305,7 +308,7 @@ def pull(
     dest: str | Path,
     *,
     store: StoreLike = None,
-    link: str | LinkMode = LinkMode.AUTO,
+    link: str | LinkMode = "auto",
     jobs: int = 128,
     dry_run: bool = False,
     cache_dir: str | Path | None = None,
@@ -328,6 +331,8 @@ def pull(
     :func:`select` says; only those files are fetched and linked. ``files_name`` names
     the list in messages (the command line passes ``--files-from FILE``).
     """
+    from dspkg.puller import pull_version
+
     settings = Settings.from_env(env)
     version = VersionUri.parse(uri)
     subset = make_subset(include, exclude, files, shard, allow_empty, settings.env, files_name)
@@ -371,6 +376,8 @@ def select(
     source = resolve_store(store, settings, store_options)
     cache = _cache(cache_dir, settings)
     manifest = run_sync(load_manifest(source, cache, version, read_only=True))
+    from dspkg.subset import Selected
+
     return Selected.of(manifest, subset)
 
 
@@ -385,6 +392,9 @@ def make_subset(
 ) -> Subset:
     """Check and compile a selection and a shard (a :class:`~dspkg.errors.UsageError`
     when malformed), before anything is fetched."""
+    from dspkg.selection import Selection
+    from dspkg.subset import Subset
+
     selection = Selection.build(
         _patterns(include),
         _patterns(exclude),
@@ -400,6 +410,8 @@ def _patterns(patterns: Patterns) -> list[str]:
 
 
 def _shard(shard: ShardLike, env: Mapping[str, str]) -> Shard | None:
+    from dspkg.sharding import Shard, parse_shard
+
     if shard is None:
         return None
     if isinstance(shard, str):
@@ -488,6 +500,8 @@ def cache_info(
     """Size, objects, and the versions the cache holds with their last use."""
     settings = Settings.from_env(env)
     with _cache(cache_dir, settings) as cache:
+        from dspkg import upkeep
+
         return upkeep.info(cache, settings.cache_max_size)
 
 
@@ -496,6 +510,8 @@ def cache_verify(
 ) -> VerifyResult:
     """Re-hash every cached object; bad ones are dropped and reported."""
     with _cache(cache_dir, Settings.from_env(env)) as cache:
+        from dspkg import upkeep
+
         return upkeep.verify(cache)
 
 
@@ -514,6 +530,8 @@ def cache_prune(
             "no size to prune to: pass --max-size SIZE or set DSPKG_CACHE_MAX_SIZE"
         )
     with _cache(cache_dir, settings) as cache:
+        from dspkg import upkeep
+
         return upkeep.prune(cache, limit)
 
 
@@ -522,6 +540,8 @@ def cache_clear(
 ) -> dict[str, int]:
     """Remove everything the cache holds."""
     with _cache(cache_dir, Settings.from_env(env)) as cache:
+        from dspkg import upkeep
+
         return upkeep.clear(cache)
 
 

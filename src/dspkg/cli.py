@@ -25,13 +25,12 @@ from dspkg.progress import Progress
 from dspkg.publish_plan import PACKAGE_MAX_FILE
 from dspkg.publish_plan import package_max_file as check_package_max_file
 from dspkg.pull_plan import Tuning
-from dspkg.puller import PullResult
 from dspkg.runner.command import register as register_run
-from dspkg.selection import parse_list
 from dspkg.sizes import format_duration, format_size
 
 if TYPE_CHECKING:
     from dspkg.manifest import ManifestRoot
+    from dspkg.puller import PullResult
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -330,6 +329,8 @@ def _subset_options(args: argparse.Namespace) -> dict[str, Any]:
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise UsageError(f"{name}: cannot read the list ({why})") from None
+        from dspkg.selection import parse_list
+
         files = list(parse_list(text))
     return {
         "include": args.include or (),

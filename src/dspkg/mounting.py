@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from dspkg.versionview import VersionView
 
 FSTYPE = "fuse.dspkg"
+LIBFUSE3 = "libfuse3.so.3"
 READY = b"ready\n"
 # Seconds after its files became readable that a mount writes the version's record (for
 # eviction; the pin protects the version meanwhile): its first reads need the CPU more.
@@ -73,11 +74,27 @@ def fuse_problem() -> str | None:
         return f"the Python package mfusepy is not installed; {INSTALL_HINT}"
     if os.geteuid() != 0 and _fusermount() is None:
         return f"fusermount3 is not installed; {INSTALL_HINT}"
+    _name_libfuse()
     try:
         import mfusepy  # noqa: F401  (loads libfuse)
     except (OSError, AttributeError) as exc:
         return f"libfuse cannot be loaded ({exc}); {INSTALL_HINT}"
     return None
+
+
+def _name_libfuse() -> None:
+    """Tell mfusepy which libfuse to load when the dynamic loader finds libfuse 3 by its
+    soname: mfusepy otherwise looks for it with ``ctypes.util.find_library``, which runs
+    ``ldconfig`` (and a compiler) in subprocesses, twice (libfuse 2 first): tens of
+    milliseconds of every mount's start, which the first byte waits for. A choice the
+    user made (FUSE_LIBRARY_PATH, FUSE_LIBRARY_NAME) stands."""
+    if "FUSE_LIBRARY_PATH" in os.environ or "FUSE_LIBRARY_NAME" in os.environ:
+        return
+    try:
+        ctypes.CDLL(LIBFUSE3)
+    except OSError:
+        return
+    os.environ["FUSE_LIBRARY_PATH"] = LIBFUSE3
 
 
 def require_fuse(mountpoint: str) -> None:
