@@ -562,11 +562,10 @@ def mount(
 
     Raises :class:`~dspkg.errors.MountError` where FUSE is unavailable.
     """
-    from dspkg.mounting import require_fuse, serve
+    from dspkg.mounting import serve
 
     settings = Settings.from_env(env)
     version = VersionUri.parse(uri)
-    require_fuse(str(mountpoint))
     source = resolve_store(store, settings, store_options)
     with _cache(cache_dir, settings) as cache:
         return serve(

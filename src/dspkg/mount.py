@@ -108,6 +108,7 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
         # The compiled READ's table, told of every refused file.
         self.fast: FastRead | None = None
         self._attached = threading.Event()
+        self.served = threading.Event()  # a file's bytes went out (or one failed)
         self._failure: DspkgError | None = None
         self._told: set[str] = set()  # refusals of the tree logged already
 
@@ -290,6 +291,7 @@ class VersionFS(mfusepy.Operations):  # type: ignore[misc]
             return os.pread(fd, size, offset)
         finally:
             os.close(fd)
+            self.served.set()
 
     def _fetch(self, index: int) -> str:
         """The object of file ``index``, fetched and verified now; EIO if it cannot be."""

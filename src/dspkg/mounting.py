@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 FSTYPE = "fuse.dspkg"
 LIBFUSE3 = "libfuse3.so.3"
 READY = b"ready\n"
+# Seconds a mount whose files became readable waits for its first read before it builds
+# the compiled READ's table anyway.
+TABLE_DELAY = 1.0
 # Seconds after its files became readable that a mount writes the version's record (for
 # eviction; the pin protects the version meanwhile): its first reads need the CPU more.
 RECORD_DELAY = 2.0
@@ -253,18 +256,24 @@ def serve(
     The mount serves once the version's root is read; its shards load in the background
     (folders wait for theirs), then the core that reads files starts.
     """
-    require_fuse(str(mountpoint))
-    from dspkg.fastread import compiled
-    from dspkg.mount import VersionFS, run_fuse
-    from dspkg.versionview import VersionView
-
-    prepare_mountpoint(mountpoint)
     started = time.monotonic()
     loop = LoopThread("dspkg-mount")
     ready = threading.Event()
     files: _Files | None = None
     try:
-        root = loop.call(load_root(store, cache, uri))
+        # The root's request flies while FUSE is checked (which loads libfuse and mfusepy).
+        loading_root = loop.spawn(load_root(store, cache, uri))
+        try:
+            require_fuse(str(mountpoint))
+            prepare_mountpoint(mountpoint)
+        except BaseException:
+            loading_root.cancel()
+            raise
+        from dspkg.fastread import compiled
+        from dspkg.mount import VersionFS, run_fuse
+        from dspkg.versionview import VersionView
+
+        root = loading_root.result()
         view = VersionView(store, cache, root, log=log)
         # The packages' sizes are asked for now: the first read then waits for no HEAD.
         checks = loop.call(_check_packages(store, root))
@@ -365,8 +374,9 @@ class _Files:
         await self.core.start(prefetch=prefetch)
         self.fs.attach(manifest, self.core)
         if self.speedups:
-            # Built while the first reads are served in Python (the table releases the
-            # interpreter's lock for most of its work).
+            # Built once the first file was served, in Python (or a moment later): its
+            # first byte does not wait for the table, nor share the CPU with it.
+            await loop.run_in_executor(None, self.fs.served.wait, TABLE_DELAY)
             self.fast = await loop.run_in_executor(None, FastRead.build, manifest, self.cache)
             if self.fast is not None:
                 for i, f in enumerate(manifest.files) if self.core.bad_files else ():

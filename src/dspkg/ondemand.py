@@ -411,6 +411,8 @@ class OnDemand:
         """``files`` (of one package) cut where a file between them is not among them: a
         range never spans a file that is cached or that another fetch is bringing, so no
         byte is downloaded twice (at the price of a request now and then)."""
+        if len(files) < 2:
+            return [list(files)]  # a reader's file: no index of paths for the first byte
         index = self._index_of
         ordered = sorted(files, key=lambda f: self.lanes.position[index[f.path]])
         runs: list[list[FileEntry]] = []
