@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 
@@ -31,7 +32,7 @@ from dspkg.dirindex import DirectoryIndex
 from dspkg.errors import DspkgError
 from dspkg.layout import manifest_key
 from dspkg.loader import join_files, shard_loader
-from dspkg.manifest import Manifest, ManifestRoot
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot, collector_paused, make_entries
 from dspkg.shards import Records
 from dspkg.store import Store
 
@@ -57,6 +58,7 @@ class VersionView:
         self.failure: DspkgError | None = None  # why the version as a whole cannot be read
         self._bases = [0, *accumulate(s.count for s in root.shards)]
         self._records: dict[int, Records] = {}
+        self._entries: dict[int, tuple[FileEntry, ...]] = {}  # made as each shard arrives
         self._loads: dict[int, asyncio.Task[None]] = {}
         self._failed: dict[int, DspkgError] = {}
         self._load = shard_loader(store, cache, root)
@@ -96,24 +98,36 @@ class VersionView:
             return self.manifest
         count = len(self.root.shards)
         try:
-            for i in range(count):
-                for j in range(i, min(i + 2, count)):  # the next downloads while this decodes
-                    self._task(j)
-                await self._shard(i)
-            loop = asyncio.get_running_loop()
-            records = [self._records[i] for i in range(count)]
-            try:
-                files = await loop.run_in_executor(
-                    None, join_files, self.store, self.cache, self.root, self.root.shards, records
+            # Paused from the first shard to the checks across them (as load_files does):
+            # a collection in between would walk the columns of every shard loaded so far.
+            with collector_paused():
+                for i in range(count):
+                    for j in range(i, min(i + 2, count)):  # the next downloads while one decodes
+                        self._task(j)
+                    await self._shard(i)
+                loop = asyncio.get_running_loop()
+                records = [self._records[i] for i in range(count)]
+                entries = [self._entries[i] for i in range(count)]
+                join = functools.partial(
+                    join_files,
+                    self.store,
+                    self.cache,
+                    self.root,
+                    self.root.shards,
+                    records,
+                    entries=entries,
                 )
-            except DspkgError as exc:
-                self.log(f"{exc}; every file of {self.root.uri} reads as EIO")
-                raise
+                try:
+                    files = await loop.run_in_executor(None, join)
+                except DspkgError as exc:
+                    self.log(f"{exc}; every file of {self.root.uri} reads as EIO")
+                    raise
         except DspkgError as exc:
             self.failure = exc
             raise
         self.manifest = whole(self.root, files)
         self._records.clear()  # the manifest holds the files now
+        self._entries.clear()
         return self.manifest
 
     async def close(self) -> None:
@@ -153,5 +167,6 @@ class VersionView:
             self._failed[i] = exc
             self.log(f"{exc}; its folders and every file of {self.root.uri} read as EIO")
             raise
+        self._entries[i] = make_entries(*records)
         self.index.add(self._bases[i], records.paths)
         self._records[i] = records
