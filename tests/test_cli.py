@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.helpers import assert_one_line_error, run_cli, write_outputs
@@ -93,3 +96,24 @@ def test_demo_runs_on_the_default_store(tmp_path: Path) -> None:
     assert "speedup from packages" in demo.stdout
     assert "pulled tree identical to the outputs: yes" in demo.stdout
     assert (tmp_path / "data" / "dspkg" / "store" / "datasets" / "dspkg-demo").is_dir()
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`dspkg show --files ... | head -1`: the reader leaves early; no error, no traceback."""
+    env = env_for(tmp_path)
+    files = {f"d/{i:05}.txt": b"x" for i in range(20_000)}
+    write_outputs(tmp_path / "out", files, [{"uri": "dataset://many/v1"}])
+    assert run_cli(["publish", str(tmp_path / "out")], env).returncode == 0
+    full_env = {"PATH": os.environ.get("PATH", ""), **env}
+    with subprocess.Popen(
+        [sys.executable, "-m", "dspkg.cli", "show", "dataset://many/v1", "--files"],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as dspkg:
+        assert dspkg.stdout is not None and dspkg.stderr is not None
+        dspkg.stdout.readline()
+        dspkg.stdout.close()  # as `head -1` does once it has its line
+        stderr = dspkg.stderr.read().decode()
+        assert dspkg.wait(timeout=120) == 1
+    assert stderr == ""

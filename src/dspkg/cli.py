@@ -70,6 +70,10 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         _error(str(exc))
     except KeyboardInterrupt:
         _error("interrupted")
+    except BrokenPipeError:
+        # The reader went away (`dspkg show --files ... | head`): nothing to say to it,
+        # and the streams' last flush at exit must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         _error(f"{exc.strerror or exc}{where}")
