@@ -149,9 +149,10 @@ class Cache:
                 path.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(OSError):  # locks only save work: go on without them
                 self.locks.mkdir(exist_ok=True)
-            if not (self.objects / "ff").is_dir():
+            if not os.path.isdir(f"{self._objects_str}/ff"):
                 for i in range(256):
-                    (self.objects / f"{i:02x}").mkdir(exist_ok=True)
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(f"{self._objects_str}/{i:02x}")
             self.sweep()
             name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
             own = self.tmp / name
