@@ -39,6 +39,7 @@ import hashlib
 import json
 import re
 import zlib
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -135,18 +136,68 @@ def encode_shard(files: Sequence[FileEntry]) -> bytes:
 
 
 def shard_of(dataset: str, files: Sequence[FileEntry]) -> tuple[ShardInfo, bytes]:
-    data = encode_shard(files)
-    sha = hashlib.sha256(data).hexdigest()
-    info = ShardInfo(
-        key=shard_key(dataset, sha),
-        sha256=sha,
-        size=len(data),
-        count=len(files),
-        bytes=sum(f.size for f in files),
-        first=files[0].path,
-        last=files[-1].path,
-    )
-    return info, data
+    columns = ShardColumns()
+    for f in files:
+        columns.add(f)
+    return columns.shard(dataset)
+
+
+class ShardColumns:
+    """One shard's records as they are gathered: columns in arrays (a path, 32 bytes of
+    hash and three numbers a record, where a record object with its hash as text took
+    about 250 bytes), encoded into exactly what :func:`encode_shard` makes of them."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self._sizes = array("q")
+        self._shas = bytearray()
+        self._packages = array("q")  # -1: in no package
+        self._offsets = array("q")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def add(self, entry: FileEntry) -> None:
+        sha = bytes.fromhex(entry.sha256)
+        if len(sha) != 32 or sha.hex() != entry.sha256:
+            raise ValueError(f"not a SHA-256 in lowercase hex: {entry.sha256!r}")
+        self.paths.append(entry.path)
+        self._sizes.append(entry.size)
+        self._shas += sha
+        self._packages.append(-1 if entry.package is None else entry.package)
+        self._offsets.append(-1 if entry.offset is None else entry.offset)
+
+    def encode(self) -> bytes:
+        """The stored bytes (:func:`encode_shard`'s JSON, keys sorted, gzip'd), written
+        column by column."""
+
+        def numbers(values: array[int]) -> str:
+            # Counts are never negative: -1 is the missing value, JSON's null.
+            return "[" + ",".join(map(str, values)).replace("-1", "null") + "]"
+
+        shas = '["' + self._shas.hex(",", 32).replace(",", '","') + '"]' if self._shas else "[]"
+        paths = json.dumps(self.paths, separators=(",", ":"), ensure_ascii=False)
+        text = (
+            f'{{"offset":{numbers(self._offsets)},"package":{numbers(self._packages)},'
+            f'"path":{paths},"schema_version":{SCHEMA_V2},"sha256":{shas},'
+            f'"size":[{",".join(map(str, self._sizes))}]}}'
+        )
+        return gzip.compress(text.encode(), compresslevel=_GZIP_LEVEL, mtime=0)
+
+    def shard(self, dataset: str) -> tuple[ShardInfo, bytes]:
+        """The shard of these records, stored bytes and what its root says of it."""
+        data = self.encode()
+        sha = hashlib.sha256(data).hexdigest()
+        info = ShardInfo(
+            key=shard_key(dataset, sha),
+            sha256=sha,
+            size=len(data),
+            count=len(self.paths),
+            bytes=sum(self._sizes),
+            first=self.paths[0],
+            last=self.paths[-1],
+        )
+        return info, data
 
 
 class ShardWriter:
@@ -162,7 +213,7 @@ class ShardWriter:
         self.bytes = 0
         self.package_files = [0] * packages
         self._digest = hashlib.sha256()
-        self._current: list[FileEntry] = []
+        self._current = ShardColumns()
         self._last = ""
 
     def add(self, entry: FileEntry) -> tuple[ShardInfo, bytes] | None:
@@ -177,7 +228,7 @@ class ShardWriter:
                 self.package_files.extend([0] * (entry.package + 1 - len(self.package_files)))
             self.package_files[entry.package] += 1
         self._digest.update(f"{entry.path}\0{entry.size}\0{entry.sha256}\n".encode())
-        self._current.append(entry)
+        self._current.add(entry)
         count = len(self._current)
         cut = not zlib.crc32(entry.path.encode()) & self.limits.cut_mask
         if count >= self.limits.max_files or (count >= self.limits.min_files and cut):
@@ -188,8 +239,8 @@ class ShardWriter:
         """The shard in progress, finished (call once more after the last file)."""
         if not self._current:
             return None
-        info, data = shard_of(self.dataset, self._current)
-        self._current = []
+        info, data = self._current.shard(self.dataset)
+        self._current = ShardColumns()
         self.shards.append(info)
         return info, data
 
