@@ -115,6 +115,25 @@ def test_shard_columns_encode_what_the_records_encode(entries: list[FileEntry]) 
         columns.add(FileEntry("x", 1, "AB" * 32))
 
 
+def test_a_big_shard_is_encoded_a_piece_at_a_time_into_the_same_bytes() -> None:
+    """Past a few thousand records the columns are written in pieces: still one gzip
+    member, byte for byte what the whole document gives."""
+    entries = [
+        FileEntry(
+            f"d{i // 1000}/é{i:06d}\"x",
+            i * 7,
+            hashlib.sha256(str(i).encode()).hexdigest(),
+            None if i % 3 else i % 5,
+            None if i % 3 else i * 1000,
+        )
+        for i in range(20_000)
+    ]
+    columns = ShardColumns()
+    for entry in entries:
+        columns.add(entry)
+    assert columns.encode() == encode_shard(entries)
+
+
 @given(manifests(), st.integers(1, 7))
 def test_v2_round_trip(manifest: Manifest, per_shard: int) -> None:
     limits = ShardLimits(min_files=1, max_files=per_shard, cut_mask=0b11)
