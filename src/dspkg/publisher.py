@@ -52,6 +52,7 @@ from dspkg.publish_plan import (
     version_paths,
 )
 from dspkg.publish_records import MergedDigest, Shard, VersionRecords
+from dspkg.shards import WRITER_LIMITS, ShardLimits
 from dspkg.sizes import format_size
 from dspkg.sources import FileReader, LocalFile, LocalFiles, ReadFile
 from dspkg.store import Store
@@ -70,6 +71,7 @@ class PublishOptions:
     jobs: int = 32
     read_threads: int = 4
     speedups: bool = True  # the compiled reader of small files (DSPKG_SPEEDUPS=0: Python)
+    shard_limits: ShardLimits = WRITER_LIMITS  # where the manifest's shards are cut
 
 
 @dataclass(frozen=True)
@@ -586,7 +588,7 @@ async def _build(
     _say_where_files_go(run, plan)
     # Without blobs (--packages-only), a file in no package still needs its blob.
     every_blob = not run.options.packages_only
-    records = VersionRecords(plan, blobs=every_blob)
+    records = VersionRecords(plan, blobs=every_blob, limits=run.options.shard_limits)
     run.progress.start(f"publishing {plan.request.uri}", len(plan.local), plan.local.bytes)
     try:
         async with BoundedTasks(run.options.jobs) as blobs:
