@@ -120,7 +120,7 @@ def test_a_big_shard_is_encoded_a_piece_at_a_time_into_the_same_bytes() -> None:
     member, byte for byte what the whole document gives."""
     entries = [
         FileEntry(
-            f"d{i // 1000}/é{i:06d}\"x",
+            f'd{i // 1000}/é{i:06d}"x',
             i * 7,
             hashlib.sha256(str(i).encode()).hexdigest(),
             None if i % 3 else i % 5,
