@@ -124,7 +124,7 @@ def version_request(
     excluded = tuple(matching(parent_paths, target.exclude))
     request = VersionRequest(
         uri=target.uri,
-        files=tuple(outputs.named.rels()),
+        files=outputs.named.paths(),
         parent=parent,
         exclude=excluded,
         aliases=target.aliases,

@@ -22,7 +22,7 @@ import json
 import os
 import stat
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 from dspkg.errors import InvalidMetadata, InvalidName
 from dspkg.layout import LATEST
 from dspkg.names import VersionUri, check_name
-from dspkg.paths import all_paths_ok, path_problem
+from dspkg.paths import PathList, all_paths_ok, path_problem
 from dspkg.sources import LocalFiles, sorted_files
 
 JSONL_NAME = "valohai.metadata.jsonl"
@@ -44,7 +44,7 @@ class VersionRequest:
     """One version the outputs ask for, merged over every file that names it."""
 
     uri: VersionUri
-    files: tuple[str, ...]
+    files: Sequence[str]  # sorted, each once (a PathList when read from a directory)
     packaging: bool = False
     parent: VersionUri | None = None
     exclude: tuple[str, ...] = ()
@@ -136,8 +136,9 @@ def read_outputs(root: Path) -> Outputs:
             last = (entry, _merge_entry(drafts, rel, entry, where))
     check_named()
     del seen, last
-    versions = tuple(_finish(d) for d in sorted(drafts.values(), key=lambda d: d.uri))
-    return Outputs(root=root, versions=versions, named=files.done())
+    columns = files.done()
+    versions = tuple(_finish(d, columns) for d in sorted(drafts.values(), key=lambda d: d.uri))
+    return Outputs(root=root, versions=versions, named=columns)
 
 
 class _FileColumns:
@@ -352,14 +353,17 @@ def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: 
     return draft
 
 
-def _finish(draft: _Draft) -> VersionRequest:
+def _finish(draft: _Draft, named: LocalFiles) -> VersionRequest:
     files = draft.files
     files.sort()
     if any(map(str.__eq__, files, itertools.islice(files, 1, None))):
         files = list(dict.fromkeys(files))  # a file named twice for the version
+    # A version of every file named (the usual case) shares the outputs' paths.
+    paths = named.paths() if len(files) == len(named) else PathList(files)
+    draft.files = []
     return VersionRequest(
         uri=draft.uri,
-        files=tuple(files),
+        files=paths,
         packaging=draft.packaging,
         parent=draft.parent,
         exclude=tuple(sorted(draft.exclude)),

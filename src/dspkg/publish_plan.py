@@ -202,12 +202,12 @@ def plan_tasks(
     return packages + blobs
 
 
-def version_paths(request: VersionRequest, parent_paths: Sequence[str]) -> list[str]:
+def version_paths(request: VersionRequest, parent_paths: Sequence[str]) -> Sequence[str]:
     """Every path of the version ``request`` asks for, given its parent's paths."""
     own = request.files
     if request.start_fresh or not parent_paths:
         if all(map(str.__lt__, own, itertools.islice(own, 1, None))):
-            return list(own)  # sorted and each once already (what requests hold)
+            return own  # sorted and each once already (what requests hold)
         return sorted(set(own))
     excluded = set(request.exclude)
     return sorted(set(own) | {p for p in parent_paths if p not in excluded})

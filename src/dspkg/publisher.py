@@ -486,7 +486,7 @@ async def _validate(
     in_run = {r.uri for r in requests}
     parents: dict[VersionUri, Manifest] = {}
     existing: dict[VersionUri, ManifestRoot] = {}
-    paths: dict[VersionUri, list[str]] = {}
+    paths: dict[VersionUri, Sequence[str]] = {}
     for req in requests:
         if req.parent is not None and req.parent not in in_run and req.parent not in parents:
             try:
@@ -497,7 +497,7 @@ async def _validate(
                     f"{run.store.url}; publish it first or fix 'from'",
                     path=req.source,
                 ) from None
-        parent_paths: list[str] = []
+        parent_paths: Sequence[str] = []
         if req.parent in paths:
             parent_paths = paths[req.parent]
         elif req.parent in parents:
