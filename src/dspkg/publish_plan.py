@@ -287,12 +287,6 @@ def data_offsets(files: Iterable[tuple[str, int]]) -> Iterator[int]:
         position += size
 
 
-def layout_offsets(files: Iterable[tuple[str, int]]) -> dict[str, int]:
-    """Where each file's data starts in the package of ``(path, size)``, in order."""
-    pairs = list(files)
-    return dict(zip((p for p, _ in pairs), data_offsets(pairs), strict=True))
-
-
 @dataclass(frozen=True)
 class BuiltPackage:
     info: PackageInfo
