@@ -38,7 +38,6 @@ from dspkg.shards import (
     encode_manifest,
     encode_shard,
     join_shards,
-    shard_of,
 )
 
 COMPILED = speedups.compiled_checks()
@@ -426,6 +425,22 @@ def _packaged(n: int) -> Manifest:
     return Manifest("s", "v", tuple(files), (package,), created_at="t")
 
 
+def _raw_shard(dataset: str, files: list[FileEntry]) -> tuple[ShardInfo, bytes]:
+    """A shard of ``files`` as they are, hostile or not (the publish's writer checks them)."""
+    data = encode_shard(files)
+    sha = hashlib.sha256(data).hexdigest()
+    info = ShardInfo(
+        key=shard_key(dataset, sha),
+        sha256=sha,
+        size=len(data),
+        count=len(files),
+        bytes=sum(f.size for f in files),
+        first=files[0].path,
+        last=files[-1].path,
+    )
+    return info, data
+
+
 _BASE = _packaged(30)
 _ENTRY = _BASE.files[14]
 _LIMITS = ShardLimits(min_files=10, max_files=10, cut_mask=0)
@@ -458,7 +473,7 @@ def test_hostile_records_give_the_same_errors(
         files[at] = files[at]._replace(offset=None, package=None)
         files.sort()
     # Shards of ten records as an attacker would write them (the writer refuses disorder).
-    shards = [shard_of("s", files[i : i + 10]) for i in range(0, len(files), 10)]
+    shards = [_raw_shard("s", files[i : i + 10]) for i in range(0, len(files), 10)]
     root = replace(
         encode_manifest(_BASE, _LIMITS)[0],
         shards=tuple(info for info, _ in shards),

@@ -30,10 +30,10 @@ def test_lines_and_sidecars_merge_into_versions(tmp_path: Path) -> None:
     outputs = read_outputs(out)
     by_uri = {v.uri: v for v in outputs.versions}
     v1 = by_uri[VersionUri("ds", "v1")]
-    assert v1.files == ("a.txt", "b/c.txt", "d.txt")
+    assert tuple(v1.files) == ("a.txt", "b/c.txt", "d.txt")
     assert v1.packaging is True
     assert v1.aliases == ("prod",)
-    assert by_uri[VersionUri("other", "x")].files == ("d.txt",)
+    assert tuple(by_uri[VersionUri("other", "x")].files) == ("d.txt",)
     assert outputs.files() == ["a.txt", "b/c.txt", "d.txt"]
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dspkg.errors import InvalidArgument, InvalidName
 from dspkg.names import VersionUri, check_name, parse_dataset_uri
-from dspkg.paths import all_paths_ok, path_problem, tree_problem
+from dspkg.paths import PathList, all_paths_ok, path_problem, tree_problem
 from dspkg.sizes import format_size, parse_size
 
 
@@ -57,6 +57,39 @@ def test_tree_problem_finds_every_collision(paths: list[str]) -> None:
     dirs = {f.rpartition("/")[0] for f in folded if "/" in f}
     expect_problem = len(set(folded)) != len(folded) or bool(dirs & set(folded))
     assert (tree_problem(paths) is not None) == expect_problem
+    assert tree_problem(PathList(paths)) == tree_problem(paths)
+    assert tree_problem(sorted(paths)) == tree_problem(PathList(sorted(paths)))
+
+
+@given(
+    paths=st.lists(
+        st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=9),
+        max_size=9_000,
+    ),
+    start=st.integers(-10, 9_010),
+    stop=st.integers(-10, 9_010),
+)
+@example(paths=[f"d/é{i:05d}" for i in range(9_000)], start=4_000, stop=8_200)
+def test_a_path_list_holds_the_paths_it_was_given(paths: list[str], start: int, stop: int) -> None:
+    """Paths held as one string: the same paths back, one by one, in slices and in runs
+    (across the pieces iteration splits at), and the joined text."""
+    column = PathList(paths)
+    assert len(column) == len(paths) and list(column) == paths
+    assert column.text == "\n".join(paths)
+    assert column[start:stop] == paths[start:stop]
+    assert column[::3] == paths[::3]
+    if paths:
+        assert column[-1] == paths[-1] and column[len(paths) // 2] == paths[len(paths) // 2]
+    lo, hi = sorted((max(0, min(start, len(paths))), max(0, min(stop, len(paths)))))
+    assert list(column.range(lo, hi)) == paths[lo:hi]
+    with pytest.raises(IndexError):
+        column[len(paths)]
+
+
+@pytest.mark.parametrize("paths", [["a", "b\nc"], ["a", ""], [""]])
+def test_a_path_list_refuses_what_would_hide_among_its_separators(paths: list[str]) -> None:
+    with pytest.raises(ValueError, match="empty or holds a newline"):
+        PathList(paths)
 
 
 # Characters each rule of the path check turns on: separators, dots and spaces at ends,

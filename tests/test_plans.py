@@ -11,21 +11,23 @@ from hypothesis import strategies as st
 
 from dspkg import zipformat as zf
 from dspkg.errors import UnsafePackage
-from dspkg.manifest import FileEntry, Manifest, PackageInfo
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot, PackageInfo, ShardInfo
 from dspkg.metadata import VersionRequest
 from dspkg.names import VersionUri
 from dspkg.publish_plan import (
-    BuiltPackage,
-    assemble_manifest,
-    layout_offsets,
+    VersionPlan,
+    data_offsets,
     package_bytes,
     plan_tasks,
     plan_version,
+    shape_digest,
     split_packages,
     split_runs,
 )
+from dspkg.publish_records import VersionRecords
 from dspkg.pull_plan import Tuning, estimate, header_start, plan_fetch
-from dspkg.sources import LocalFile
+from dspkg.shards import WRITER_LIMITS, ShardLimits, encode_manifest
+from dspkg.sources import LocalFile, LocalFiles
 from dspkg.zipwriter import PackageWriter
 from tests.helpers import build_package
 
@@ -36,6 +38,21 @@ def local_files(sizes: list[int]) -> list[LocalFile]:
     return [LocalFile(f"d/{i:04d}", f"/x/{i}", s) for i, s in enumerate(sizes)]
 
 
+def greedy_split(files: list[LocalFile], package_size: int) -> list[list[LocalFile]]:
+    """The rule of a split, file by file: a package takes files while the bound of its
+    size stays within the limit (at least one file)."""
+    groups: list[list[LocalFile]] = []
+    used = zf.END_RECORDS_MAX
+    for f in files:
+        cost = zf.entry_cost_max(len(f.rel.encode()), f.size)
+        if not groups or (groups[-1] and used + cost > package_size):
+            groups.append([])
+            used = zf.END_RECORDS_MAX
+        groups[-1].append(f)
+        used += cost
+    return groups
+
+
 @given(sizes=_sizes, limit=st.integers(1_000, 200_000))
 def test_split_keeps_order_and_limit(sizes: list[int], limit: int) -> None:
     files = local_files(sizes)
@@ -43,6 +60,19 @@ def test_split_keeps_order_and_limit(sizes: list[int], limit: int) -> None:
     assert [f for g in groups for f in g] == files
     for group in groups:
         assert package_bytes(group) <= limit or len(group) == 1
+    assert [list(g) for g in groups] == greedy_split(files, limit)
+    # The same cuts over columns, each group a view of them.
+    columns = split_packages(LocalFiles.of(files), limit)
+    assert [list(g) for g in columns] == greedy_split(files, limit)
+    assert all(isinstance(g, LocalFiles) for g in columns)
+
+
+@given(sizes=_sizes)
+def test_shape_digest_is_the_digest_of_the_whole_layout(sizes: list[int]) -> None:
+    files = local_files(sizes)
+    text = "".join(f"{f.rel}\0{f.size}\n" for f in files)
+    expected = hashlib.sha256(text.encode()).hexdigest()
+    assert shape_digest(files) == shape_digest(LocalFiles.of(files)) == expected
 
 
 @given(sizes=_sizes)
@@ -110,7 +140,7 @@ def test_distributed_tasks_make_the_single_publish_packages(
     single = plan_version(
         request,
         None,
-        {f.rel: f for f in files},
+        LocalFiles.of(files),
         packaging=packaging,
         package_size=package_size,
         attempt="a",
@@ -126,7 +156,7 @@ def test_distributed_tasks_make_the_single_publish_packages(
         task_bytes=package_size,
     )
     packaged = [(t.package, t.files) for t in tasks if t.package is not None]
-    assert packaged == [(p.name, p.files) for p in single.packages]
+    assert packaged == [(p.name, tuple(p.files)) for p in single.packages]
     loose = [f for t in tasks if t.package is None for f in t.files]
     in_packages = {f.rel for p in single.packages for f in p.files}
     assert loose == [f for f in files if f.rel not in in_packages]
@@ -209,9 +239,40 @@ def request(files: tuple[str, ...], **kw: object) -> VersionRequest:
     return VersionRequest(uri=VersionUri("d", "v2"), files=files, **kw)  # type: ignore[arg-type]
 
 
+def record(
+    plan: VersionPlan,
+    hashes: dict[str, tuple[int, str]],
+    infos: list[PackageInfo],
+    *,
+    blobs: bool,
+    limits: ShardLimits = WRITER_LIMITS,
+) -> tuple[ManifestRoot, list[tuple[ShardInfo, bytes]]]:
+    """What a publish records of ``plan``: files in no package first (when it builds
+    packages), then each package's files as they are packaged, at their offsets."""
+    records = VersionRecords(plan, blobs=blobs, limits=limits)
+    shards: list[tuple[ShardInfo, bytes]] = []
+
+    def entry(f: LocalFile, *where: int) -> FileEntry:
+        return FileEntry(f.rel, hashes[f.rel][0], hashes[f.rel][1], *where)
+
+    for f in plan.loose:
+        if plan.packages:
+            records.add_early(entry(f))
+        else:
+            shards += records.add(entry(f))
+    for package, info in zip(plan.packages, infos, strict=True):
+        number = records.package(info.key)
+        offsets = data_offsets((f.rel, f.size) for f in package.files)
+        for f, offset in zip(package.files, offsets, strict=True):
+            shards += records.add(entry(f, number, offset))
+        records.package_done(number, info)
+    shards += records.finish()
+    return records.root(created_at="t"), shards
+
+
 def test_child_plan_inherits_excludes_and_overrides() -> None:
     parent, _ = packaged_manifest([10, 20, 30])
-    local = {"d/0001": LocalFile("d/0001", "/x", 5), "new": LocalFile("new", "/y", 7)}
+    local = LocalFiles.of([LocalFile("d/0001", "/x", 5), LocalFile("new", "/y", 7)])
     plan = plan_version(
         request(("d/0001", "new"), exclude=("d/0000",), parent=parent.uri),
         parent,
@@ -224,18 +285,27 @@ def test_child_plan_inherits_excludes_and_overrides() -> None:
     assert [p.key for p in plan.packages] == ["packages/d/v2/a1/d.v2.vhpkgzip"]
     assert [f.rel for f in plan.local] == ["d/0001", "new"]
     assert [p.name for p in plan.packages] == ["d.v2.vhpkgzip"]
-    built = BuiltPackage(
-        PackageInfo("d.v2.vhpkgzip", "packages/d/v2/a1/d.v2.vhpkgzip", 500, "1" * 64, 2),
-        {"d/0001": 100, "new": 200},
-    )
+    info = PackageInfo("d.v2.vhpkgzip", "packages/d/v2/a1/d.v2.vhpkgzip", 500, "1" * 64, 2)
     hashes = {"d/0001": (5, "c" * 64), "new": (7, "e" * 64)}
-    manifest = assemble_manifest(plan, hashes, [built], created_at="t", blobs=True)
-    assert [f.path for f in manifest.files] == ["d/0001", "d/0002", "new"]
-    assert [p.key for p in manifest.packages] == [parent.packages[0].key, built.info.key]
+    root, shards = record(plan, hashes, [info], blobs=True)
+    assert len(shards) == 1
+    manifest = Manifest(
+        "d",
+        "v2",
+        (
+            FileEntry("d/0001", 5, "c" * 64, 1, 36),
+            FileEntry("d/0002", 30, parent.files[2].sha256, 0, parent.files[2].offset),
+            FileEntry("new", 7, "e" * 64, 1, 36 + 5 + 33),
+        ),
+        (parent.packages[0], info),
+        parent="dataset://d/v",
+        created_at="t",
+        package_max_file=plan.package_max_file,
+    )
+    assert (root, shards) == encode_manifest(manifest)
     by_path = {f.path: f for f in manifest.files}
     assert by_path["d/0002"].package == 0 and by_path["new"].package == 1
-    assert manifest.parent == "dataset://d/v"
-    # The manifest survives its own validation.
+    assert root.parent == "dataset://d/v"
     assert Manifest.from_json(manifest.to_json(), obj="m") == manifest
 
 
@@ -244,12 +314,98 @@ def test_start_fresh_inherits_nothing() -> None:
     plan = plan_version(
         request((), start_fresh=True, parent=parent.uri),
         parent,
-        {},
+        LocalFiles.of([]),
         packaging=False,
         package_size=1,
         attempt="a1",
     )
     assert plan.inherited == () and plan.files == 0
+
+
+def whole_manifest(
+    plan: VersionPlan, hashes: dict[str, tuple[int, str]], infos: list[PackageInfo], blobs: bool
+) -> Manifest:
+    """The manifest of ``plan`` made at once, the way publish made it before it streamed."""
+    parent = plan.parent
+    packages: list[PackageInfo] = []
+
+    def number(info: PackageInfo) -> int:
+        if info not in packages:
+            packages.append(info)
+        return packages.index(info)
+
+    files = [
+        f._replace(package=number(parent.packages[f.package]))
+        if parent is not None and f.package is not None
+        else f
+        for f in plan.inherited
+    ]
+    packaged = {}
+    for package, info in zip(plan.packages, infos, strict=True):
+        index = number(info)
+        offsets = data_offsets((f.rel, f.size) for f in package.files)
+        for f, offset in zip(package.files, offsets, strict=True):
+            packaged[f.rel] = (index, offset)
+    files += [FileEntry(f.rel, *hashes[f.rel], *packaged.get(f.rel, ())) for f in plan.local]
+    return Manifest(
+        "d",
+        plan.request.uri.version,
+        tuple(sorted(files)),
+        tuple(packages),
+        parent=str(parent.uri) if parent else None,
+        created_at="t",
+        blobs=blobs and (parent is None or parent.blobs or not plan.inherited),
+        package_max_file=plan.package_max_file,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3_000), min_size=0, max_size=60),
+    parent_sizes=st.lists(st.integers(0, 3_000), min_size=0, max_size=30),
+    mine=st.sets(st.integers(0, 90)),
+    max_file=st.integers(1, 3_000),
+    package_size=st.integers(2_000, 40_000),
+    packaging=st.booleans(),
+    blobs=st.booleans(),
+    limits=st.tuples(st.integers(1, 6), st.integers(6, 12), st.sampled_from([0, 1, 3])),
+)
+def test_records_as_they_come_are_the_whole_manifest(
+    sizes: list[int],
+    parent_sizes: list[int],
+    mine: set[int],
+    max_file: int,
+    package_size: int,
+    packaging: bool,
+    blobs: bool,
+    limits: tuple[int, int, int],
+) -> None:
+    """A publish records files as it reads them, merged with its parent's, and stores
+    shards as they fill: the same shards and root as the whole manifest encoded at once,
+    for any mix of inherited, packaged and too-big files and any cuts."""
+    parent, _ = packaged_manifest(parent_sizes) if parent_sizes else (None, b"")
+    # This run's files: new ones between and after the parent's, some replacing its own.
+    names = sorted({f"d/{i:04d}" for i in mine} | {f"d/{i:04d}x" for i in range(len(sizes))})
+    files = [LocalFile(rel, "/x", size) for rel, size in zip(names, sizes, strict=False)]
+    plan = plan_version(
+        request(tuple(f.rel for f in files), parent=parent.uri if parent else None),
+        parent,
+        LocalFiles.of(files),
+        packaging=packaging,
+        package_size=package_size,
+        attempt="a1",
+        max_file=max_file,
+    )
+    hashes = {f.rel: (f.size, hashlib.sha256(f.rel.encode()).hexdigest()) for f in files}
+    infos = [
+        PackageInfo(p.name, p.key, package_bytes(p.files), f"{i:064x}", len(p.files))
+        for i, p in enumerate(plan.packages)
+    ]
+    shard_limits = ShardLimits(*limits)
+    root, shards = record(plan, hashes, infos, blobs=blobs, limits=shard_limits)
+    manifest = whole_manifest(plan, hashes, infos, blobs)
+    assert (root, shards) == encode_manifest(manifest, shard_limits)
+    assert root.digest == manifest.digest
 
 
 @given(
@@ -261,11 +417,10 @@ def test_files_at_or_above_the_limit_stay_out_of_packages(
     sizes: list[int], max_file: int, packages_only: bool
 ) -> None:
     files = local_files(sizes)
-    local = {f.rel: f for f in files}
     plan = plan_version(
-        request(tuple(local)),
+        request(tuple(f.rel for f in files)),
         None,
-        local,
+        LocalFiles.of(files),
         packaging=True,
         package_size=1 << 30,
         attempt="a1",
@@ -275,15 +430,14 @@ def test_files_at_or_above_the_limit_stay_out_of_packages(
     assert packaged == [f for f in files if f.size < max_file]
     assert plan.too_big == tuple(f for f in files if f.size >= max_file)
     assert plan.package_max_file == max_file
-    built = [
-        BuiltPackage(
-            PackageInfo(p.name, p.key, package_bytes(p.files), "1" * 64, len(p.files)),
-            layout_offsets([(f.rel, f.size, 0) for f in p.files]),
-        )
+    infos = [
+        PackageInfo(p.name, p.key, package_bytes(p.files), "1" * 64, len(p.files))
         for p in plan.packages
     ]
     hashes = {f.rel: (f.size, hashlib.sha256(f.rel.encode()).hexdigest()) for f in files}
-    manifest = assemble_manifest(plan, hashes, built, created_at="t", blobs=not packages_only)
+    root, _ = record(plan, hashes, infos, blobs=not packages_only)
+    manifest = whole_manifest(plan, hashes, infos, not packages_only)
+    assert root == encode_manifest(manifest)[0]
     # A file in no package is a blob: a pull fetches it so, also without blobs.
     fetch = plan_fetch(manifest, lambda f: False)
     assert {f.path for f in fetch.blobs} == {f.rel for f in files if f.size >= max_file}

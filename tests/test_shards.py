@@ -27,10 +27,12 @@ from dspkg.manifest import FileEntry, Manifest, PackageInfo, ShardInfo
 from dspkg.names import VersionUri
 from dspkg.paths import tree_problem
 from dspkg.shards import (
+    ShardColumns,
     ShardLimits,
     decode_shard,
     encode_manifest,
     encode_root,
+    encode_shard,
     join_shards,
     parse_stored,
     shard_bounds,
@@ -82,6 +84,54 @@ def manifests(draw: st.DrawFn) -> Manifest:
         else ()
     )
     return Manifest("h", "v", tuple(files), packages, created_at="t", blobs=True)
+
+
+_RECORDS = st.lists(
+    st.tuples(
+        st.text(min_size=1, max_size=12),
+        st.integers(0, 2**63 - 1),
+        st.binary(min_size=32, max_size=32).map(bytes.hex),
+        st.none() | st.integers(0, 2**40),
+        st.none() | st.integers(0, 2**63 - 1),
+    ).map(lambda r: FileEntry(*r)),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(_RECORDS)
+def test_shard_columns_encode_what_the_records_encode(entries: list[FileEntry]) -> None:
+    """A writer gathers a shard's records as columns: the bytes are those of the records
+    encoded as one JSON document (names with quotes, escapes and any Unicode; numbers
+    of any size; no package or offset)."""
+    columns = ShardColumns()
+    for entry in entries:
+        columns.add(entry)
+    assert columns.encode() == encode_shard(entries)
+    doc = json.loads(gzip.decompress(columns.encode()))
+    assert doc["path"] == [e.path for e in entries]
+    assert doc["offset"] == [e.offset for e in entries]
+    with pytest.raises(ValueError, match="lowercase hex"):
+        columns.add(FileEntry("x", 1, "AB" * 32))
+
+
+def test_a_big_shard_is_encoded_a_piece_at_a_time_into_the_same_bytes() -> None:
+    """Past a few thousand records the columns are written in pieces: still one gzip
+    member, byte for byte what the whole document gives."""
+    entries = [
+        FileEntry(
+            f'd{i // 1000}/é{i:06d}"x',
+            i * 7,
+            hashlib.sha256(str(i).encode()).hexdigest(),
+            None if i % 3 else i % 5,
+            None if i % 3 else i * 1000,
+        )
+        for i in range(20_000)
+    ]
+    columns = ShardColumns()
+    for entry in entries:
+        columns.add(entry)
+    assert columns.encode() == encode_shard(entries)
 
 
 @given(manifests(), st.integers(1, 7))

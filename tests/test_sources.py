@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import zlib
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dspkg.errors import SourceChanged
-from dspkg.sources import FileReader, LocalFile, ReadFile
+from dspkg.sources import FileReader, LocalFile, LocalFiles, ReadFile, sorted_files
 from dspkg.speedups import compiled_reader
 from dspkg.zipwriter import LOCAL_PREFIX, PackageWriter
 
@@ -158,3 +159,51 @@ def test_a_batch_with_a_changed_file_is_read_again_in_python_and_stops_there(
 
     with pytest.raises(SourceChanged, match=r"changed size while being published \(5 -> 6"):
         asyncio.run(run())
+
+
+@given(
+    names=st.lists(
+        st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=6),
+        max_size=30,
+        unique=True,
+    ),
+    moved=st.sets(st.integers(0, 29)),
+    start=st.integers(-35, 35),
+    stop=st.integers(-35, 35),
+    picks=st.lists(st.booleans(), min_size=30, max_size=30),
+)
+def test_local_files_as_columns_are_the_list_of_files(
+    names: list[str], moved: set[int], start: int, stop: int, picks: list[bool]
+) -> None:
+    """Columns (paths, sizes in an array, real paths only where not base + path) behave
+    as the list of LocalFile they hold: items, slices (views), subsets and lookups."""
+    rels = sorted(names)
+    files = [
+        LocalFile(rel, f"/elsewhere/{i}" if i in moved else f"/base/{rel}", 10 * i)
+        for i, rel in enumerate(rels)
+    ]
+    shuffled = list(reversed(rels))
+    columns = sorted_files(
+        shuffled,
+        array("q", (10 * rels.index(r) for r in shuffled)),
+        base="/base/",
+        moved={f.rel: f.path for f in files if not f.path.startswith("/base/")},
+    )
+    assert list(columns) == files == list(LocalFiles.of(files))
+    assert [columns[i] for i in range(-len(files), len(files))] == files + files
+    view = columns[start:stop]
+    assert list(view) == files[start:stop] and len(view) == len(files[start:stop])
+    assert list(view.rels()) == [f.rel for f in files[start:stop]]
+    assert view.bytes == sum(f.size for f in files[start:stop])
+    assert list(view[1:]) == files[start:stop][1:]
+    chosen = [f for f, keep in zip(files, picks, strict=False) if keep]
+    assert list(columns.subset([f.rel for f in chosen])) == chosen
+    assert list(columns.where(picks[: len(files)])) == chosen
+    for f in files:
+        assert columns.find(f.rel) == f
+    assert columns.find("x" * 7) is None  # longer than any name
+    with pytest.raises(IndexError):
+        columns[len(files)]
+    if len(files) > 1:
+        with pytest.raises(ValueError, match="sorted"):
+            LocalFiles.of(reversed(files))

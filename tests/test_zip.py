@@ -25,7 +25,7 @@ from dspkg.zipreader import (
     parse_local_header,
     read_central_directory,
 )
-from dspkg.zipwriter import PackageWriter
+from dspkg.zipwriter import PackageWriter, WrittenEntry
 from tests.helpers import build_package, read_entry
 
 # Names as a dataset would have them: safe relative paths, some non-ASCII.
@@ -303,3 +303,66 @@ def test_overlapping_entries_are_refused() -> None:
     struct.pack_into("<I", patched, second + 42, entries[0].header_offset)
     with pytest.raises(UnsafePackage, match="overlaps"):
         read_central_directory(reader(bytes(patched)), len(patched))
+
+
+def expected_entries(entries: list[tuple[str, int, int]]) -> list[WrittenEntry]:
+    """Where each entry lands, from the layout rule: a local header, the name, a ZIP64
+    field for sizes past 4 GiB, then the data."""
+    out = []
+    position = 0
+    for name, size, crc in entries:
+        data = position + zf.local_header_size(name.encode(), size)
+        out.append(WrittenEntry(name, size, crc, position, data))
+        position = data + size
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    entries=st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=8),
+            st.one_of(st.integers(0, 70_000), st.integers(2**32 - 2, 2**33)),
+            st.integers(0, 2**32 - 1),
+        ),
+        max_size=25,
+        unique_by=lambda e: e[0],
+    ).map(sorted),
+    part_size=st.integers(1, 5_000),
+)
+def test_the_packed_directory_gives_back_the_entries_added(
+    entries: list[tuple[str, int, int]], part_size: int
+) -> None:
+    """The writer keeps each entry only as its central record, packed: read back, the
+    records are the entries added (ZIP64 sizes and offsets too), and the directory comes
+    out in pieces of at most ``part_size`` bytes that join into the whole."""
+    whole, pieces = PackageWriter(), PackageWriter()
+    for name, size, crc in entries:
+        whole.add(name, size, crc)
+        if size < zf.MAX32:  # the compiled reader's way: headers laid out by the caller
+            pieces.add_written(name, len(name.encode()), size, crc)
+        else:
+            pieces.add(name, size, crc)
+    assert whole.entries == pieces.entries == expected_entries(entries)
+    assert whole.count == len(entries)
+    parts = list(pieces.finish_parts(part_size))
+    assert all(len(p) <= part_size for p in parts[:-1])
+    assert b"".join(parts) == whole.finish()
+    assert pieces.position == whole.position
+
+
+def test_a_directory_of_many_entries_is_kept_deflated_and_comes_back_whole() -> None:
+    """Past a megabyte of records the directory is kept deflated; what comes out is the
+    directory Python's zipfile reads, entry for entry."""
+    names = [f"d{i // 1000:03d}/file-{i:06d}.bin" for i in range(40_000)]
+    writer = PackageWriter()
+    out = bytearray()
+    for i, name in enumerate(names):
+        data = i.to_bytes(4, "little")
+        out += writer.add(name, len(data), zlib.crc32(data)) + data
+    pieces = list(writer.finish_parts(1 << 20))
+    assert len(pieces) >= 3 and all(len(p) <= 1 << 20 for p in pieces)
+    out += b"".join(pieces)
+    with zipfile.ZipFile(io.BytesIO(bytes(out))) as archive:
+        assert archive.namelist() == names
+        assert archive.read(names[12_345]) == (12_345).to_bytes(4, "little")

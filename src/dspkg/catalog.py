@@ -279,6 +279,12 @@ class Catalog:
         key = manifest_key(manifest.dataset, manifest.version)
         return await self.store.put(key, encode_root(root), create=True)
 
+    async def create_root(self, root: ManifestRoot) -> bool:
+        """Create the version of ``root`` whose shards are stored already (a publish
+        stores them as it goes); False when the version exists (never overwritten)."""
+        key = manifest_key(root.dataset, root.version)
+        return await self.store.put(key, encode_root(root), create=True)
+
     async def write_shards(self, shards: Sequence[tuple[ShardInfo, bytes]]) -> None:
         """Shards are named by their content: one already there is the same, kept."""
         async with BoundedTasks(SHARD_REQUESTS) as tasks:

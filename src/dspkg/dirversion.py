@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from dspkg.metadata import Outputs, VersionRequest, Where, inside_root
 from dspkg.names import VersionUri, check_name
 from dspkg.paths import path_problem
 from dspkg.selection import Pattern, compile_pattern
+from dspkg.sources import sorted_files
 
 
 @dataclass(frozen=True)
@@ -82,22 +84,26 @@ def read_directory(root: Path, target: DirectoryVersion) -> tuple[Outputs, froze
         raise InvalidMetadata("not a directory; give the directory to publish", path=str(root))
     root = root.resolve()
     used: set[str] = set()
-    found = {rel: (real, size) for rel, real, size in _walk(root, target.exclude, used)}
-    chosen = list(found)
+    base = f"{root}/"
+    rels: list[str] = []
+    sizes = array("q")
+    moved: dict[str, str] = {}  # real paths that are not base + rel (links on the way)
+    for rel, real, size in _walk(root, target.exclude, used):
+        rels.append(rel)
+        sizes.append(size)
+        if real != base + rel:
+            moved[rel] = real
+    found = sorted_files(rels, sizes, base=base, moved=moved)
+    del rels, sizes
     if target.include:
-        chosen = matching(chosen, target.include)
+        chosen = matching(found.rels(), target.include)
         for glob in target.include:
             if not any(map(_matcher(glob), chosen)):
                 raise InvalidMetadata(
                     f"--include {glob.text!r} matches no file; check the pattern", path=str(root)
                 )
-    outputs = Outputs(
-        root=root,
-        versions=(),
-        sizes={rel: found[rel][1] for rel in chosen},
-        paths={rel: found[rel][0] for rel in chosen},
-    )
-    return outputs, frozenset(used)
+        found = found.subset(chosen)
+    return Outputs(root=root, versions=(), named=found), frozenset(used)
 
 
 def version_request(
@@ -109,7 +115,7 @@ def version_request(
     """The request for ``target`` once its parent is known (``parent``: resolved when
     ``--from`` named an alias); ``parent_paths`` are the parent's files. Also returns
     the parent's paths that ``--exclude`` leaves out."""
-    if not outputs.paths and parent is None:
+    if not outputs.named and parent is None:
         raise InvalidMetadata(
             f"no file to publish as {target.uri}; give a directory with files, or --from "
             "a version to build on",
@@ -118,7 +124,7 @@ def version_request(
     excluded = tuple(matching(parent_paths, target.exclude))
     request = VersionRequest(
         uri=target.uri,
-        files=tuple(sorted(outputs.paths)),
+        files=outputs.named.paths(),
         parent=parent,
         exclude=excluded,
         aliases=target.aliases,

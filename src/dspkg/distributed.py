@@ -316,8 +316,7 @@ def publish_outputs(
     outputs = read_outputs(Path(outputs_dir))
     results = []
     for request in in_dependency_order(outputs.versions):
-        files = [LocalFile(rel, outputs.paths[rel], outputs.sizes[rel]) for rel in request.files]
-        files.sort(key=lambda f: f.rel)
+        files = list(outputs.local(request))
         packaging = packaging_of(request, options, progress)
         tasks = plan_tasks(
             target,

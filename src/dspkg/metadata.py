@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import json
 import os
 import stat
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,7 +30,8 @@ from typing import Any, NamedTuple
 from dspkg.errors import InvalidMetadata, InvalidName
 from dspkg.layout import LATEST
 from dspkg.names import VersionUri, check_name
-from dspkg.paths import all_paths_ok, path_problem
+from dspkg.paths import PathList, all_paths_ok, path_problem
+from dspkg.sources import LocalFiles, sorted_files
 
 JSONL_NAME = "valohai.metadata.jsonl"
 SIDECAR_SUFFIX = ".metadata.json"
@@ -41,7 +44,7 @@ class VersionRequest:
     """One version the outputs ask for, merged over every file that names it."""
 
     uri: VersionUri
-    files: tuple[str, ...]
+    files: Sequence[str]  # sorted, each once (a PathList when read from a directory)
     packaging: bool = False
     parent: VersionUri | None = None
     exclude: tuple[str, ...] = ()
@@ -54,7 +57,9 @@ class VersionRequest:
 class _Draft:
     uri: VersionUri
     source: Where
-    files: set[str] = field(default_factory=set)
+    # Every file named for it, in the order named (a file named twice is there twice
+    # until _finish): a list costs 8 bytes a file, a set four times that.
+    files: list[str] = field(default_factory=list)
     packaging: bool = False
     parent: VersionUri | None = None
     parent_source: str = ""
@@ -69,13 +74,16 @@ class Outputs:
 
     root: Path
     versions: tuple[VersionRequest, ...]
-    # Of every file the metadata names: its size, and its real path (inside the root).
-    sizes: dict[str, int] = field(default_factory=dict)
-    paths: dict[str, str] = field(default_factory=dict)
+    # Every file the metadata names, with its size and real path (inside the root).
+    named: LocalFiles = field(default_factory=lambda: LocalFiles([], array("q")))
 
     def files(self) -> list[str]:
         """Every data file under the root (metadata files aside), sorted, as relative paths."""
         return sorted(_walk_data_files(self.root))
+
+    def local(self, request: VersionRequest) -> LocalFiles:
+        """The files of ``request`` (which these outputs ask for)."""
+        return self.named.subset(request.files)
 
 
 class Where(NamedTuple):
@@ -93,8 +101,8 @@ def read_outputs(root: Path) -> Outputs:
     if not root.is_dir():
         raise InvalidMetadata("not a directory; give the directory of outputs", path=str(root))
     root = root.resolve()
-    sizes: dict[str, int] = {}
-    paths: dict[str, str] = {}
+    seen: set[str] = set()
+    files = _FileColumns(root)
     drafts: dict[VersionUri, _Draft] = {}
     last: tuple[Any, _Draft] = (None, _Draft(VersionUri("_", "_"), Where("")))
     folders: dict[str, str] = {}
@@ -109,12 +117,12 @@ def read_outputs(root: Path) -> Outputs:
                 if problem:
                     raise _invalid(where, f"file {rel!r} cannot be published: {problem}")
         for rel, where in named:
-            paths[rel], sizes[rel] = _check_file(root, rel, where, folders, checked=True)
+            files.add(rel, *_check_file(root, rel, where, folders, checked=True))
         named.clear()
 
     for rel, meta, where in _read_sources(root):
-        if rel not in sizes:
-            sizes[rel] = -1  # named; checked with the next batch
+        if rel not in seen:
+            seen.add(rel)  # named; checked with the next batch
             named.append((rel, where))
             if len(named) >= _CHECK_BATCH:
                 check_named()
@@ -123,12 +131,34 @@ def read_outputs(root: Path) -> Outputs:
             raise _invalid(where, f"{VERSIONS_KEY} must be a list")
         for entry in entries:
             if entry == last[0]:  # the same entry as the line before: just one more file
-                last[1].files.add(rel)
+                last[1].files.append(rel)
                 continue
             last = (entry, _merge_entry(drafts, rel, entry, where))
     check_named()
-    versions = tuple(_finish(d) for d in sorted(drafts.values(), key=lambda d: d.uri))
-    return Outputs(root=root, versions=versions, sizes=sizes, paths=paths)
+    del seen, last
+    columns = files.done()
+    versions = tuple(_finish(d, columns) for d in sorted(drafts.values(), key=lambda d: d.uri))
+    return Outputs(root=root, versions=versions, named=columns)
+
+
+class _FileColumns:
+    """The files named so far, as columns; a real path is kept only where it is not the
+    root joined with the file's path (a link on the way)."""
+
+    def __init__(self, root: Path) -> None:
+        self.base = f"{root}/"
+        self.rels: list[str] = []
+        self.sizes = array("q")
+        self.moved: dict[str, str] = {}
+
+    def add(self, rel: str, real: str, size: int) -> None:
+        self.rels.append(rel)
+        self.sizes.append(size)
+        if len(real) != len(self.base) + len(rel) or real != self.base + rel:
+            self.moved[rel] = real
+
+    def done(self) -> LocalFiles:
+        return sorted_files(self.rels, self.sizes, base=self.base, moved=self.moved)
 
 
 def _read_sources(root: Path) -> Iterator[tuple[str, dict[str, Any], Where]]:
@@ -289,7 +319,7 @@ def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: 
         if uri.version == LATEST:
             raise _invalid(where, f"{uri}: '{LATEST}' is kept by dspkg and cannot name a version")
         draft = drafts.setdefault(uri, _Draft(uri=uri, source=where))
-        draft.files.add(rel)
+        draft.files.append(rel)
         if entry.get("packaging") is True:
             draft.packaging = True
         if entry.get("start_fresh") is True:
@@ -323,10 +353,17 @@ def _merge_entry(drafts: dict[VersionUri, _Draft], rel: str, entry: Any, where: 
     return draft
 
 
-def _finish(draft: _Draft) -> VersionRequest:
+def _finish(draft: _Draft, named: LocalFiles) -> VersionRequest:
+    files = draft.files
+    files.sort()
+    if any(map(str.__eq__, files, itertools.islice(files, 1, None))):
+        files = list(dict.fromkeys(files))  # a file named twice for the version
+    # A version of every file named (the usual case) shares the outputs' paths.
+    paths = named.paths() if len(files) == len(named) else PathList(files)
+    draft.files = []
     return VersionRequest(
         uri=draft.uri,
-        files=tuple(sorted(draft.files)),
+        files=paths,
         packaging=draft.packaging,
         parent=draft.parent,
         exclude=tuple(sorted(draft.exclude)),

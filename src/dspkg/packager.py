@@ -21,7 +21,8 @@ from dspkg.sources import Batch, LocalFile, ReadFile
 from dspkg.store import Store
 from dspkg.zipwriter import LOCAL_PREFIX, PackageWriter
 
-OnFile = Callable[[ReadFile], Awaitable[None]]
+# Each file as it is packaged, with where its data starts in the package.
+OnFile = Callable[[ReadFile, int], Awaitable[None]]
 
 
 class Source(Protocol):
@@ -41,7 +42,7 @@ class Source(Protocol):
     def stream(self, read: ReadFile) -> AsyncIterator[bytes]: ...
 
 
-async def _no_op(_: ReadFile) -> None:
+async def _no_op(_: ReadFile, __: int) -> None:
     return None
 
 
@@ -78,11 +79,11 @@ async def upload_package(
     keep_data: bool = True,
 ) -> BuiltPackage:
     """Read, hash and package ``plan.files`` into ``plan.key``; ``on_file`` sees each file
-    read (without its bytes unless ``keep_data``: then a reader may lay small files out as
-    package bytes itself, in C, which spares this loop most of its work per file)."""
+    read and where its data lies (without its bytes unless ``keep_data``: then a reader
+    may lay small files out as package bytes itself, in C, which spares this loop most of
+    its work per file). Nothing per file outlives the package but its central record."""
     writer = PackageWriter()
     digest = _Digest()
-    offsets: dict[str, int] = {}
     prefix = None if keep_data else LOCAL_PREFIX
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -103,8 +104,7 @@ async def upload_package(
                 for read in batch.reads:
                     name, nbytes = read.file.rel, read.file.size
                     writer.add_written(name, len(name.encode("utf-8")), nbytes, read.crc32)
-                    offsets[name] = writer.last.data_offset
-                    await on_file(read)
+                    await on_file(read, writer.last.data_offset)
                 # Already one buffer: handed on as it is (the store gathers its parts).
                 if pieces:
                     yield part()
@@ -113,7 +113,7 @@ async def upload_package(
                 continue
             for read in batch.reads:
                 header = writer.add(read.file.rel, read.file.size, read.crc32)
-                offsets[read.file.rel] = writer.last.data_offset
+                offset = writer.last.data_offset
                 pieces.append(header)
                 size += len(header)
                 if read.data is not None:
@@ -125,11 +125,14 @@ async def upload_package(
                         size += len(block)
                         if size >= part_size:
                             yield part()
-                await on_file(read)
+                await on_file(read, offset)
                 if size >= part_size:
                     yield part()
-        pieces.append(writer.finish())
-        yield part()
+        if pieces:
+            yield part()
+        for piece in writer.finish_parts(part_size):
+            digest.update(piece)
+            yield piece
 
     try:
         await store.put_stream(plan.key, chunks(), part_size=part_size, concurrency=concurrency)
@@ -141,9 +144,9 @@ async def upload_package(
         key=plan.key,
         size=writer.position,
         sha256=sha256,
-        entries=len(plan.files),
+        entries=writer.count,
     )
-    return BuiltPackage(info=info, offsets=offsets)
+    return BuiltPackage(info=info)
 
 
 def log_upload_start(progress: Progress, prefix: str, store: Store, name: str, size: int) -> None:

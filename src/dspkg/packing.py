@@ -143,7 +143,7 @@ async def package_version(
         log_few_files(progress, uri, len(manifest.files))
         built = await _build(store, plan, options, progress)
         keys = [b.info.key for b in built]
-        updated = with_packages(manifest, built, options.package_max_file)
+        updated = with_packages(plan, built)
         try:
             won = await catalog.replace_manifest(updated, revision)
             if not won:
@@ -187,7 +187,7 @@ async def _build(
     count = len(plan.packages)
     progress.start(f"packaging {plan.manifest.uri}", plan.files, plan.bytes)
 
-    async def on_file(read: ReadFile) -> None:
+    async def on_file(read: ReadFile, _: int) -> None:
         progress.advance(1, read.file.size)
 
     try:

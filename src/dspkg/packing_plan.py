@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from dspkg.layout import blob_key
 from dspkg.manifest import FileEntry, Manifest
-from dspkg.publish_plan import BuiltPackage, PackagePlan, plan_packages
+from dspkg.publish_plan import BuiltPackage, PackagePlan, data_offsets, plan_packages
 from dspkg.sources import LocalFile
 
 
@@ -69,13 +69,17 @@ def plan_packing(
     )
 
 
-def with_packages(manifest: Manifest, built: Sequence[BuiltPackage], max_file: int) -> Manifest:
-    """``manifest`` with the packages ``built`` added and their files pointing into them."""
+def with_packages(plan: PackingPlan, built: Sequence[BuiltPackage]) -> Manifest:
+    """The version of ``plan`` with the packages ``built`` (of ``plan.packages``) added
+    and their files pointing into them."""
+    manifest = plan.manifest
     first = len(manifest.packages)
     where = {
-        path: (first + index, offset)
-        for index, package in enumerate(built)
-        for path, offset in package.offsets.items()
+        f.rel: (first + index, offset)
+        for index, (package, _) in enumerate(zip(plan.packages, built, strict=True))
+        for f, offset in zip(
+            package.files, data_offsets((f.rel, f.size) for f in package.files), strict=True
+        )
     }
     files = tuple(
         f._replace(package=where[f.path][0], offset=where[f.path][1]) if f.path in where else f
@@ -85,5 +89,5 @@ def with_packages(manifest: Manifest, built: Sequence[BuiltPackage], max_file: i
         manifest,
         files=files,
         packages=(*manifest.packages, *(p.info for p in built)),
-        package_max_file=max_file,
+        package_max_file=plan.max_file,
     )

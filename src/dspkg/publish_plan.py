@@ -13,9 +13,11 @@ with parallel ranged GETs.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 
 from dspkg import zipformat as zf
 from dspkg.errors import InvalidArgument
@@ -24,8 +26,7 @@ from dspkg.manifest import FileEntry, Manifest, PackageInfo
 from dspkg.metadata import VersionRequest
 from dspkg.names import VersionUri
 from dspkg.sizes import format_size, parse_size
-from dspkg.sources import LocalFile
-from dspkg.zipwriter import PackageWriter
+from dspkg.sources import LocalFile, LocalFiles
 
 # Files at or above this size are stored as blobs, not packaged (--package-max-file).
 PACKAGE_MAX_FILE = 10_000_000
@@ -55,7 +56,7 @@ def package_max_file(value: int | str) -> int:
 class PackagePlan:
     name: str
     key: str
-    files: tuple[LocalFile, ...]
+    files: Sequence[LocalFile]  # a view of the version's LocalFiles when planned from them
 
     @property
     def estimated_size(self) -> int:
@@ -67,7 +68,7 @@ class VersionPlan:
     request: VersionRequest
     parent: Manifest | None
     inherited: tuple[FileEntry, ...]
-    local: tuple[LocalFile, ...]
+    local: LocalFiles
     packages: tuple[PackagePlan, ...]
     unmatched_excludes: tuple[str, ...]
     package_max_file: int | None = None  # when packaging: bigger files stay blobs
@@ -77,7 +78,17 @@ class VersionPlan:
         """Files of this run kept out of its packages for their size."""
         if self.package_max_file is None:
             return ()
-        return tuple(f for f in self.local if f.size >= self.package_max_file)
+        limit = self.package_max_file
+        return tuple(self.local.where(size >= limit for size in self.local.sizes()))
+
+    @property
+    def loose(self) -> LocalFiles:
+        """Files of this run in none of its packages: all of them without packages."""
+        if not self.packages:
+            return self.local
+        limit = self.package_max_file
+        assert limit is not None
+        return self.local.where(size >= limit for size in self.local.sizes())
 
     @property
     def files(self) -> int:
@@ -85,45 +96,59 @@ class VersionPlan:
 
     @property
     def bytes(self) -> int:
-        return sum(f.size for f in self.inherited) + sum(f.size for f in self.local)
+        return sum(f.size for f in self.inherited) + self.local.bytes
+
+
+def _columns(files: Sequence[LocalFile]) -> tuple[Iterable[str], Iterable[int]]:
+    """Paths and sizes of ``files``, straight from the columns of :class:`LocalFiles`."""
+    if isinstance(files, LocalFiles):
+        return files.rels(), files.sizes()
+    return [f.rel for f in files], [f.size for f in files]
 
 
 def package_bytes(files: Sequence[LocalFile]) -> int:
     """The exact size of the package :class:`~dspkg.zipwriter.PackageWriter` makes of ``files``."""
-    return zf.package_size((len(f.rel.encode()), f.size) for f in files)
+    rels, sizes = _columns(files)
+    names = array("q", map(len, map(str.encode, rels)))
+    data = array("q", sizes)
+    plain = zf.plain_package_size(len(data), sum(names), sum(data), max(data, default=0))
+    if plain is not None:
+        return plain
+    return zf.package_size(zip(names, data, strict=True))
 
 
-def split_packages(files: Sequence[LocalFile], package_size: int) -> list[list[LocalFile]]:
-    """Consecutive runs of ``files`` (sorted) whose packages stay within ``package_size``.
+def split_packages(files: Sequence[LocalFile], package_size: int) -> list[Sequence[LocalFile]]:
+    """Consecutive runs of ``files`` (sorted) whose packages stay within ``package_size``
+    (slices of ``files``: views, for :class:`LocalFiles`).
 
     A file bigger than the limit gets a package of its own.
     """
-    # The per-entry bound is its name twice, its data and a constant: all in one package
-    # when their sum fits (the common case: no loop in Python).
+    if not files:
+        return []
+    # The per-entry bound is its name twice, its data and a constant; a run ends where
+    # the running sum of bounds passes the limit (found by bisection, not file by file).
+    rels, sizes = _columns(files)
     fixed = zf.entry_cost_max(0, 0)
-    names = sum(len(f.rel.encode()) for f in files)
-    if zf.END_RECORDS_MAX + fixed * len(files) + 2 * names + sum(f.size for f in files) <= (
-        package_size
-    ):
-        return [list(files)] if files else []
-    groups: list[list[LocalFile]] = []
-    current: list[LocalFile] = []
-    used = zf.END_RECORDS_MAX
-    for f in files:
-        cost = zf.entry_cost_max(len(f.rel.encode()), f.size)
-        if current and used + cost > package_size:
-            groups.append(current)
-            current, used = [], zf.END_RECORDS_MAX
-        current.append(f)
-        used += cost
-    if current:
-        groups.append(current)
+    costs = map(
+        lambda name, size: fixed + 2 * len(name.encode()) + size,
+        rels,
+        sizes,
+    )
+    ends = array("q", itertools.accumulate(costs))
+    room = package_size - zf.END_RECORDS_MAX
+    groups: list[Sequence[LocalFile]] = []
+    start, spent = 0, 0
+    while start < len(files):
+        stop = max(start + 1, bisect_right(ends, spent + room, start))
+        groups.append(files[start:stop])
+        spent = ends[stop - 1]
+        start = stop
     return groups
 
 
-def packable(files: Sequence[LocalFile], max_file: int) -> list[LocalFile]:
+def packable(files: LocalFiles, max_file: int) -> LocalFiles:
     """The files small enough for a package (below ``max_file``); the others stay blobs."""
-    return [f for f in files if f.size < max_file]
+    return files.where(size < max_file for size in files.sizes())
 
 
 def split_runs(files: Sequence[LocalFile], max_files: int, max_bytes: int) -> list[list[LocalFile]]:
@@ -166,7 +191,7 @@ def plan_tasks(
     bytes; without packaging, every file in such tasks."""
     if not packaging:
         return [TaskPlan(tuple(run), None) for run in split_runs(files, task_files, task_bytes)]
-    small = packable(files, max_file)
+    small = [f for f in files if f.size < max_file]
     groups = split_packages(small, package_size)
     packages = [
         TaskPlan(tuple(group), package_name(uri.dataset, uri.version, i, len(groups)))
@@ -177,19 +202,21 @@ def plan_tasks(
     return packages + blobs
 
 
-def version_paths(request: VersionRequest, parent_paths: Sequence[str]) -> list[str]:
+def version_paths(request: VersionRequest, parent_paths: Sequence[str]) -> Sequence[str]:
     """Every path of the version ``request`` asks for, given its parent's paths."""
-    own = set(request.files)
-    if request.start_fresh:
-        return sorted(own)
+    own = request.files
+    if request.start_fresh or not parent_paths:
+        if all(map(str.__lt__, own, itertools.islice(own, 1, None))):
+            return own  # sorted and each once already (what requests hold)
+        return sorted(set(own))
     excluded = set(request.exclude)
-    return sorted(own | {p for p in parent_paths if p not in excluded})
+    return sorted(set(own) | {p for p in parent_paths if p not in excluded})
 
 
 def plan_version(
     request: VersionRequest,
     parent: Manifest | None,
-    local: Mapping[str, LocalFile],
+    own: LocalFiles,
     *,
     packaging: bool,
     package_size: int,
@@ -197,19 +224,20 @@ def plan_version(
     max_file: int = PACKAGE_MAX_FILE,
     names: Callable[[int, int], str] | None = None,
 ) -> VersionPlan:
-    """``attempt`` names this publish's packages apart from any other's (see layout);
-    files of ``max_file`` bytes or more stay out of the packages; ``names(i, n)`` names
-    package ``i`` of ``n`` (default ``ds.ver[.i-of-n].vhpkgzip``)."""
-    own = tuple(local[rel] for rel in sorted(request.files))
-    own_paths = {f.rel for f in own}
+    """The plan of ``request`` given its ``parent`` and ``own``, the files of this run
+    that it takes. ``attempt`` names this publish's packages apart from any other's (see
+    layout); files of ``max_file`` bytes or more stay out of the packages; ``names(i, n)``
+    names package ``i`` of ``n`` (default ``ds.ver[.i-of-n].vhpkgzip``)."""
     inherited: list[FileEntry] = []
     unmatched: tuple[str, ...] = ()
     if parent is not None and not request.start_fresh:
         excluded = set(request.exclude)
+        own_paths = set(own.rels())
         parent_paths = {f.path for f in parent.files}
         unmatched = tuple(sorted(excluded - parent_paths))
+        del parent_paths
         inherited = [f for f in parent.files if f.path not in excluded and f.path not in own_paths]
-    packed = packable(own, max_file) if packaging else []
+    packed = packable(own, max_file) if packaging else LocalFiles([], array("q"))
     return VersionPlan(
         request=request,
         parent=parent,
@@ -233,84 +261,32 @@ def plan_packages(
     groups = split_packages(files, package_size)
     name_of = names or (lambda i, n: package_name(uri.dataset, uri.version, i, n))
     return tuple(
-        PackagePlan(name, package_key(uri.dataset, uri.version, attempt, name), tuple(group))
+        PackagePlan(name, package_key(uri.dataset, uri.version, attempt, name), group)
         for name, group in ((name_of(i, len(groups)), group) for i, group in enumerate(groups))
     )
 
 
 def shape_digest(files: Sequence[LocalFile]) -> str:
     """Identifies a package's layout (paths and sizes) before any file is read."""
-    text = "".join([f"{f.rel}\0{f.size}\n" for f in files])
-    return hashlib.sha256(text.encode()).hexdigest()
+    sha = hashlib.sha256()
+    rels, sizes = _columns(files)
+    lines = map("{}\0{}\n".format, rels, sizes)
+    # A piece of the text at a time: the same digest as the whole text at once.
+    while piece := "".join(itertools.islice(lines, 65536)):
+        sha.update(piece.encode())
+    return sha.hexdigest()
 
 
-def layout_offsets(files: Sequence[tuple[str, int, int]]) -> dict[str, int]:
-    """Where each file's data starts in the package of ``(path, size, crc32)``, in order."""
-    writer = PackageWriter()
-    offsets = {}
-    for path, size, crc in files:
-        writer.add(path, size, crc)
-        offsets[path] = writer.last.data_offset
-    return offsets
+def data_offsets(files: Iterable[tuple[str, int]]) -> Iterator[int]:
+    """Where the data of each file of ``(path, size)`` starts in the package made of them,
+    in order (the writer's layout: a local header, the name, a ZIP64 field past 4 GiB)."""
+    position = 0
+    for path, size in files:
+        position += zf.local_header_size(path.encode(), size)
+        yield position
+        position += size
 
 
 @dataclass(frozen=True)
 class BuiltPackage:
     info: PackageInfo
-    offsets: Mapping[str, int]
-
-
-def assemble_manifest(
-    plan: VersionPlan,
-    hashes: Mapping[str, tuple[int, str]],
-    built: Sequence[BuiltPackage],
-    *,
-    created_at: str,
-    blobs: bool,
-) -> Manifest:
-    """The manifest of a planned version once its files are hashed and packages built.
-
-    ``hashes`` maps each local path to ``(size, sha256)``; ``blobs`` says whether
-    this run stored every packaged local file on its own too (files in no package
-    always are).
-    """
-    packages: list[PackageInfo] = []
-    index_of: dict[str, int] = {}
-
-    def package_index(info: PackageInfo) -> int:
-        if info.key not in index_of:
-            index_of[info.key] = len(packages)
-            packages.append(info)
-        return index_of[info.key]
-
-    files: list[FileEntry] = []
-    parent = plan.parent
-    for f in plan.inherited:
-        if parent is not None and f.package is not None:
-            files.append(f._replace(package=package_index(parent.packages[f.package])))
-        else:
-            files.append(f)
-    offsets: dict[str, tuple[int, int]] = {}
-    for package in built:
-        index = package_index(package.info)
-        for rel, offset in package.offsets.items():
-            offsets[rel] = (index, offset)
-    for local in plan.local:
-        size, sha = hashes[local.rel]
-        where = offsets.get(local.rel)
-        if where is None:
-            files.append(FileEntry(local.rel, size, sha))
-        else:
-            files.append(FileEntry(local.rel, size, sha, where[0], where[1]))
-    files.sort(key=itemgetter(0))  # by path
-    inherited_blobs = parent is None or parent.blobs or not plan.inherited
-    return Manifest(
-        dataset=plan.request.uri.dataset,
-        version=plan.request.uri.version,
-        files=tuple(files),
-        packages=tuple(packages),
-        parent=str(parent.uri) if parent is not None else None,
-        created_at=created_at,
-        blobs=blobs and inherited_blobs,
-        package_max_file=plan.package_max_file,
-    )

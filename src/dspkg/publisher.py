@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import heapq
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dspkg import memory
 from dspkg.catalog import Catalog, now_iso, whole
 from dspkg.collector import DEFAULT_GRACE
 from dspkg.committer import read_part
@@ -31,7 +35,7 @@ from dspkg.errors import (
     StoreError,
 )
 from dspkg.layout import LATEST, blob_key, new_attempt, part_key, part_package_name
-from dspkg.manifest import Manifest, ManifestRoot, content_digest
+from dspkg.manifest import FileEntry, Manifest, ManifestRoot, PackageInfo
 from dspkg.metadata import Outputs, VersionRequest, read_outputs
 from dspkg.names import VersionUri
 from dspkg.packager import log_few_files, log_upload_done, log_upload_start, upload_package
@@ -40,18 +44,17 @@ from dspkg.paths import tree_problem
 from dspkg.progress import Progress
 from dspkg.publish_plan import (
     PACKAGE_MAX_FILE,
-    BuiltPackage,
     PackagePlan,
     VersionPlan,
-    assemble_manifest,
-    layout_offsets,
+    data_offsets,
     plan_version,
     shape_digest,
     version_paths,
 )
-from dspkg.shards import encode_manifest
+from dspkg.publish_records import MergedDigest, Shard, VersionRecords
+from dspkg.shards import WRITER_LIMITS, ShardLimits
 from dspkg.sizes import format_size
-from dspkg.sources import FileReader, LocalFile, ReadFile
+from dspkg.sources import FileReader, LocalFile, LocalFiles, ReadFile
 from dspkg.store import Store
 
 
@@ -68,6 +71,7 @@ class PublishOptions:
     jobs: int = 32
     read_threads: int = 4
     speedups: bool = True  # the compiled reader of small files (DSPKG_SPEEDUPS=0: Python)
+    shard_limits: ShardLimits = WRITER_LIMITS  # where the manifest's shards are cut
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,34 @@ class PublishResult:
         }
 
 
+# Blobs of its own a publish remembers having put (a duplicate further back is put
+# again; the store keeps the first): bounded, where a set of every file grew by about
+# 150 bytes a file.
+RECENT_BLOBS = 65_536
+
+
+class _KnownBlobs:
+    """Blobs a publish need not put: its parents' (when they have them), and the last
+    ``recent`` it put itself."""
+
+    def __init__(self, recent: int = RECENT_BLOBS) -> None:
+        self._parents: set[str] = set()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._limit = recent
+
+    def add_parent(self, parent: Manifest) -> None:
+        self._parents.update(f.sha256 for f in parent.files if parent.blobs or f.package is None)
+
+    def fresh(self, sha256: str) -> bool:
+        """Whether the blob ``sha256`` is to be put (and it is remembered as put)."""
+        if sha256 in self._parents or sha256 in self._recent:
+            return False
+        self._recent[sha256] = None
+        if len(self._recent) > self._limit:
+            self._recent.popitem(last=False)
+        return True
+
+
 @dataclass
 class _Session:
     """What one publish shares across its versions: the store, the blobs known to be
@@ -149,7 +181,7 @@ class _Session:
     progress: Progress
     reader: FileReader
     attempt: str = field(default_factory=new_attempt)
-    known_blobs: set[str] = field(default_factory=set)
+    known_blobs: _KnownBlobs = field(default_factory=_KnownBlobs)
     uploaded_packages: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -226,8 +258,8 @@ async def _publish(
     started, requests_before = since
     bytes_before = store.stats.bytes_up
     requests = in_dependency_order(outputs.versions)
-    all_rels = sorted({rel for req in requests for rel in req.files})
-    local = {rel: LocalFile(rel, outputs.paths[rel], outputs.sizes[rel]) for rel in all_rels}
+    local = {req.uri: outputs.local(req) for req in requests}
+    files, nbytes = _totals(list(local.values()))
     catalog = Catalog(store)
     with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
         run = _Session(
@@ -239,14 +271,14 @@ async def _publish(
             if part is not None:
                 for req in requests:
                     names = _part_names(req.uri, part)
-                    results.append(await _stage(run, req, local, packaging[req.uri], part, names))
+                    results.append(
+                        await _stage(run, req, local[req.uri], packaging[req.uri], part, names)
+                    )
             else:
                 await _publish_versions(run, requests, local, packaging, results)
         except BaseException:
             await _discard_packages(run)
             raise
-    files = len(all_rels)
-    nbytes = sum(f.size for f in local.values())
     return PublishResult(
         versions=tuple(results),
         files=files,
@@ -257,21 +289,35 @@ async def _publish(
     )
 
 
+def _totals(versions: Sequence[LocalFiles]) -> tuple[int, int]:
+    """Files and bytes of the versions together (a file in two of them counts once)."""
+    if len(versions) == 1:
+        return len(versions[0]), versions[0].bytes
+    files = nbytes = 0
+    last = None
+    for rel, size in heapq.merge(*(zip(v.rels(), v.sizes(), strict=True) for v in versions)):
+        if rel != last:
+            files += 1
+            nbytes += size
+            last = rel
+    return files, nbytes
+
+
 async def _publish_versions(
     run: _Session,
     requests: Sequence[VersionRequest],
-    local: dict[str, LocalFile],
+    local: dict[VersionUri, LocalFiles],
     packaging: dict[VersionUri, bool],
     results: list[VersionResult],
 ) -> None:
     parents, existing = await _validate(run, requests)
-    manifests: dict[VersionUri, Manifest] = {}
+    published: set[VersionUri] = set()
     for req in requests:
-        parent = await _parent_manifest(run, req, parents, manifests, existing)
+        parent = await _parent_manifest(run, req, parents, published, existing)
         plan = plan_version(
             req,
             parent,
-            local,
+            local[req.uri],
             packaging=packaging[req.uri],
             package_size=run.options.package_size,
             attempt=run.attempt,
@@ -282,10 +328,10 @@ async def _publish_versions(
         if req.uri in existing:
             results.append(await _confirm_same(run, plan, existing[req.uri]))
             continue
-        manifest, uploaded = await _build(run, plan)
-        manifest, result = await _commit_version(run, plan, manifest, uploaded)
-        manifests[req.uri] = manifest
-        results.append(result)
+        root, uploaded = await _build(run, plan)
+        results.append(await _commit_version(run, plan, root, uploaded))
+        published.add(req.uri)
+        memory.trim()  # what the version's packages and shards took, back to the system
 
 
 def _part_names(uri: VersionUri, part: str) -> Callable[[int, int], str]:
@@ -307,7 +353,7 @@ async def stage_files(
     ``package_name``: the files make exactly one package of this name (what a task of
     :mod:`dspkg.distributed` builds: the package a single publish would have there).
     """
-    local = {f.rel: f for f in files}
+    local = LocalFiles.of(sorted(files))
     names = None if package_name is None else _one_package(package_name)
     with ThreadPoolExecutor(max_workers=options.read_threads) as executor:
         run = _Session(
@@ -336,7 +382,7 @@ def _one_package(name: str) -> Callable[[int, int], str]:
 async def _stage(
     run: _Session,
     req: VersionRequest,
-    local: dict[str, LocalFile],
+    local: LocalFiles,
     packaging: bool,
     name: str,
     names: Callable[[int, int], str] | None,
@@ -363,8 +409,7 @@ async def _stage(
     staged = await read_part(run.catalog, uri, name)
     if staged is not None:
         return await _confirm_same_part(run, plan, staged)
-    manifest, uploaded = await _build(run, plan)
-    root, shards = encode_manifest(manifest)
+    root, uploaded = await _build(run, plan)  # its shards stored as they were finished
     part = Part(
         name,
         replace(root, parent=str(req.parent) if req.parent else None),
@@ -372,8 +417,7 @@ async def _stage(
         start_fresh=req.start_fresh,
         aliases=req.aliases,
     )
-    await run.catalog.write_shards(shards)
-    await _outlived_the_grace(run)
+    await _outlived_the_grace(run, root)
     key = part_key(uri.dataset, uri.version, name)
     if not await run.store.put(key, part.to_json(), create=True):
         other = await read_part(run.catalog, uri, name)
@@ -389,12 +433,16 @@ async def _stage(
     return _result(part.root, created=True, uploaded=set(uploaded), aliases=(), part=name)
 
 
+async def _local_digest(run: _Session, plan: VersionPlan, inherited: Iterable[FileEntry]) -> str:
+    """The content digest of ``plan``'s version, its local files read (and hashed) again."""
+    digest = MergedDigest(inherited)
+    async for read in run.reader.read_all(plan.local, keep_data=False):
+        digest.add(read.file.rel, read.file.size, read.sha256)
+    return digest.hexdigest()
+
+
 async def _confirm_same_part(run: _Session, plan: VersionPlan, staged: Part) -> VersionResult:
-    hashes: dict[str, tuple[int, str]] = {}
-    async for read in run.reader.read_all(plan.local):
-        hashes[read.file.rel] = (read.file.size, read.sha256)
-    files = sorted((f.rel, *hashes[f.rel]) for f in plan.local)
-    if content_digest(files) != staged.root.digest:
+    if await _local_digest(run, plan, ()) != staged.root.digest:
         raise _part_differs(plan.request.uri, staged.name)
     run.progress.log(f"part {staged.name!r} of {plan.request.uri} is staged already; nothing to do")
     return _result(staged.root, created=False, uploaded=set(), aliases=(), part=staged.name)
@@ -438,7 +486,7 @@ async def _validate(
     in_run = {r.uri for r in requests}
     parents: dict[VersionUri, Manifest] = {}
     existing: dict[VersionUri, ManifestRoot] = {}
-    paths: dict[VersionUri, list[str]] = {}
+    paths: dict[VersionUri, Sequence[str]] = {}
     for req in requests:
         if req.parent is not None and req.parent not in in_run and req.parent not in parents:
             try:
@@ -449,7 +497,7 @@ async def _validate(
                     f"{run.store.url}; publish it first or fix 'from'",
                     path=req.source,
                 ) from None
-        parent_paths: list[str] = []
+        parent_paths: Sequence[str] = []
         if req.parent in paths:
             parent_paths = paths[req.parent]
         elif req.parent in parents:
@@ -471,15 +519,20 @@ async def _parent_manifest(
     run: _Session,
     req: VersionRequest,
     parents: dict[VersionUri, Manifest],
-    manifests: dict[VersionUri, Manifest],
+    published: set[VersionUri],
     existing: dict[VersionUri, ManifestRoot],
 ) -> Manifest | None:
+    """The parent of ``req``: from the store before this run, published by it (read back:
+    a publish keeps no version's files), or republished unchanged in it."""
     if req.parent is None:
         return None
-    found = manifests.get(req.parent) or parents.get(req.parent)
-    if found is None and req.parent in existing:  # republished unchanged in this run
+    found = parents.get(req.parent)
+    if found is None and req.parent in published:
+        found = await run.catalog.read_manifest(req.parent)
+    elif found is None and req.parent in existing:
         found = whole(existing[req.parent], await run.catalog.read_files(existing[req.parent]))
-        manifests[req.parent] = found
+    if found is not None:
+        parents[req.parent] = found
     return found
 
 
@@ -501,13 +554,7 @@ def packaging_of(req: VersionRequest, options: PublishOptions, progress: Progres
 async def _confirm_same(run: _Session, plan: VersionPlan, existing: ManifestRoot) -> VersionResult:
     """Republishing: identical content is a no-op, anything else an error. The digests
     compare the content without loading the existing version's files."""
-    hashes: dict[str, tuple[int, str]] = {}
-    async for read in run.reader.read_all(plan.local):
-        hashes[read.file.rel] = (read.file.size, read.sha256)
-    files = [f[:3] for f in plan.inherited]
-    files += [(f.rel, *hashes[f.rel]) for f in plan.local]
-    files.sort()
-    if content_digest(files) != existing.file_digest():
+    if await _local_digest(run, plan, plan.inherited) != existing.file_digest():
         uri = plan.request.uri
         raise AlreadyExists(
             f"{uri} already exists with different content; versions are immutable, "
@@ -530,40 +577,52 @@ async def _confirm_same(run: _Session, plan: VersionPlan, existing: ManifestRoot
     return _result(existing, created=False, uploaded=set(), aliases=req.aliases)
 
 
-async def _build(run: _Session, plan: VersionPlan) -> tuple[Manifest, dict[str, tuple[str, str]]]:
-    """Read every new file once: its blob and its package go up together. Returns the
-    manifest and, for the packages uploaded here, what the reuse index records."""
+async def _build(
+    run: _Session, plan: VersionPlan
+) -> tuple[ManifestRoot, dict[str, tuple[str, str]]]:
+    """Read every new file once: its blob and its package go up together, and its record
+    joins the manifest's shards, each stored once finished. Returns the version's root
+    (to create) and, for the packages uploaded here, what the reuse index records."""
     if plan.parent is not None:
-        parent = plan.parent
-        run.known_blobs.update(f.sha256 for f in parent.files if parent.blobs or f.package is None)
+        run.known_blobs.add_parent(plan.parent)
     _say_where_files_go(run, plan)
-    hashes: dict[str, tuple[int, str]] = {}
-    packaged = {f.rel for p in plan.packages for f in p.files}
     # Without blobs (--packages-only), a file in no package still needs its blob.
     every_blob = not run.options.packages_only
-    run.progress.start(
-        f"publishing {plan.request.uri}", len(plan.local), sum(f.size for f in plan.local)
-    )
+    records = VersionRecords(plan, blobs=every_blob, limits=run.options.shard_limits)
+    run.progress.start(f"publishing {plan.request.uri}", len(plan.local), plan.local.bytes)
     try:
         async with BoundedTasks(run.options.jobs) as blobs:
 
-            async def on_file(read: ReadFile) -> None:
-                hashes[read.file.rel] = (read.file.size, read.sha256)
-                wanted = every_blob or read.file.rel not in packaged
-                if wanted and read.sha256 not in run.known_blobs:
-                    run.known_blobs.add(read.sha256)
+            async def put_blob(read: ReadFile, wanted: bool) -> None:
+                if wanted and run.known_blobs.fresh(read.sha256):
                     await blobs.spawn(_put_blob(run, read))
                 run.progress.advance(1, read.file.size)
 
-            built, uploaded = await _upload_packages(run, plan, hashes, on_file)
-            async for read in run.reader.read_all([f for f in plan.local if f.rel not in packaged]):
-                await on_file(read)
+            loose = plan.loose
+            if plan.packages:
+                # Files in no package are few (too big to package): read first, each
+                # record waits for its place among the packaged files.
+                async for read in run.reader.read_all(loose):
+                    await put_blob(read, True)
+                    records.add_early(FileEntry(read.file.rel, read.file.size, read.sha256))
+                uploaded = await _upload_packages(run, plan, records, put_blob, every_blob)
+            else:
+                uploaded = {}
+                async for read in run.reader.read_all(loose):
+                    await put_blob(read, True)
+                    entry = FileEntry(read.file.rel, read.file.size, read.sha256)
+                    await _store_shards(run, records.add(entry))
+            await _store_shards(run, records.finish())
     finally:
         run.progress.done()
-    manifest = assemble_manifest(
-        plan, hashes, built, created_at=now_iso(), blobs=not run.options.packages_only
-    )
-    return manifest, uploaded
+    return records.root(created_at=now_iso()), uploaded
+
+
+async def _store_shards(run: _Session, shards: Sequence[Shard]) -> None:
+    """Shards are stored as soon as they are finished: named by their content, and named
+    by no root until the version's is created, they are no version yet."""
+    if shards:
+        await run.catalog.write_shards(shards)
 
 
 def _say_where_files_go(run: _Session, plan: VersionPlan) -> None:
@@ -585,84 +644,108 @@ def _say_where_files_go(run: _Session, plan: VersionPlan) -> None:
 async def _upload_packages(
     run: _Session,
     plan: VersionPlan,
-    hashes: dict[str, tuple[int, str]],
-    on_file: Callable[[ReadFile], Awaitable[None]],
-) -> tuple[list[BuiltPackage], dict[str, tuple[str, str]]]:
+    records: VersionRecords,
+    put_blob: Callable[[ReadFile, bool], Awaitable[None]],
+    every_blob: bool,
+) -> dict[str, tuple[str, str]]:
     """Every package of the plan, reused when an identical one is in the store, else
-    streamed up as its files are read. Returns the packages and, for those uploaded here,
-    ``key -> (shape, content digest)`` for the reuse index."""
-    built: list[BuiltPackage] = []
+    streamed up as its files are read; each file's record goes to ``records`` as it is
+    packaged. Returns, for the packages uploaded here, ``key -> (shape, content digest)``
+    for the reuse index."""
     uploaded: dict[str, tuple[str, str]] = {}
     count = len(plan.packages)
     for index, package in enumerate(plan.packages, start=1):
         prefix = f"(dataset version package {index}/{count})"
-        shape = shape_digest(package.files)
-        reused = await _reusable(run, package, shape, on_file)
-        if reused is not None:
-            run.progress.log(
-                f"{prefix} {package.name} is identical to {reused.info.key}; not uploading it"
-            )
-            built.append(reused)
-            continue
-        log_upload_start(run.progress, prefix, run.store, package.name, package.estimated_size)
-        run.uploaded_packages.append(package.key)
-        done = await upload_package(
-            run.store,
-            package,
-            run.reader,
-            on_file=on_file,
-            concurrency=max(2, min(run.options.jobs, 8)),
-            keep_data=not run.options.packages_only,  # only blobs need a file's bytes
-        )
-        built.append(done)
-        entries = [(f.rel, *hashes[f.rel]) for f in package.files]
-        uploaded[package.key] = (shape, content_digest(entries))
-        log_upload_done(run.progress, prefix, package.key)
-    return built, uploaded
+        done = await _package(run, package, prefix, records, put_blob, every_blob)
+        if done is not None:
+            uploaded[package.key] = done
+        memory.trim()  # a package's directory and buffers, back to the system
+    return uploaded
+
+
+async def _package(
+    run: _Session,
+    package: PackagePlan,
+    prefix: str,
+    records: VersionRecords,
+    put_blob: Callable[[ReadFile, bool], Awaitable[None]],
+    every_blob: bool,
+) -> tuple[str, str] | None:
+    """One package, reused or uploaded; for one uploaded, ``(shape, content digest)``."""
+    shape = shape_digest(package.files)
+    content = hashlib.sha256()  # the package's content digest, file by file
+    reused = await _reusable(run, package, shape)
+    number = records.package(package.key if reused is None else reused[0].key)
+
+    async def on_file(read: ReadFile, offset: int) -> None:
+        rel, size, sha = read.file.rel, read.file.size, read.sha256
+        content.update(f"{rel}\0{size}\0{sha}\n".encode())
+        await put_blob(read, every_blob)
+        await _store_shards(run, records.add(FileEntry(rel, size, sha, number, offset)))
+
+    if reused is not None:
+        info, shas = reused
+        run.progress.log(f"{prefix} {package.name} is identical to {info.key}; not uploading it")
+        await _replay(run, package, shas, every_blob, on_file)
+        records.package_done(number, info)
+        return None
+    log_upload_start(run.progress, prefix, run.store, package.name, package.estimated_size)
+    run.uploaded_packages.append(package.key)
+    done = await upload_package(
+        run.store,
+        package,
+        run.reader,
+        on_file=on_file,
+        concurrency=max(2, min(run.options.jobs, 8)),
+        keep_data=every_blob,  # only blobs need a file's bytes
+    )
+    records.package_done(number, done.info)
+    log_upload_done(run.progress, prefix, package.key)
+    return shape, content.hexdigest()
 
 
 async def _commit_version(
-    run: _Session, plan: VersionPlan, manifest: Manifest, uploaded: dict[str, tuple[str, str]]
-) -> tuple[Manifest, VersionResult]:
-    """Create the manifest (the one commit point), then note the packages and move aliases."""
+    run: _Session, plan: VersionPlan, root: ManifestRoot, uploaded: dict[str, tuple[str, str]]
+) -> VersionResult:
+    """Create the root (the one commit point), then note the packages and move aliases."""
     req = plan.request
-    await _outlived_the_grace(run)
-    if not await run.catalog.write_manifest(manifest):
+    await _outlived_the_grace(run, root)
+    if not await run.catalog.create_root(root):
         # Another publisher created it meanwhile; same content is fine, and then the
         # packages this one uploaded are named by nothing: remove them.
         other = await run.catalog.find_root(req.uri)
-        if other is None or not manifest.same_content(other):
+        if other is None or other.file_digest() != root.digest:
             raise AlreadyExists(
                 f"{req.uri} was created by another publisher with different content "
                 "while this one ran; publish under a new version name",
                 uri=str(req.uri),
             )
         await _discard_packages(run)
-        return manifest, _result(other, created=False, uploaded=set(), aliases=())
-    run.uploaded_packages.clear()  # referenced by a manifest now: never discard them
+        return _result(other, created=False, uploaded=set(), aliases=())
+    run.uploaded_packages.clear()  # referenced by a root now: never discard them
     aliases = (LATEST, *req.aliases)
     # Independent objects: the reuse index and the aliases go up side by side (a round
     # trip each saved on a distant store).
     async with BoundedTasks(8) as notes:
-        for done in manifest.packages:
+        for done in root.packages:
             if done.key in uploaded:
                 await notes.spawn(run.catalog.remember_package(*uploaded[done.key], done))
         for alias in aliases:
             await notes.spawn(run.catalog.set_alias(req.uri.dataset, alias, req.uri.version))
-    return manifest, _result(manifest.root(), created=True, uploaded=set(uploaded), aliases=aliases)
+    return _result(root, created=True, uploaded=set(uploaded), aliases=aliases)
 
 
-async def _outlived_the_grace(run: _Session) -> None:
+async def _outlived_the_grace(run: _Session, root: ManifestRoot) -> None:
     """``dspkg gc`` never removes objects younger than its grace period (24 hours by
-    default); a publish that ran longer checks its packages are still there before a
-    manifest names them."""
+    default); a publish that ran longer checks its packages and the shards of ``root``
+    are still there before a root names them."""
     if time.monotonic() - run.started <= DEFAULT_GRACE:
         return
     run.progress.warn(
         "this publish ran longer than dspkg gc's default grace period (24h); checking that "
         "its packages are still in the store"
     )
-    for key in run.uploaded_packages:
+    for key in [*run.uploaded_packages, *(s.key for s in root.shards)]:
         if await run.store.head(key) is None:
             raise StoreError(
                 f"{run.store.describe(key)} vanished while this publish ran (dspkg gc with a "
@@ -672,27 +755,43 @@ async def _outlived_the_grace(run: _Session) -> None:
 
 
 async def _reusable(
-    run: _Session, package: PackagePlan, shape: str, on_file: Callable[[ReadFile], Awaitable[None]]
-) -> BuiltPackage | None:
+    run: _Session, package: PackagePlan, shape: str
+) -> tuple[PackageInfo, bytes] | None:
     """An identical package already in the store, found by layout, then confirmed by
-    hashing this package's files; None (without reading anything) when there is none."""
+    hashing this package's files: its record and the files' SHA-256 (32 bytes each, in
+    order); None (without reading anything) when there is none."""
     candidates = await run.catalog.package_candidates(shape)
     if not candidates:
         return None
-    reads = [r async for r in run.reader.read_all(package.files, keep_data=False)]
-    digest = content_digest([(r.file.rel, r.file.size, r.sha256) for r in reads])
+    digest = MergedDigest()
+    shas = bytearray()
+    async for read in run.reader.read_all(package.files, keep_data=False):
+        digest.add(read.file.rel, read.file.size, read.sha256)
+        shas += bytes.fromhex(read.sha256)
+    content = digest.hexdigest()
     for known, info in candidates:
-        head = await run.store.head(info.key) if known == digest else None
+        head = await run.store.head(info.key) if known == content else None
         if head is not None and head.size == info.size:
-            if run.options.packages_only:
-                for read in reads:
-                    await on_file(read)
-            else:
-                async for read in run.reader.read_all(package.files):
-                    await on_file(read)  # blobs still need the bytes
-            offsets = layout_offsets([(r.file.rel, r.file.size, r.crc32) for r in reads])
-            return BuiltPackage(info=info, offsets=offsets)
+            return info, bytes(shas)
     return None
+
+
+async def _replay(
+    run: _Session,
+    package: PackagePlan,
+    shas: bytes,
+    every_blob: bool,
+    on_file: Callable[[ReadFile, int], Awaitable[None]],
+) -> None:
+    """Each file of a reused package, as if packaged now (at its place in the package
+    found): read again when blobs need their bytes, else from the hashes taken."""
+    offsets = data_offsets((f.rel, f.size) for f in package.files)
+    if every_blob:
+        async for read in run.reader.read_all(package.files):
+            await on_file(read, next(offsets))
+        return
+    for i, f in enumerate(package.files):
+        await on_file(ReadFile(f, shas[32 * i : 32 * i + 32].hex(), 0, None), next(offsets))
 
 
 async def _put_blob(run: _Session, read: ReadFile) -> None:

@@ -86,18 +86,29 @@ def entry_cost_max(name_len: int, size: int) -> int:
 def package_size(entries: Iterable[tuple[int, int]]) -> int:
     """The exact size of the package dspkg writes of entries ``(name length, size)``."""
     entries = list(entries)
-    # Without ZIP64 anywhere (every entry below 4 GiB and starting below it), the size
-    # is two sums; else each entry's place decides its records, one by one.
-    names = sum(n for n, _ in entries)
-    data = sum(s for _, s in entries)
-    position = LOCAL.size * len(entries) + names + data
-    last = max((s for _, s in entries), default=0)
-    if position < MAX32 and last < MAX32:
-        directory = CENTRAL.size * len(entries) + names
-        return position + directory + end_records_size(len(entries), directory, position)
+    plain = plain_package_size(
+        len(entries),
+        sum(n for n, _ in entries),
+        sum(s for _, s in entries),
+        max((s for _, s in entries), default=0),
+    )
+    if plain is not None:
+        return plain
     position = directory = count = 0
     for name_len, size in entries:
         directory += central_record_size(name_len, size, position)
         position += LOCAL.size + name_len + (LOCAL_ZIP64_EXTRA if size >= MAX32 else 0) + size
         count += 1
+    return position + directory + end_records_size(count, directory, position)
+
+
+def plain_package_size(count: int, names: int, data: int, largest: int) -> int | None:
+    """The exact size of a package of ``count`` entries whose names take ``names`` bytes
+    and data ``data`` bytes, the largest ``largest``, from these sums alone; None when
+    some entry needs ZIP64 records (below 4 GiB everywhere, none does): then each
+    entry's place decides its records (:func:`package_size`)."""
+    position = LOCAL.size * count + names + data
+    if position >= MAX32 or largest >= MAX32:
+        return None
+    directory = CENTRAL.size * count + names
     return position + directory + end_records_size(count, directory, position)
