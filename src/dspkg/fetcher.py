@@ -338,11 +338,15 @@ class Fetcher:
         loop = asyncio.get_running_loop()
         name = self.store.describe(r.key)
         compiled = extractor_type() if self.speedups else None
-        extractor: _RangeExtractor | _CompiledExtractor = (
-            _CompiledExtractor(r, name, self._sink, compiled)
-            if compiled is not None
-            else _RangeExtractor(r, name, self._sink)
-        )
+        extractor: _RangeExtractor | _CompiledExtractor | None = None
+
+        def prepare() -> _RangeExtractor | _CompiledExtractor:
+            # A few microseconds a file (its names, its digest): in a disk thread while
+            # the request is in flight, not on the loop before it is sent.
+            if compiled is not None:
+                return _CompiledExtractor(r, name, self._sink, compiled)
+            return _RangeExtractor(r, name, self._sink)
+
         chunks: asyncio.Queue[memoryview | None] = asyncio.Queue(PENDING_CHUNKS)
 
         async def download() -> None:
@@ -351,16 +355,19 @@ class Fetcher:
             await chunks.put(None)
 
         async def extract() -> None:
+            nonlocal extractor
+            extractor = ready = await loop.run_in_executor(self.disk, prepare)
             while (chunk := await chunks.get()) is not None:
-                self._count(*await loop.run_in_executor(self.disk, extractor.feed, chunk))
-            extractor.close()
+                self._count(*await loop.run_in_executor(self.disk, ready.feed, chunk))
+            ready.close()
 
         try:
             async with BoundedTasks(2) as both:
                 await both.spawn(download())
                 await both.spawn(extract())
         finally:
-            extractor.abort()
+            if extractor is not None:
+                extractor.abort()
 
     # --- blobs ------------------------------------------------------------------------
 
