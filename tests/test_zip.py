@@ -366,3 +366,47 @@ def test_a_directory_of_many_entries_is_kept_deflated_and_comes_back_whole() -> 
     with zipfile.ZipFile(io.BytesIO(bytes(out))) as archive:
         assert archive.namelist() == names
         assert archive.read(names[12_345]) == (12_345).to_bytes(4, "little")
+
+
+def _renamed_in_directory(package: bytes, old: bytes, new: bytes) -> bytes:
+    """``package`` with one central directory name replaced by another of its length."""
+    assert len(old) == len(new)
+    at = package.index(struct.pack("<I", zf.CENTRAL_SIG))
+    where = package.index(old, at)
+    return package[:where] + new + package[where + len(old) :]
+
+
+@pytest.mark.parametrize(
+    ("new", "reason"),
+    [
+        (b"../x", r"refusing entry '\.\./x': contains '\.\.'"),
+        (b"b/CON", "refusing entry 'b/CON': a component is a reserved device"),
+        (b"b\\xy", "refusing entry 'b\\\\\\\\xy': contains a backslash"),
+        (b"b/\xff\xfe", "is not valid UTF-8"),
+    ],
+)
+def test_unsafe_names_in_the_directory_are_refused(new: bytes, reason: str) -> None:
+    """Names are checked all at once when the directory is otherwise sound; a bad one
+    is still named, with the message the entry-by-entry check gives."""
+    old = b"b/" + b"x" * (len(new) - 2) if new.startswith(b"b") else b"a" * len(new)
+    files = [(name.decode(), b"1") for name in sorted([old, b"c"])]
+    package, _ = build_package(files)
+    hostile = _renamed_in_directory(package, old, new)
+    with pytest.raises(UnsafePackage, match=reason):
+        read_central_directory(reader(hostile), len(hostile))
+
+
+def test_the_first_problem_in_the_directory_is_the_one_named() -> None:
+    """An unsafe name before another fault: the name is what the error is about, as when
+    every entry was checked in order."""
+    package, entries = build_package([("aaaa", b"1" * 10), ("b", b"2" * 10), ("c", b"3")])
+    hostile = bytearray(_renamed_in_directory(package, b"aaaa", b"../a"))
+    at = hostile.index(struct.pack("<I", zf.CENTRAL_SIG))
+    third = at + (46 + 4) + (46 + 1)
+    struct.pack_into("<I", hostile, third + 42, entries[1].header_offset)  # 'c' overlaps 'b'
+    with pytest.raises(UnsafePackage, match=r"refusing entry '\.\./a'"):
+        read_central_directory(reader(bytes(hostile)), len(hostile))
+    fixed = bytearray(package)
+    struct.pack_into("<I", fixed, third + 42, entries[1].header_offset)
+    with pytest.raises(UnsafePackage, match="'c' overlaps"):
+        read_central_directory(reader(bytes(fixed)), len(fixed))

@@ -314,22 +314,29 @@ class Fetcher:
         where = locate_central_directory(read, info.size, obj=name)
         if where.offset < tail_start:
             spans[where.offset] = await self.store.get_range(info.key, where.offset, info.size)
-        entries = read_central_directory(read, info.size, obj=name)
-        if len(entries) != info.entries:
-            raise UnsafePackage(
-                f"package {name} holds {len(entries)} entries, its manifest says {info.entries}",
-                obj=name,
-            )
-        by_offset = {e.header_offset: e for e in entries}
-        for f in mine:
-            entry = by_offset.get(header_start(f))
-            if entry is None or entry.name != f.path or entry.size != f.size:
+
+        def check() -> None:
+            entries = read_central_directory(read, info.size, obj=name)
+            if len(entries) != info.entries:
                 raise UnsafePackage(
-                    f"package {name}: its central directory does not list {f.path!r} "
-                    "where the manifest says",
+                    f"package {name} holds {len(entries)} entries, its manifest says "
+                    f"{info.entries}",
                     obj=name,
-                    entry=f.path,
                 )
+            by_offset = {e.header_offset: e for e in entries}
+            for f in mine:
+                entry = by_offset.get(header_start(f))
+                if entry is None or entry.name != f.path or entry.size != f.size:
+                    raise UnsafePackage(
+                        f"package {name}: its central directory does not list {f.path!r} "
+                        "where the manifest says",
+                        obj=name,
+                        entry=f.path,
+                    )
+
+        # About 5 microseconds an entry: in a thread, so that the loop keeps handing the
+        # ranges' chunks to the disk threads meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, check)
 
     # --- ranges -----------------------------------------------------------------------
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dspkg import zipformat as zf
 from dspkg.errors import UnsafePackage
-from dspkg.paths import path_problem, tree_problem
+from dspkg.paths import all_paths_ok, path_problem, tree_problem
 
 Buffer = bytes | bytearray | memoryview
 ReadRange = Callable[[int, int], bytes]
@@ -36,8 +37,7 @@ class LocalHeader:
     data_offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class CentralEntry:
+class CentralEntry(NamedTuple):
     name: str
     size: int
     crc32: int
@@ -67,7 +67,7 @@ def _zip64_values(extra: Buffer, count: int, *, obj: str, name: str) -> list[int
     )
 
 
-def _decode_name(raw: Buffer, flags: int, *, obj: str) -> str:
+def _decode_name(raw: Buffer, flags: int, *, obj: str, check: bool = True) -> str:
     data = bytes(raw)
     try:
         name = data.decode("utf-8")
@@ -81,7 +81,7 @@ def _decode_name(raw: Buffer, flags: int, *, obj: str) -> str:
             obj=obj,
             entry=name,
         )
-    problem = path_problem(name)
+    problem = path_problem(name) if check else None
     if problem:
         raise UnsafePackage(
             f"package {obj}: refusing entry {name!r}: {problem}", obj=obj, entry=name
@@ -296,28 +296,66 @@ def read_central_directory(
         return UnsafePackage(f"package {obj}: {message}", obj=obj, entry=entry)
 
     where = locate_central_directory(read_range, package_size, obj=obj, max_entries=max_entries)
-    n_total, cd_offset, cd_size = where.entries, where.offset, where.size
-    data = read_range(cd_offset, cd_offset + cd_size)
-    if len(data) != cd_size:
+    data = read_range(where.offset, where.offset + where.size)
+    if len(data) != where.size:
         raise bad("truncated central directory")
+    # The names' checks batched (compiled when built): a pass that skips them, then all
+    # names at once. A package that fails anything goes through the checks entry by
+    # entry, in order, which name its first problem exactly as they always did.
+    try:
+        entries = _entries(data, where, obj=obj, check_names=False)
+        clear = all_paths_ok([e.name for e in entries])
+    except UnsafePackage:
+        clear = False
+    if not clear:
+        entries = _entries(data, where, obj=obj, check_names=True)
+    collision = tree_problem([e.name for e in entries], strictly_sorted=True)
+    if collision:
+        raise bad(f"entry {collision[0]!r} {collision[1]}", collision[0])
+    return entries
+
+
+def _entries(
+    data: bytes, where: DirectoryLocation, *, obj: str, check_names: bool
+) -> list[CentralEntry]:
+    """The central directory's entries, each checked but for its name's safety unless
+    ``check_names`` (the caller then checks all names at once)."""
+
+    def bad(message: str, entry: str | None = None) -> UnsafePackage:
+        return UnsafePackage(f"package {obj}: {message}", obj=obj, entry=entry)
+
+    n_total, cd_offset = where.entries, where.offset
     entries: list[CentralEntry] = []
     pos = 0
     previous_end = 0
     view = memoryview(data)
+    # Locals for a loop that runs once per entry (100,000 entries: about 0.5 s).
+    unpack, fixed, length = zf.CENTRAL.unpack_from, zf.CENTRAL.size, len(view)
+    refused = zf.FLAG_ENCRYPTED | zf.FLAG_DATA_DESCRIPTOR
+    utf8, stored, max32 = zf.FLAG_UTF8, zf.METHOD_STORED, zf.MAX32
+    local, ifmt, ifreg = zf.LOCAL.size, zf.S_IFMT, zf.S_IFREG
+    last = None
+    append = entries.append
     for _ in range(n_total):
-        if pos + zf.CENTRAL.size > len(view):
+        if pos + fixed > length:
             raise bad("central directory holds fewer entries than declared")
-        fields = zf.CENTRAL.unpack_from(view, pos)
-        (csig, made_by, _need, flags, method, _t, _d, crc, csize, usize) = fields[:10]
-        nlen, xlen, clen, _disk_start, _internal, external, offset = fields[10:]
+        (csig, made_by, _need, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen, _disk,
+         _internal, external, offset) = unpack(view, pos)  # fmt: skip
         if csig != zf.CENTRAL_SIG:
             raise bad("corrupt central directory")
-        start = pos + zf.CENTRAL.size
-        name = _decode_name(view[start : start + nlen], flags, obj=obj)
-        _check_method(flags, method, obj=obj, name=name)
-        extra = view[start + nlen : start + nlen + xlen]
-        wanted = [usize == zf.MAX32, csize == zf.MAX32, offset == zf.MAX32]
-        if any(wanted):
+        start = pos + fixed
+        if check_names or not flags & utf8:
+            name = _decode_name(view[start : start + nlen], flags, obj=obj, check=check_names)
+        else:
+            try:
+                name = str(view[start : start + nlen], "utf-8")
+            except UnicodeDecodeError:
+                name = _decode_name(view[start : start + nlen], flags, obj=obj, check=False)
+        if flags & refused or method != stored:
+            _check_method(flags, method, obj=obj, name=name)
+        if usize == max32 or csize == max32 or offset == max32:
+            extra = view[start + nlen : start + nlen + xlen]
+            wanted = [usize == max32, csize == max32, offset == max32]
             values = iter(_zip64_values(extra, sum(wanted), obj=obj, name=name))
             usize = next(values) if wanted[0] else usize
             csize = next(values) if wanted[1] else csize
@@ -325,23 +363,20 @@ def read_central_directory(
         if csize != usize:
             raise bad(f"entry {name!r} is STORED but its sizes differ", name)
         mode = (external >> 16) & 0xFFFF
-        if made_by >> 8 == 3 and mode and (mode & zf.S_IFMT) != zf.S_IFREG:
+        if made_by >> 8 == 3 and mode and (mode & ifmt) != ifreg:
             raise bad(f"entry {name!r} is not a regular file (mode {oct(mode)})", name)
         if mode & 0o7000:
             raise bad(f"entry {name!r} has setuid, setgid or sticky bits", name)
         if offset < previous_end:
             raise bad(f"entry {name!r} overlaps the entry before it", name)
-        data_start = offset + zf.LOCAL.size + nlen
-        previous_end = data_start + usize
+        previous_end = offset + local + nlen + usize
         if previous_end > cd_offset:
             raise bad(f"entry {name!r} runs into the central directory", name)
-        if entries and name <= entries[-1].name:
+        if last is not None and name <= last:
             raise bad(f"entry {name!r} is out of order or duplicated", name)
-        entries.append(CentralEntry(name, usize, crc, offset, mode))
+        last = name
+        append(CentralEntry(name, usize, crc, offset, mode))
         pos = start + nlen + xlen + clen
     if pos != len(view):
         raise bad("central directory holds more data than its entries")
-    collision = tree_problem(e.name for e in entries)
-    if collision:
-        raise bad(f"entry {collision[0]!r} {collision[1]}", collision[0])
     return entries
