@@ -112,13 +112,9 @@ def expected_manifest(store: Store, parent: Manifest, created_at: str, blobs: bo
     )
 
 
-@pytest.mark.parametrize("packages_only", [True, False])
-@pytest.mark.parametrize("speedups", [True, False])
-def test_a_version_of_many_packages_and_shards_is_the_whole_manifest(
-    tmp_path: Path, packages_only: bool, speedups: bool
-) -> None:
-    store = open_store(f"file://{tmp_path / 'store'}")
-    options = PublishOptions(
+def _options(*, packages_only: bool, speedups: bool) -> PublishOptions:
+    """Small packages and shards, so that a few dozen files make many of each."""
+    return PublishOptions(
         packaging=True,
         packages_only=packages_only,
         package_size=20_000,
@@ -126,6 +122,15 @@ def test_a_version_of_many_packages_and_shards_is_the_whole_manifest(
         speedups=speedups,
         shard_limits=LIMITS,
     )
+
+
+@pytest.mark.parametrize("packages_only", [True, False])
+@pytest.mark.parametrize("speedups", [True, False])
+def test_a_version_of_many_packages_and_shards_is_the_whole_manifest(
+    tmp_path: Path, packages_only: bool, speedups: bool
+) -> None:
+    store = open_store(f"file://{tmp_path / 'store'}")
+    options = _options(packages_only=packages_only, speedups=speedups)
     write_outputs(tmp_path / "a", PARENT_FILES, [str(PARENT)])
     run_sync(publish_directory(tmp_path / "a", store, options))
     child = {"uri": str(CHILD), "from": str(PARENT), "exclude": EXCLUDED}
@@ -153,14 +158,7 @@ def test_packed_and_python_readers_and_blobs_store_the_same_records(tmp_path: Pa
     shards = []
     for speedups, packages_only in ((True, True), (False, False)):
         store = open_store(f"file://{tmp_path / f'{speedups}{packages_only}'}")
-        options = PublishOptions(
-            packaging=True,
-            packages_only=packages_only,
-            package_size=20_000,
-            package_max_file=MAX_FILE,
-            speedups=speedups,
-            shard_limits=LIMITS,
-        )
+        options = _options(packages_only=packages_only, speedups=speedups)
         write_outputs(tmp_path / "b", CHILD_FILES, [str(CHILD)])
         run_sync(publish_directory(tmp_path / "b", store, options))
         shards.append(stored_version(store, CHILD)[1])
