@@ -288,10 +288,18 @@ def test_mount_mode_on_seaweedfs() -> None:
     problem = fuse_problem()
     if problem is not None:
         pytest.skip(f"the kernel refuses FUSE here: {problem}")
-    doc, _ = _bench("--mount")
+    doc, err = _bench("--mount", "--repeat", "2")
     assert doc["mode"] == "mount" and doc["facts"]["server"] == "SeaweedFS"
     rows = _rows(doc)
     assert set(rows) == {"pull_read", "mount_pass", "mount_random"}
+    # The competing rows ran in every round, in alternating order; the random 1% once.
+    assert len(rows["pull_read"]["extra"]["round_seconds"]) == 2
+    assert len(rows["mount_pass"]["extra"]["round_seconds"]) == 2
+    order = re.findall(r"measuring: (dspkg pull|dspkg mount, every)", err)
+    assert order == ["dspkg pull", "dspkg mount, every", "dspkg mount, every", "dspkg pull"]
+    targets = {t["key"]: t for t in doc["targets"]}
+    assert len(targets["mount_pass_vs_pull"]["rounds"]) == 2
+    assert len(targets["mount_random_bytes"]["rounds"]) == 1
     assert rows["mount_pass"]["files"] == FILES
     assert rows["mount_pass"]["requests"] >= 2  # the manifest and at least one range
     assert {t["answers"] for t in doc["targets"]} == {"issue 10"}

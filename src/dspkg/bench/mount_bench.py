@@ -1,7 +1,9 @@
 """Mount mode: reading a packaged version through ``dspkg mount`` against pulling it first.
 
 Setup, unthrottled: one tree published as a packaged version. Then, with the requested
-latency and cap, each row runs as its own measured process with a fresh cache:
+latency and cap, each row runs as its own measured process with a fresh cache, after a
+sync (the rows that compete alternate round by round, ``--repeat`` rounds, as in the pull
+bench: each round gives one ratio, the median decides, min and max are the spread):
 
 - a cold ``dspkg pull``, then reading every file of DEST in os.walk order;
 - ``dspkg mount``, the first file's bytes (time from starting the mount), then every
@@ -21,13 +23,15 @@ from pathlib import Path
 from dspkg.bench import data
 from dspkg.bench.harness import S3Lab, Say
 from dspkg.bench.processes import dspkg_argv
-from dspkg.bench.results import Outcome, Row, Target
+from dspkg.bench.results import Outcome, Row, Target, combine_rounds, combine_targets
+from dspkg.bench.rounds import alternate
 from dspkg.bench.scenario import check_tree, dspkg_figures, s3_url, store_row, testbed_facts
 from dspkg.bench.settings import DATASET, BenchSettings
 
 PACKAGED = f"dataset://{DATASET}/packaged"
 STORE_PREFIX = "store"
 DRIVER = [sys.executable, "-m", "dspkg.bench._mount_driver"]
+PAIR = ("pull_read", "mount_pass")  # the rows that compete: alternated round by round
 
 
 class MountBench:
@@ -53,10 +57,26 @@ class MountBench:
 
     def run(self) -> tuple[list[Row], list[Target]]:
         self.setup()
-        self._pull_then_read()
-        self._mount("mount_pass", "dspkg mount, every file in os.walk order", "pass")
+        measures = {"pull_read": self._pull_then_read, "mount_pass": self._mount_pass}
+        rounds: list[dict[str, Row]] = []
+        for index in range(self.s.repeat):
+            # Every round starts from empty directories and caches of its own.
+            self.rows, self.runs = {}, self.work / "runs" / f"rested-{index + 1}"
+            self.say(f"round rested-{index + 1} ({index + 1} of {self.s.repeat})")
+            for key in alternate(PAIR, index):
+                measures[key]()
+            rounds.append(self.rows)
+        # The random 1% is judged by its bytes (a seeded choice: the same in every round),
+        # so it runs once, after the first round.
+        self.runs = self.work / "runs" / "random"
+        self.rows = {}
         self._mount("mount_random", "dspkg mount, a random 1% of the files", "random")
-        return list(self.rows.values()), self._targets()
+        random = self.rows["mount_random"]
+        targets = combine_targets([self._pair_targets(r) for r in rounds])
+        return [*combine_rounds(rounds), random], [*targets, self._random_target(random)]
+
+    def _mount_pass(self) -> None:
+        self._mount("mount_pass", "dspkg mount, every file in os.walk order", "pass")
 
     def _pull_then_read(self) -> None:
         method = "dspkg pull (cold), then read every file"
@@ -121,10 +141,9 @@ class MountBench:
             },
         )
 
-    def _targets(self) -> list[Target]:
-        r = self.rows
-        passed, pull, rand = r["mount_pass"], r["pull_read"], r["mount_random"]
-        version_bytes = self.s.total_bytes
+    def _pair_targets(self, r: dict[str, Row]) -> list[Target]:
+        """The targets one round's pair of rows answers."""
+        passed, pull = r["mount_pass"], r["pull_read"]
         return [
             Target(
                 "mount_first_byte",
@@ -145,15 +164,6 @@ class MountBench:
                 answers="issue 10",
             ),
             Target(
-                "mount_random_bytes",
-                "mount: bytes downloaded for a random 1% of files / version bytes",
-                100.0 * (rand.wire_bytes or 0) / max(version_bytes, 1),
-                "<=",
-                3.0,
-                "%",
-                answers="issue 10",
-            ),
-            Target(
                 "mount_rss",
                 "mount: peak RSS of the mount process (full pass)",
                 passed.peak_rss_mb,
@@ -161,8 +171,21 @@ class MountBench:
                 300.0,
                 "MB",
                 answers="issue 10",
+                worst_round=True,
             ),
         ]
+
+    def _random_target(self, rand: Row) -> Target:
+        return Target(
+            "mount_random_bytes",
+            "mount: bytes downloaded for a random 1% of files / version bytes",
+            100.0 * (rand.wire_bytes or 0) / max(self.s.total_bytes, 1),
+            "<=",
+            3.0,
+            "%",
+            answers="issue 10",
+            rounds=(100.0 * (rand.wire_bytes or 0) / max(self.s.total_bytes, 1),),
+        )
 
 
 def run_mount(settings: BenchSettings, work: Path, say: Say) -> Outcome:
