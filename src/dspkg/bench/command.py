@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from dspkg.bench.settings import (
     FILE_SIZE,
@@ -28,6 +28,7 @@ from dspkg.bench.settings import (
     REPEAT,
     RTT_MS,
     SERVERS,
+    Mode,
 )
 from dspkg.cli_args import non_negative_float, non_negative_int, positive_int
 
@@ -142,9 +143,7 @@ def run_command(args: argparse.Namespace) -> int:
         figures = run_manifest(args.files or 1_000_000)
         print(json.dumps(figures, indent=2) if args.json else describe_manifest(figures))
         return 0
-    mode: Literal["pull", "publish", "mount"] = (
-        "publish" if args.publish else "mount" if args.mount else "pull"
-    )
+    mode: Mode = "publish" if args.publish else "mount" if args.mount else "pull"
     files = args.files or (
         PUBLISH_FILES if args.publish else MOUNT_FILES if args.mount else PULL_FILES
     )
@@ -168,6 +167,12 @@ def run_command(args: argparse.Namespace) -> int:
         disk_states=states,
     )
     work = _work_dir(args.keep)
+    try:
+        _check_space(work, settings.disk_bytes_needed(mode))
+    except BaseException:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     _stop_on_sigterm()
     started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     started = time.monotonic()
@@ -188,19 +193,21 @@ def run_command(args: argparse.Namespace) -> int:
             seconds=time.monotonic() - started,
             facts={**outcome.facts, "load_average_at_start": load},
         )
+        # The report first: removing a run's trees takes minutes at 100,000 files.
+        if args.json:
+            doc = report.to_json()
+            doc["markdown"] = markdown(report)
+            print(json.dumps(doc, indent=2), flush=True)
+        else:
+            print(text(report))
+            if args.markdown:
+                print()
+                print(markdown(report))
+            sys.stdout.flush()
     finally:
         if args.keep is None:
             say("removing the work directory")
             shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        doc = report.to_json()
-        doc["markdown"] = markdown(report)
-        print(json.dumps(doc, indent=2))
-    else:
-        print(text(report))
-        if args.markdown:
-            print()
-            print(markdown(report))
     return 0
 
 
@@ -257,6 +264,18 @@ def _work_dir(keep: str | None) -> Path:
 
         raise InvalidArgument(f"--keep {keep}: the directory must be absent or empty")
     return path
+
+
+def _check_space(work: Path, needed: int) -> None:
+    free = shutil.disk_usage(work).free
+    if free < needed:
+        from dspkg.errors import InvalidArgument
+
+        raise InvalidArgument(
+            f"the benchmark needs about {needed / 1e9:,.1f} GB free in {work} and the disk "
+            f"has {free / 1e9:,.1f} GB: free space, give --keep DIR on a larger disk, or "
+            "use fewer --files or --repeat"
+        )
 
 
 def _say(started: float) -> Callable[[str], None]:
