@@ -188,3 +188,26 @@ def test_compiled_extractor_writes_where_files_end_up_and_links_the_cache(
             obj = Path(cache.object_path(e.sha256))
             assert placed.stat().st_ino == obj.stat().st_ino  # one inode: written once
             assert cache.lookup(e.sha256, e.size)
+
+
+@needs_compiled
+def test_compiled_extractor_fills_the_cache_alone_without_named_temporary_files(
+    tmp_path: Path,
+) -> None:
+    """For the cache alone (a mount, a prefetch) each object is written unnamed in its own
+    folder and linked to its name once verified: nothing is created in the temp folder
+    the disk threads would otherwise share (here it is gone), and a crash leaves nothing."""
+    files = {f"a/{i}.bin": bytes([i]) * (1000 + i) for i in range(40)}
+    package, entries = entries_of(files)
+    with Cache(tmp_path / "cache") as cache:
+        own = Path(cache.temp_name()).parent
+        shutil.rmtree(own)
+        r = RangeFetch(0, "k", 0, len(package), tuple(entries))
+        extractor = _CompiledExtractor(r, "pkg", CacheSink(cache), COMPILED)
+        done = sum(extractor.feed(chunk)[0] for chunk in chunks(package, [3000, 20000]))
+        extractor.close()
+        assert done == len(entries)
+        for e in entries:
+            assert Path(cache.object_path(e.sha256)).read_bytes() == files[e.path]
+            assert cache.lookup(e.sha256, e.size)  # read-only, ctime next to mtime
+        assert not own.exists()

@@ -5,7 +5,10 @@
  * descriptors), and for every entry the plan wants it writes the data to a target
  * file while hashing it with SHA-256, checks size and digest against the manifest,
  * then links (or renames) the target to the object's cache path. Entries the plan
- * does not want are skipped. One call to feed() handles a whole chunk with the GIL
+ * does not want are skipped. In rename mode (objects for the cache alone: a mount, a
+ * prefetch) the data goes to an unnamed file in the object's own folder (O_TMPFILE)
+ * that is linked to its name once verified: no rename out of one shared temp folder,
+ * whose lock the disk threads would wait on, and nothing to clean up after a crash. One call to feed() handles a whole chunk with the GIL
  * released: four system calls per file and no Python objects per entry.
  *
  * SHA-256 comes from the OpenSSL library the interpreter's hashlib already loaded
@@ -97,6 +100,8 @@ typedef struct {
     Wanted *wanted;
     Py_ssize_t count, next;
     int rename_mode;     /* 1: rename target to final; 0: link target to final */
+    int tmpfile;         /* rename mode: write unnamed files (O_TMPFILE) while that works */
+    int fd_unnamed;      /* the open file is an O_TMPFILE one */
     long long position;  /* package offset of the next byte */
     int at_directory;
     /* header bytes that straddle chunks */
@@ -152,8 +157,40 @@ static void close_current(Extractor *x, int discard) {
     if (x->fd >= 0) {
         close(x->fd);
         x->fd = -1;
-        if (discard && x->current >= 0) unlink(x->wanted[x->current].target);
+        if (discard && x->current >= 0 && !x->fd_unnamed) unlink(x->wanted[x->current].target);
     }
+}
+
+/* An unnamed file in the folder of ``final`` (O_TMPFILE), or -1 with x->tmpfile cleared
+ * where the file system or kernel has none (then named temporary files are used). */
+static int open_unnamed(Extractor *x, char *final) {
+#ifdef O_TMPFILE
+    char *slash = strrchr(final, '/');
+    if (slash && slash != final) {
+        *slash = 0;
+        int fd = open(final, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0444);
+        int err = errno;
+        *slash = '/';
+        if (fd >= 0) return fd;
+        if (err != EOPNOTSUPP && err != EISDIR && err != EINVAL) {
+            errno = err;
+            return -2; /* a real error (no space, no permission): reported */
+        }
+    }
+#endif
+    (void)final;
+    x->tmpfile = 0;
+    return -1;
+}
+
+/* Give the unnamed file ``fd`` the name ``final``; EEXIST (another process cached the
+ * same object) is success. */
+static int link_unnamed(int fd, const char *final) {
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    if (linkat(AT_FDCWD, proc, AT_FDCWD, final, AT_SYMLINK_FOLLOW) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
 }
 
 /* Parse one local header from buf[0:len]. Returns its length, 0 if more bytes are
@@ -232,7 +269,18 @@ static long parse_header(Extractor *x, const unsigned char *buf, size_t len) {
             return -1;
         }
         x->current = x->next++;
-        x->fd = open(w->target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+        x->fd = -1;
+        x->fd_unnamed = 0;
+        if (x->tmpfile) {
+            x->fd = open_unnamed(x, w->final);
+            if (x->fd == -2) {
+                x->fd = -1;
+                fail_os(x, w->final);
+                return -1;
+            }
+            x->fd_unnamed = x->fd >= 0;
+        }
+        if (x->fd < 0) x->fd = open(w->target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
         if (x->fd < 0 && errno != EEXIST) {
             fail_os(x, w->target);
             return -1;
@@ -257,6 +305,19 @@ static int finish_entry(Extractor *x) {
         close_current(x, 1);
         fail(x, ERR_INTEGRITY, "entry '%s' does not match its sha256 in the manifest", w->name);
         return -1;
+    }
+    if (x->fd_unnamed) {
+        int linked = link_unnamed(x->fd, w->final);
+        int err = errno;
+        int closed = close(x->fd);
+        x->fd = -1;
+        if (linked != 0 || closed != 0) {
+            if (linked == 0) unlink(w->final); /* written, but the close says not whole */
+            errno = linked != 0 ? err : errno;
+            fail_os(x, w->final);
+            return -1;
+        }
+        return 1;
     }
     if (close(x->fd) != 0) {
         x->fd = -1;
@@ -504,6 +565,8 @@ static int Extractor_init(Extractor *x, PyObject *args, PyObject *kwds) {
     Py_DECREF(seq);
     x->next = 0;
     x->rename_mode = rename_mode;
+    x->tmpfile = rename_mode && access("/proc/self/fd", X_OK) == 0;
+    x->fd_unnamed = 0;
     x->position = start;
     x->current = -1;
     x->fd = -1;
