@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -357,3 +359,25 @@ def test_a_fetch_planned_before_another_process_fetched_the_package_downloads_no
         # The same plan, had it been made after the other pull's stamp, is fetched as is.
         assert asyncio.run(fetch(time.time() + 5)) == plan.bytes_total
     assert read_tree(tmp_path / "other") == files
+
+
+def test_objects_are_written_in_their_own_folders_from_many_threads(tmp_path: Path) -> None:
+    """Each object is written unnamed in its own folder and linked once whole: nothing
+    goes through the process's temp folder (here it is gone), and writing an object that
+    is cached already keeps the one there."""
+    blobs = [os.urandom(size) for size in range(0, 6000, 37)]
+    with Cache(tmp_path / "cache") as cache:
+        own = Path(cache.temp_name()).parent
+        shutil.rmtree(own)
+
+        def put(data: bytes) -> None:
+            cache.write_object(hashlib.sha256(data).hexdigest(), [data[:10], data[10:]])
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(put, blobs))
+        put(blobs[1])
+        for data in blobs:
+            sha = hashlib.sha256(data).hexdigest()
+            assert cache.lookup(sha, len(data))
+            assert Path(cache.object_path(sha)).read_bytes() == data
+        assert not own.exists()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -119,6 +120,23 @@ class VersionRecord:
         )
 
 
+# An unnamed file in a folder (Linux's O_TMPFILE), and the errors that say there is none.
+_UNNAMED = (os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC) if hasattr(os, "O_TMPFILE") else 0
+_NO_UNNAMED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+
+
+@functools.cache
+def _root_fd() -> int:
+    return os.open("/", os.O_PATH | os.O_CLOEXEC)
+
+
+def _link_unnamed(fd: int, final: str) -> None:
+    """Give the unnamed file ``fd`` the name ``final`` (linkat with AT_SYMLINK_FOLLOW
+    through /proc: Python calls linkat, not link, only when given a folder descriptor,
+    which an absolute path then ignores)."""
+    os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=_root_fd(), follow_symlinks=True)
+
+
 class Cache:
     """One process's handle on the shared cache directory; use as a context manager."""
 
@@ -135,6 +153,8 @@ class Cache:
         self._names = itertools.count(1)  # next() is atomic: safe from worker threads
         self._own_str = ""
         self._objects_str = str(self.objects)
+        # Objects are written unnamed while the file system allows it (write_object).
+        self._unnamed = _UNNAMED != 0 and os.path.isdir("/proc/self/fd")
 
     def __enter__(self) -> Cache:
         self.open()
@@ -266,7 +286,31 @@ class Cache:
         return f"{self._own_str}/{next(self._names)}"
 
     def write_object(self, sha256: str, pieces: Sequence[bytes | memoryview]) -> None:
-        """Insert verified bytes under their sha256, atomically (safe from any thread)."""
+        """Insert verified bytes under their sha256, atomically (safe from any thread).
+
+        Written unnamed in the object's own folder (O_TMPFILE), then linked to its name:
+        threads writing at once share no folder (a rename out of one temp folder makes
+        them wait on its lock), and a crash leaves nothing behind. Where the file system
+        has no unnamed files, a temp file renamed into place."""
+        final = self.object_path(sha256)
+        if self._unnamed:
+            try:
+                fd = os.open(os.path.dirname(final), _UNNAMED, 0o444)
+            except OSError as exc:
+                if exc.errno not in _NO_UNNAMED:
+                    raise cache_error(exc, self.root) from None
+                self._unnamed = False
+            else:
+                try:
+                    for piece in pieces:
+                        _write_all(fd, piece)
+                    with contextlib.suppress(FileExistsError):  # another process cached it
+                        _link_unnamed(fd, final)
+                except OSError as exc:
+                    raise cache_error(exc, self.root) from None
+                finally:
+                    os.close(fd)
+                return
         tmp = self.temp_name()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
