@@ -12,7 +12,8 @@ Layout under the cache root (``$DSPKG_CACHE`` or the user cache directory)::
     locks/<name>.lock                advisory locks: one download of a package at a time
 
 Correctness never depends on a lock: every object appears whole under its name at
-once (a rename of a private temp file, or a link of a finished file), so a reader
+once (a link of an unnamed file written in its folder, of a file finished in DEST, or
+a rename of a private temp file where unnamed files are not supported), so a reader
 sees a whole object or none, and a process killed at any moment leaves only its temp
 directory, which the next process sweeps.
 
