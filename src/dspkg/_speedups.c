@@ -310,10 +310,11 @@ static int finish_entry(Extractor *x) {
         int linked = link_unnamed(x->fd, w->final);
         int err = errno;
         int closed = close(x->fd);
+        if (linked == 0) err = errno;
         x->fd = -1;
         if (linked != 0 || closed != 0) {
             if (linked == 0) unlink(w->final); /* written, but the close says not whole */
-            errno = linked != 0 ? err : errno;
+            errno = err;
             fail_os(x, w->final);
             return -1;
         }
