@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dspkg.bench.wan import WanConfig, WanEmulator
 from dspkg.cache import Cache
@@ -381,3 +383,34 @@ def test_objects_are_written_in_their_own_folders_from_many_threads(tmp_path: Pa
             assert cache.lookup(sha, len(data))
             assert Path(cache.object_path(sha)).read_bytes() == data
         assert not own.exists()
+
+
+@given(
+    cached=st.lists(st.binary(max_size=40), max_size=30, unique=True),
+    asked=st.lists(st.binary(max_size=40), max_size=30),
+    budget=st.integers(0, 40),
+)
+@settings(max_examples=40, deadline=None)
+def test_named_lists_what_the_cache_holds_or_gives_up_past_its_budget(
+    tmp_path_factory: pytest.TempPathFactory,
+    cached: list[bytes],
+    asked: list[bytes],
+    budget: int,
+) -> None:
+    """``named`` finds exactly the asked objects whose names are in the cache (a foreign
+    name in an objects folder is no object), and gives up (None) once the folders it
+    had to list held more names than ``budget``."""
+    with Cache(tmp_path_factory.mktemp("named") / "cache") as cache:
+        for data in cached:
+            cache.write_object(hashlib.sha256(data).hexdigest(), [data])
+        Path(cache.object_path("ab" + "0" * 62)).with_name("stray").write_bytes(b"")
+        shas = {hashlib.sha256(data).hexdigest() for data in asked + cached[:3]}
+        listed = sum(
+            len(os.listdir(Path(cache.object_path(p + "0" * 62)).parent))
+            for p in {sha[:2] for sha in shas}
+        )
+        found = cache.named(shas, budget=budget)
+        if listed > budget:
+            assert found is None
+        else:
+            assert found == {hashlib.sha256(d).hexdigest() for d in cached} & shas

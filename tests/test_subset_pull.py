@@ -301,7 +301,7 @@ def test_the_cache_records_only_what_a_subset_linked(tmp_path: Path) -> None:
     # A whole pull makes it a whole record, which later subsets only touch.
     dspkg.pull("dataset://pets/v1", tmp_path / "all", env=env)
     record = _record(cache)
-    assert record["objects"] == objects("a", "b", "c") and record["files"] == 15
+    assert sorted(record["objects"]) == objects("a", "b", "c") and record["files"] == 15
     assert "partial" not in record and not record["marker"]
     dspkg.pull("dataset://pets/v1", tmp_path / "c", shard=(1, 3), env=env)
     assert _record(cache)["files"] == 15

@@ -15,7 +15,7 @@ import fcntl
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -172,6 +172,12 @@ class TreeBuilder:
         except OSError as exc:
             self.abort()
             raise self._error(exc) from None
+
+    @property
+    def groups(self) -> Mapping[str, list[FileEntry]]:
+        """The files of the last :meth:`add` by object (sha256), in plan order: what a
+        pull links each fetched object to. Read only."""
+        return self._by_sha
 
     def forget(self) -> None:
         """Let go of the files of the last :meth:`add` (a batch is done)."""

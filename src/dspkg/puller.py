@@ -8,7 +8,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,12 +427,15 @@ def _record_use(
     whole version: eviction would otherwise count the rest as held. (``version`` may hold
     only the shards a subset read; ``version_files`` counts them all.)"""
     if taken is version:
+        # In the manifest's order, each once: readers take the set, and sorting a
+        # million names would cost a second after the last byte has landed.
         cache.record_version(
             store,
             version.uri,
             files=len(version.files),
             nbytes=version.total_bytes,
-            objects=(f.sha256 for f in version.files),
+            objects=dict.fromkeys(f.sha256 for f in version.files),
+            sort=False,
         )
         return
 
@@ -503,9 +506,9 @@ async def _fill(
     """
     loop = asyncio.get_running_loop()
     warned = set() if warned is None else warned
-    paths: dict[str, list[FileEntry]] = {}
-    for f in manifest.files:
-        paths.setdefault(f.sha256, []).append(f)
+    # The builder's grouping of the same files (built as it planned the tree): a second
+    # one costs about a second a million files, on the way to the first request.
+    paths: Mapping[str, list[FileEntry]] = builder.groups
 
     async def link_cached(shas: list[str], since: float | None = None) -> set[str]:
         """Link the files of every intact cached object, in the disk threads; return
@@ -525,15 +528,21 @@ async def _fill(
         named = await loop.run_in_executor(
             disk, functools.partial(cache.named, paths, budget=LIST_BUDGET * len(paths))
         )
-        candidates = list(paths) if named is None else [s for s in paths if s in named]
-        missing = (set(paths).difference(candidates)) | await link_cached(candidates, since)
+        if named is None:
+            missing = await link_cached(list(paths), since)
+        elif named:
+            candidates = [s for s in paths if s in named]
+            missing = set(paths).difference(candidates) | await link_cached(candidates, since)
+        else:  # nothing of it in the cache (a cold pull): nothing to link
+            missing = set(paths)
     if refresh is not None and _needs_blobs(manifest, {*paths} - missing):
         updated = await refresh()
         if updated is not None:
             manifest, version = updated
-            paths = {}
+            regrouped: dict[str, list[FileEntry]] = {}
             for f in manifest.files:
-                paths.setdefault(f.sha256, []).append(f)
+                regrouped.setdefault(f.sha256, []).append(f)
+            paths = regrouped
     fetched = fetched_bytes = 0
     fallbacks: list[str] = []
     for _ in range(MAX_ROUNDS):
