@@ -315,6 +315,26 @@ def test_size_limit_from_the_environment_applies_after_each_pull(tmp_path: Path)
     assert run_cli(["cache", "prune"], local_env(tmp_path)).returncode == 1  # no limit known
 
 
+def test_size_limit_from_the_cache_config_file_applies_and_a_broken_one_is_named(
+    tmp_path: Path,
+) -> None:
+    env = local_env(tmp_path)
+    config = tmp_path / "cache" / "config.toml"
+    config.parent.mkdir()
+    config.write_text('max_size = "6MB"\n')
+    for i in range(2):
+        uri = f"dataset://shared/conf{i}"
+        publish(tmp_path, env, dataset(100, seed=60 + i, size=(30_000, 40_000)), uri)
+        assert run_cli(["pull", uri, str(tmp_path / f"d{i}")], env).returncode == 0
+        assert disk_usage(tmp_path / "cache") <= 6_000_000
+    assert run_cli(["cache", "prune"], env).returncode == 0  # the limit is known
+    for broken in (b"max_size = \n", b'max_size = "6\xff"\n'):
+        config.write_bytes(broken)
+        result = run_cli(["pull", "dataset://shared/conf0", str(tmp_path / "again")], env)
+        assert_one_line_error(result, str(config), "cannot be read")
+        assert not (tmp_path / "again").exists()
+
+
 def test_disk_full_while_pulling(tmp_path: Path) -> None:
     env = local_env(tmp_path)
     files = dataset(300, seed=8, size=(20_000, 30_000))  # about 7.5 MB

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import platformdirs
 
 from dspkg.errors import InvalidArgument
 from dspkg.sizes import parse_size
@@ -37,10 +34,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        store = env.get("DSPKG_STORE") or (
-            "file://" + str(Path(platformdirs.user_data_dir("dspkg")) / "store")
-        )
-        cache = Path(env.get("DSPKG_CACHE") or platformdirs.user_cache_dir("dspkg")).expanduser()
+        store = env.get("DSPKG_STORE") or "file://" + str(_user_dir("data") / "store")
+        cache = Path(env.get("DSPKG_CACHE") or _user_dir("cache")).expanduser()
         max_size_text = env.get("DSPKG_CACHE_MAX_SIZE") or _config_file_max_size(cache)
         try:
             max_size = parse_size(max_size_text) if max_size_text else None
@@ -63,14 +58,30 @@ class Settings:
         )
 
 
+def _user_dir(kind: str) -> Path:
+    """The user's data or cache directory for dspkg (platformdirs, imported only when
+    DSPKG_STORE or DSPKG_CACHE leaves it to us: every command starts here)."""
+    import platformdirs
+
+    if kind == "data":
+        return Path(platformdirs.user_data_dir("dspkg"))
+    return Path(platformdirs.user_cache_dir("dspkg"))
+
+
 def _config_file_max_size(cache: Path) -> str | None:
-    """``max_size = "10GB"`` in ``<cache>/config.toml``."""
+    """``max_size = "10GB"`` in ``<cache>/config.toml`` (tomllib imported when there is one)."""
     path = cache / "config.toml"
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"{path} cannot be read: {exc}") from None
+    import tomllib
+
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"{path} cannot be read: {exc}") from None
     value = doc.get("max_size")
     return None if value is None else str(value)
