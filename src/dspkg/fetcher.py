@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from dspkg import zipformat as zf
 from dspkg.cache import Cache, ObjectWriter, cache_error
 from dspkg.concurrency import BoundedTasks
+from dspkg.early import EarlyReads
 from dspkg.errors import DspkgError, Integrity, UnsafePackage
 from dspkg.layout import blob_key
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
@@ -134,6 +135,8 @@ class Fetcher:
     planned_at: float = field(default_factory=time.time)
     # Warnings given already (shared by the fetchers of one pull's batches: once each).
     warned: set[str] = field(default_factory=set)
+    # GETs a cold pull sent before this plan: a range starting in one takes its bytes.
+    early: EarlyReads | None = None
     result: FetchResult = field(default_factory=FetchResult)
     # Ranges of packages found unusable, with why: their files come from blobs instead.
     _failed: list[tuple[RangeFetch, Exception]] = field(default_factory=list)
@@ -210,10 +213,12 @@ class Fetcher:
         info = self.manifest.packages[index]
         lock = self.cache.lock(self.store.url, info.key)
         if not lock.try_acquire():
+            self._drop_early(info.key)  # the ranges will be cut anew
             await lock.acquire_async()
             ranges = self._still_missing(index, ranges)
         elif lock.stamped_since(self.planned_at):
             # Another process fetched it and let go between this one's plan and now.
+            self._drop_early(info.key)
             ranges = self._still_missing(index, ranges)
         directory: asyncio.Task[None] | None = None
         try:
@@ -243,8 +248,13 @@ class Fetcher:
         finally:
             if directory is not None:
                 await _cancelled(directory)  # awaited either way, so never orphaned
+            self._drop_early(info.key)
             lock.stamp()
             lock.release()
+
+    def _drop_early(self, key: str) -> None:
+        if self.early is not None:
+            self.early.drop(key)
 
     async def _fetch_ranges(self, ranges: list[RangeFetch]) -> None:
         async with BoundedTasks(max(1, len(ranges))) as parts:
@@ -357,7 +367,10 @@ class Fetcher:
         chunks: asyncio.Queue[memoryview | None] = asyncio.Queue(PENDING_CHUNKS)
 
         async def download() -> None:
-            async for chunk in self.store.stream_range(r.key, r.start, r.end):
+            source = self.early.take(r) if self.early is not None else None
+            if source is None:
+                source = self.store.stream_range(r.key, r.start, r.end)
+            async for chunk in source:
                 await chunks.put(chunk)
             await chunks.put(None)
 

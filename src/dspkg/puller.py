@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from dspkg import memory
 from dspkg.cache import Cache
 from dspkg.catalog import whole
+from dspkg.early import EarlyReads
 from dspkg.errors import DestinationError
 from dspkg.fetcher import Fetcher
 from dspkg.loader import FileStream, Loaded, load_files, load_version, reload_root
@@ -151,56 +152,67 @@ async def pull_version(
         return await _pull_in_batches(
             loaded, dest, store, cache, options, progress, before, started
         )
-    version = await files_of(root)
-    # From here on the manifest lists only the chosen files (its packages stay whole).
-    manifest = subset.view(version)
-    if options.dry_run:
-        present = set() if options.refetch else _cached(manifest, cache)
-        if loaded.cached and _needs_blobs(manifest, present):
-            manifest, version = await refresh() or (manifest, version)
-        plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
-        return _result(
-            manifest, dest, store, before, started, plan, tuning=options.tuning, root=root
-        )
-    with (
-        _destination_lock(cache, dest),
-        cache.pin(store.url, manifest.uri),
-        ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
-    ):
-        prepare_destination(dest)
-        builder = TreeBuilder(cache, dest, options.link, speedups=options.speedups)
-        builder.begin(plan_tree(manifest.files))
-        try:
-            fetched, _, fallbacks, manifest, version = await _fill(
-                manifest,
-                store,
-                cache,
-                disk,
-                builder,
-                options,
-                progress,
-                version,
-                refresh if loaded.cached else None,
+    # A cold pull of the whole version: its packages' GETs go out now, while the shards
+    # load and the plans are made (see dspkg.early).
+    early = await _send_early(root, store, cache, options) if subset.everything else None
+    try:
+        version = await files_of(root)
+        if early is not None:
+            early.widen()
+        # From here on the manifest lists only the chosen files (its packages stay whole).
+        manifest = subset.view(version)
+        if options.dry_run:
+            present = set() if options.refetch else _cached(manifest, cache)
+            if loaded.cached and _needs_blobs(manifest, present):
+                manifest, version = await refresh() or (manifest, version)
+            plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
+            return _result(
+                manifest, dest, store, before, started, plan, tuning=options.tuning, root=root
             )
-            builder.commit()
-        except BaseException:
-            builder.abort()
-            raise
-        _record_use(cache, store.url, version, manifest, root.files)
-        if options.max_cache_size is not None:
-            prune(cache, options.max_cache_size)  # this version stays: it is pinned
-    return _result(
-        manifest,
-        dest,
-        store,
-        before,
-        started,
-        None,
-        builder.mode.value,
-        fallbacks,
-        fetched,
-        root=root,
-    )
+        with (
+            _destination_lock(cache, dest),
+            cache.pin(store.url, manifest.uri),
+            ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
+        ):
+            with _removed_on_failure(dest):
+                prepare_destination(dest)
+                builder = TreeBuilder(cache, dest, options.link, speedups=options.speedups)
+                builder.begin(plan_tree(manifest.files))
+                try:
+                    fetched, _, fallbacks, manifest, version = await _fill(
+                        manifest,
+                        store,
+                        cache,
+                        disk,
+                        builder,
+                        options,
+                        progress,
+                        version,
+                        refresh if loaded.cached else None,
+                        early=early,
+                    )
+                    builder.commit()
+                except BaseException:
+                    builder.abort()
+                    raise
+            _record_use(cache, store.url, version, manifest, root.files)
+            if options.max_cache_size is not None:
+                prune(cache, options.max_cache_size)  # this version stays: it is pinned
+        return _result(
+            manifest,
+            dest,
+            store,
+            before,
+            started,
+            None,
+            builder.mode.value,
+            fallbacks,
+            fetched,
+            root=root,
+        )
+    finally:
+        if early is not None:
+            await early.close()
 
 
 class _Refreshed(Exception):
@@ -259,31 +271,28 @@ async def _pull_in_batches(
         cache.pin(store.url, root.uri),
         ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
     ):
-        created = not dest.exists()
-        prepare_destination(dest)
-        builder = TreeBuilder(cache, dest, options.link, speedups=options.speedups)
-        builder.begin()
-        try:
-            while True:
-                progress.start(f"pulling {root.uri}", root.files, root.bytes)
-                try:
-                    totals = await _fill_batches(
-                        stream, store, cache, disk, builder, options, progress, refresh, since
-                    )
-                    break
-                except _Refreshed as fresh:
-                    root = fresh.root
-                    stream = FileStream(store, cache, root, batch_files=options.batch_files)
-                    await stream.check()
-                finally:
-                    progress.done()
-            builder.commit()
-        except BaseException:
-            builder.abort()
-            if created:  # a later batch may fail after DEST was made: leave none behind
-                with contextlib.suppress(OSError):
-                    dest.rmdir()
-            raise
+        with _removed_on_failure(dest):  # a later batch may fail after DEST was made
+            prepare_destination(dest)
+            builder = TreeBuilder(cache, dest, options.link, speedups=options.speedups)
+            builder.begin()
+            try:
+                while True:
+                    progress.start(f"pulling {root.uri}", root.files, root.bytes)
+                    try:
+                        totals = await _fill_batches(
+                            stream, store, cache, disk, builder, options, progress, refresh, since
+                        )
+                        break
+                    except _Refreshed as fresh:
+                        root = fresh.root
+                        stream = FileStream(store, cache, root, batch_files=options.batch_files)
+                        await stream.check()
+                    finally:
+                        progress.done()
+                builder.commit()
+            except BaseException:
+                builder.abort()
+                raise
         if options.max_cache_size is not None:
             prune(cache, options.max_cache_size)  # this version stays: it is pinned
     fetched, fallbacks = totals
@@ -402,6 +411,24 @@ async def _fill_batch(
     return list(dict.fromkeys(f.sha256 for f in files)), filled.files, filled.fallbacks
 
 
+async def _send_early(
+    root: ManifestRoot, store: Store, cache: Cache, options: PullOptions
+) -> EarlyReads | None:
+    """The package GETs of a cold pull of a whole packaged version, sent before its plan;
+    None when the pull is not cold: the cache has a record of the version, or holds
+    more objects than a tenth of its files (a version built from one in the cache would
+    download what it does not need)."""
+    if options.dry_run or not root.packaged:
+        return None
+    if not options.refetch:
+        if cache.holds_record(store.url, root.uri):
+            return None
+        small = functools.partial(cache.holds_at_most, root.files // 10)
+        if not await asyncio.get_running_loop().run_in_executor(None, small):
+            return None
+    return EarlyReads(store, root.packages, options.tuning)
+
+
 def _file_clock(cache: Cache) -> float:
     """Now, as the file system stamps files in the cache (its clock is coarser than
     ``time.time()`` and may lag it): the mtime of a file written and removed."""
@@ -447,6 +474,20 @@ def _record_use(
 
 
 @contextlib.contextmanager
+def _removed_on_failure(dest: Path) -> Iterator[None]:
+    """A DEST that the pull made is removed again when the pull fails (empty by then:
+    the tree is staged beside it)."""
+    created = not dest.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                dest.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def _destination_lock(cache: Cache, dest: Path) -> Iterator[None]:
     """One pull at a time into a DEST, which must not lie inside the cache."""
     real = Path(os.path.realpath(dest))
@@ -489,6 +530,7 @@ async def _fill(
     phases: bool = True,
     since: float | None = None,
     warned: set[str] | None = None,
+    early: EarlyReads | None = None,
 ) -> _Filled:
     """Link every cached file into the staging tree, then fetch the rest into both.
 
@@ -501,7 +543,8 @@ async def _fill(
     no package (the cache's copy may predate packages that ``dspkg package`` added).
     ``phases``: each round of fetching is a progress phase of its own (else the caller's
     phase goes on). ``since``: with refetch, objects the cache got since then are linked
-    (a batched pull's own, see :meth:`TreeBuilder.link_cached`).
+    (a batched pull's own, see :meth:`TreeBuilder.link_cached`). ``early``: the GETs
+    sent before the plan, which its first round cuts the packages for and takes.
     Returns the files and bytes fetched, the fallbacks, and the manifest and version it used.
     """
     loop = asyncio.get_running_loop()
@@ -539,6 +582,9 @@ async def _fill(
         updated = await refresh()
         if updated is not None:
             manifest, version = updated
+            if early is not None:  # other packages: the early GETs are not for them
+                early.keep(())
+                early = None
             regrouped: dict[str, list[FileEntry]] = {}
             for f in manifest.files:
                 regrouped.setdefault(f.sha256, []).append(f)
@@ -548,7 +594,11 @@ async def _fill(
     for _ in range(MAX_ROUNDS):
         if not missing:
             return _Filled(fetched, fetched_bytes, tuple(fallbacks), manifest, version or manifest)
-        plan = plan_fetch(manifest, _absent(missing), options.tuning)
+        plan = plan_fetch(
+            manifest, _absent(missing), options.tuning, early.cuts if early is not None else None
+        )
+        if early is not None:
+            early.keep(plan.ranges)
         if phases:
             progress.start(f"pulling {manifest.uri}", plan.files_to_fetch, plan.bytes_to_fetch)
         try:
@@ -564,7 +614,9 @@ async def _fill(
                 # Under refetch, no second look: it would take the cache's older objects.
                 planned_at=math.inf if options.refetch else looked,
                 warned=warned,
+                early=early,
             )
+            early = None  # taken by the first round or not at all
             outcome = await fetcher.run(plan)
         finally:
             if phases:

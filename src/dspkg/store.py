@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# What stream_range yields at a time (the last piece of a range may be shorter).
+STREAM_CHUNK = 1 << 20
+
 # Errors worth another try: network trouble and server-side failures that obstore
 # reports generically once its own request retries are used up, or that cut a body
 # stream midway. Everything else (not found, denied, precondition) is final.
@@ -197,7 +200,7 @@ class Store:
         return data
 
     async def stream_range(
-        self, key: str, start: int, end: int, *, chunk_size: int = 1 << 20
+        self, key: str, start: int, end: int, *, chunk_size: int = STREAM_CHUNK
     ) -> AsyncIterator[memoryview]:
         """Yield bytes ``[start, end)`` as they arrive; resume after a broken connection.
 
