@@ -267,6 +267,11 @@ def test_packages_built_in_c_and_in_python_are_the_same_bytes(
         assert result.returncode == 0, result.stderr
         (package,) = sorted(store.rglob("*.vhpkgzip"))
         packages.append(package.read_bytes())
+        # The package's SHA-256, hashed in a thread of its own as its parts went up, is
+        # the SHA-256 of its bytes.
+        root = json.loads((store / "datasets" / "pub" / "versions" / "v1.json").read_text())
+        (recorded,) = root["packages"]
+        assert recorded["sha256"] == hashlib.sha256(packages[-1]).hexdigest()
         pulled = run_cli(
             ["pull", URI, str(tmp_path / f"dest{speedups}")],
             {

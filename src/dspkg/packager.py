@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import queue
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Protocol
 
 from dspkg.manifest import PackageInfo
@@ -49,23 +51,58 @@ async def _no_op(_: ReadFile, __: int) -> None:
 class _Digest:
     """The package's SHA-256, computed in a thread of its own, in order: the loop that
     builds the package never waits for it (hashing releases the interpreter's lock, and
-    taking it back while the reading threads hold it would stall that loop each time)."""
+    taking it back while the reading threads hold it would stall that loop each time).
 
-    def __init__(self) -> None:
+    Pieces go to the thread ``handoff`` bytes at a time, through a ``SimpleQueue``. Each
+    handoff wakes the thread, and on a busy machine the loop that woke it then waits for
+    a CPU and the interpreter's lock: handing over every piece (315 of 640 KB for 200 MB,
+    through ``ThreadPoolExecutor.submit``) kept the loop waiting 0.6-1.5 s in all on 2
+    cores, while nothing else it drives (the upload's parts, the reads) moved."""
+
+    def __init__(self, handoff: int = 8 << 20) -> None:
         self._sha = hashlib.sha256()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="dspkg-package-sha256")
-        self._last: Future[None] | None = None
+        self._handoff = handoff
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._pieces: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        self._finished: Future[None] = Future()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="dspkg-package-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (pieces := self._pieces.get()) is not None and not self._closed:
+                for piece in pieces:
+                    self._sha.update(piece)
+        except BaseException as exc:  # pragma: no cover - hashing bytes does not fail
+            self._finished.set_exception(exc)
+        else:
+            self._finished.set_result(None)
 
     def update(self, data: bytes) -> None:
-        self._last = self._thread.submit(self._sha.update, data)
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= self._handoff:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._held:
+            self._pieces.put(self._held)
+            self._held, self._held_bytes = [], 0
 
     async def hexdigest(self) -> str:
-        if self._last is not None:
-            await asyncio.wrap_future(self._last)  # one thread: the last one ends last
+        self._hand_over()
+        self._pieces.put(None)  # the thread ends once every piece before it is hashed
+        await asyncio.wrap_future(self._finished)
         return self._sha.hexdigest()
 
     def close(self) -> None:
-        self._thread.shutdown(wait=True, cancel_futures=True)
+        """Stop the thread; pieces not hashed yet are dropped (a failed upload)."""
+        self._closed = True
+        self._held.clear()
+        self._pieces.put(None)
+        self._thread.join()
 
 
 async def upload_package(
