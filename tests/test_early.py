@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,11 @@ from dspkg.cache import Cache
 from dspkg.catalog import Catalog
 from dspkg.early import EarlyReads
 from dspkg.errors import Integrity
+from dspkg.manifest import Manifest
 from dspkg.names import VersionUri
 from dspkg.pull_plan import EARLY_MARGIN, Tuning, plan_fetch
 from dspkg.puller import PullOptions, PullResult, pull_version
+from dspkg.store import Store
 from tests.helpers import StoreCase, assert_one_line_error, make_store_url, read_tree, run_cli
 from tests.helpers import write_outputs as write
 
@@ -74,9 +77,16 @@ def test_planned_ranges_take_exactly_their_bytes_from_the_early_spans(
         store = store_case.open()
         manifest = await Catalog(store).read_manifest(VERSION)
         assert len(manifest.packages) >= 2
-        early = EarlyReads(store, manifest.packages, TUNING)
+        with Cache(tmp_path / "cache") as cache:
+            return await read_early(store, cache, manifest)
+
+    async def read_early(store: Store, cache: Cache, manifest: Manifest) -> tuple[int, int]:
+        early = EarlyReads(store, cache, manifest.packages, TUNING, time.time())
+        # Another process's early reads of the same packages: none while these hold them.
+        other = EarlyReads(store, cache, manifest.packages, TUNING, time.time())
+        assert other.cuts == {}
+        await other.close()
         try:
-            early.widen()
             plan = plan_fetch(manifest, lambda f: False, TUNING, early.cuts)
             early.keep(plan.ranges)
             taken = 0
@@ -87,9 +97,13 @@ def test_planned_ranges_take_exactly_their_bytes_from_the_early_spans(
                 taken += 1
                 data = b"".join([bytes(chunk) async for chunk in source])
                 assert data == await store.get_range(r.key, r.start, r.end)
-            return taken, len(plan.ranges)
         finally:
             await early.close()
+        # Closed: the locks are free again.
+        again = EarlyReads(store, cache, manifest.packages, TUNING, time.time())
+        assert again.cuts == early.cuts
+        await again.close()
+        return taken, len(plan.ranges)
 
     taken, ranges = asyncio.run(check())
     # Every early span is taken (the cuts fall on entries of the first packages).

@@ -18,7 +18,8 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -89,6 +90,19 @@ class BoundedTasks:
             task.cancel()
         while self._tasks:
             await asyncio.wait(set(self._tasks))
+
+
+async def in_thread(executor: Executor, call: Callable[[], T]) -> T:
+    """``call()`` in one of ``executor``'s threads; when the caller is cancelled meanwhile,
+    the call is waited for before the cancellation goes on (what it changes, such as
+    files it creates, is then settled for the caller's cleanup)."""
+    future = asyncio.get_running_loop().run_in_executor(executor, call)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait([future])
+        raise
 
 
 def _settle_io_threads() -> None:

@@ -1,11 +1,11 @@
 """Ranged GETs of packages sent before the plan that will use them (a cold pull).
 
 A cold pull of a whole version downloads its packages whole, and a manifest's root
-already says how big each package is. So the pull sends the package GETs as soon as
-it has the root (:func:`~dspkg.pull_plan.early_spans`) and loads the manifest's
-shards, plans the tree and plans the fetch while their first bytes arrive; the plan
-then cuts the packages at the same places, and each planned range takes the bytes of
-the span it starts in (:meth:`EarlyReads.take`).
+already says how big each package is. So the pull sends the package GETs
+(:func:`~dspkg.pull_plan.early_spans`) as soon as the bytes of the manifest's shards
+are in, and checks the shards, plans the tree and plans the fetch while the packages'
+first bytes arrive; the plan then cuts the packages at the same places, and each
+planned range takes the bytes of the span it starts in (:meth:`EarlyReads.take`).
 
 Nothing here is trusted or kept: the bytes wait in memory (at most
 ``Tuning.early_buffer`` of them) until a range takes them, and its extractor checks
@@ -20,7 +20,9 @@ import collections
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 
+from dspkg.cache import Cache
 from dspkg.errors import StoreError
+from dspkg.locks import FileLock
 from dspkg.manifest import PackageInfo
 from dspkg.pull_plan import EARLY_MARGIN, EarlySpan, RangeFetch, Tuning, early_cuts, early_spans
 from dspkg.store import STREAM_CHUNK, Store
@@ -28,7 +30,7 @@ from dspkg.store import STREAM_CHUNK, Store
 
 class _Span:
     """One early ranged GET: its bytes as they come, held until a range takes them, the
-    download paused while ``cap`` bytes wait (:meth:`widen` raises it)."""
+    download paused while ``cap`` bytes wait."""
 
     def __init__(self, store: Store, span: EarlySpan, cap: int) -> None:
         self.store = store
@@ -85,11 +87,6 @@ class _Span:
         finally:
             await self.close()
 
-    def widen(self, cap: int) -> None:
-        self.cap = cap
-        if self._held < cap:
-            self._room.set()
-
     def stop(self) -> None:
         """Cancel the download and let go of what it held."""
         self._chunks.clear()
@@ -104,30 +101,55 @@ class _Span:
 class EarlyReads:
     """The early GETs of one pull; :meth:`close` stops the ones still running.
 
-    Each holds one chunk until :meth:`widen`: the manifest's shards, which the pull
-    loads meanwhile, must not share the link with the packages' bytes.
+    One process downloads a package at a time (the fetcher's package lock): a package
+    is read early only when its lock is free and was not stamped since ``looked`` (when
+    the cache was found cold). The lock is then held from the first GET on and handed
+    to the fetcher (:meth:`lock`), so that concurrent cold pulls of a version still
+    download each byte once.
     """
 
-    def __init__(self, store: Store, packages: Sequence[PackageInfo], tuning: Tuning) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache: Cache,
+        packages: Sequence[PackageInfo],
+        tuning: Tuning,
+        looked: float,
+    ) -> None:
         self.store = store
         spans = early_spans(packages, tuning)
-        self._cap = max(tuning.early_buffer // max(len(spans), 1), STREAM_CHUNK)
-        self._spans = [_Span(store, span, STREAM_CHUNK) for span in spans]
+        self._locks: dict[str, FileLock] = {}
+        for key in dict.fromkeys(s.key for s in spans):
+            lock = cache.lock(store.url, key)
+            if not lock.try_acquire():
+                continue
+            if lock.stamped_since(looked):  # another process fetched it meanwhile
+                lock.release()
+                continue
+            self._locks[key] = lock
+        spans = tuple(s for s in spans if s.key in self._locks)
+        cap = max(tuning.early_buffer // max(len(spans), 1), STREAM_CHUNK)
+        self._spans = [_Span(store, span, cap) for span in spans]
         self._stopped: list[_Span] = []
         # The plan cuts every package that has an early span where the spans do.
         self.cuts = {s.package: early_cuts(packages[s.package], tuning) for s in spans}
 
-    def widen(self) -> None:
-        """The manifest is in: let the spans download up to their share of the buffer."""
-        for span in self._spans:
-            span.widen(self._cap)
+    def lock(self, key: str) -> FileLock | None:
+        """The lock of package ``key``, held since its GETs went out, now the caller's
+        (to stamp and release), or None."""
+        return self._locks.pop(key, None)
 
     def keep(self, ranges: Iterable[RangeFetch]) -> None:
-        """Stop the spans that none of the planned ``ranges`` will take."""
+        """Stop the spans that none of the planned ``ranges`` will take, and let go of
+        the locks of packages the plan does not fetch from."""
+        ranges = list(ranges)
         wanted = {id(span) for r in ranges if (span := self._match(r)) is not None}
-        for span in self._spans:
+        for span in list(self._spans):
             if id(span) not in wanted:
                 self._drop(span)
+        fetched = {r.key for r in ranges}
+        for key in [k for k in self._locks if k not in fetched]:
+            self._locks.pop(key).release()
 
     def take(self, r: RangeFetch) -> AsyncIterator[memoryview] | None:
         """The bytes of ``r`` from the span it starts in (the rest, past the span, by
@@ -154,7 +176,12 @@ class EarlyReads:
     async def close(self) -> None:
         spans, self._spans = self._spans + self._stopped, []
         self._stopped = []
-        await asyncio.gather(*(span.close() for span in spans))
+        try:
+            await asyncio.gather(*(span.close() for span in spans))
+        finally:
+            for lock in self._locks.values():
+                lock.release()
+            self._locks.clear()
 
     def _match(self, r: RangeFetch) -> _Span | None:
         """The span of the last cut at or before the start of ``r``, if it starts near."""

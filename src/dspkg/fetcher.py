@@ -211,15 +211,18 @@ class Fetcher:
         # One process downloads a package at a time; the others wait, then fetch only
         # what is still missing (usually nothing).
         info = self.manifest.packages[index]
-        lock = self.cache.lock(self.store.url, info.key)
-        if not lock.try_acquire():
-            self._drop_early(info.key)  # the ranges will be cut anew
-            await lock.acquire_async()
-            ranges = self._still_missing(index, ranges)
-        elif lock.stamped_since(self.planned_at):
-            # Another process fetched it and let go between this one's plan and now.
-            self._drop_early(info.key)
-            ranges = self._still_missing(index, ranges)
+        # Held since before the plan when the package was read early.
+        lock = self.early.lock(info.key) if self.early is not None else None
+        if lock is None:
+            lock = self.cache.lock(self.store.url, info.key)
+            if not lock.try_acquire():
+                self._drop_early(info.key)  # the ranges will be cut anew
+                await lock.acquire_async()
+                ranges = self._still_missing(index, ranges)
+            elif lock.stamped_since(self.planned_at):
+                # Another process fetched it and let go between this one's plan and now.
+                self._drop_early(info.key)
+                ranges = self._still_missing(index, ranges)
         directory: asyncio.Task[None] | None = None
         try:
             # Downloading most of the package anyway: check its central directory too,

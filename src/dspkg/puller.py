@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from dspkg import memory
 from dspkg.cache import Cache
 from dspkg.catalog import whole
+from dspkg.concurrency import in_thread
 from dspkg.early import EarlyReads
 from dspkg.errors import DestinationError
 from dspkg.fetcher import Fetcher
@@ -120,15 +121,18 @@ async def pull_version(
     loaded = await load_version(store, cache, uri, read_only=options.dry_run)
     root = loaded.root
 
-    async def files_of(root: ManifestRoot) -> Manifest:
+    async def files_of(root: ManifestRoot, arrived: Callable[[], None] | None = None) -> Manifest:
         """A subset reads only the manifest shards whose path range it may match (all of
-        a v1 manifest): the result then holds those shards' files, the root the totals."""
+        a v1 manifest): the result then holds those shards' files, the root the totals.
+        ``arrived``: see :func:`load_files`."""
         shards = None
         if not subset.everything:
             # One shard at least: a selection that matches nothing is named from real files.
             shards = [s for s in root.shards if subset.may_match_range(s.first, s.last)]
             shards = shards or list(root.shards[:1])
-        files = await load_files(store, cache, root, shards, read_only=options.dry_run)
+        files = await load_files(
+            store, cache, root, shards, read_only=options.dry_run, arrived=arrived
+        )
         return whole(root, files)
 
     async def refresh() -> tuple[Manifest, Manifest] | None:
@@ -152,13 +156,19 @@ async def pull_version(
         return await _pull_in_batches(
             loaded, dest, store, cache, options, progress, before, started
         )
-    # A cold pull of the whole version: its packages' GETs go out now, while the shards
-    # load and the plans are made (see dspkg.early).
-    early = await _send_early(root, store, cache, options) if subset.everything else None
+    # A cold pull of the whole version sends its packages' GETs once the manifest's
+    # shards are in (not sooner: they would share the link), while the shards are
+    # checked and the plans made (see dspkg.early).
+    looked = time.time()
+    cold = subset.everything and await _cold(root, store, cache, options)
+    sent: list[EarlyReads] = []
+
+    def send_early() -> None:
+        sent.append(EarlyReads(store, cache, root.packages, options.tuning, looked))
+
     try:
-        version = await files_of(root)
-        if early is not None:
-            early.widen()
+        version = await files_of(root, send_early if cold else None)
+        early = sent[0] if sent else None
         # From here on the manifest lists only the chosen files (its packages stay whole).
         manifest = subset.view(version)
         if options.dry_run:
@@ -177,8 +187,10 @@ async def pull_version(
             with _removed_on_failure(dest):
                 prepare_destination(dest)
                 builder = TreeBuilder(cache, dest, options.link, speedups=options.speedups)
-                builder.begin(plan_tree(manifest.files))
+                files = manifest.files
                 try:
+                    # In a disk thread: the loop meanwhile takes in the early GETs' bytes.
+                    await in_thread(disk, lambda: builder.begin(plan_tree(files)))
                     fetched, _, fallbacks, manifest, version = await _fill(
                         manifest,
                         store,
@@ -211,7 +223,7 @@ async def pull_version(
             root=root,
         )
     finally:
-        if early is not None:
+        for early in sent:
             await early.close()
 
 
@@ -411,22 +423,19 @@ async def _fill_batch(
     return list(dict.fromkeys(f.sha256 for f in files)), filled.files, filled.fallbacks
 
 
-async def _send_early(
-    root: ManifestRoot, store: Store, cache: Cache, options: PullOptions
-) -> EarlyReads | None:
-    """The package GETs of a cold pull of a whole packaged version, sent before its plan;
-    None when the pull is not cold: the cache has a record of the version, or holds
-    more objects than a tenth of its files (a version built from one in the cache would
-    download what it does not need)."""
+async def _cold(root: ManifestRoot, store: Store, cache: Cache, options: PullOptions) -> bool:
+    """Whether a pull of all of ``root`` is cold enough to send its package GETs before
+    its plan: a packaged version, not a dry run, and no record of it in the cache, which
+    holds at most a tenth as many objects as it has files (else a version built on one
+    in the cache would download what it does not need)."""
     if options.dry_run or not root.packaged:
-        return None
-    if not options.refetch:
-        if cache.holds_record(store.url, root.uri):
-            return None
-        small = functools.partial(cache.holds_at_most, root.files // 10)
-        if not await asyncio.get_running_loop().run_in_executor(None, small):
-            return None
-    return EarlyReads(store, root.packages, options.tuning)
+        return False
+    if options.refetch:
+        return True
+    if cache.holds_record(store.url, root.uri):
+        return False
+    small = functools.partial(cache.holds_at_most, root.files // 10)
+    return await asyncio.get_running_loop().run_in_executor(None, small)
 
 
 def _file_clock(cache: Cache) -> float:
@@ -594,8 +603,9 @@ async def _fill(
     for _ in range(MAX_ROUNDS):
         if not missing:
             return _Filled(fetched, fetched_bytes, tuple(fallbacks), manifest, version or manifest)
-        plan = plan_fetch(
-            manifest, _absent(missing), options.tuning, early.cuts if early is not None else None
+        cuts = early.cuts if early is not None else None
+        plan = await loop.run_in_executor(  # in a thread, as the tree's plan
+            disk, functools.partial(plan_fetch, manifest, _absent(missing), options.tuning, cuts)
         )
         if early is not None:
             early.keep(plan.ranges)
