@@ -18,19 +18,19 @@ from dspkg import api
 from dspkg.cache import Cache
 from dspkg.catalog import Catalog
 from dspkg.early import EarlyReads
-from dspkg.errors import Integrity
+from dspkg.errors import DestinationError, Integrity
 from dspkg.manifest import Manifest
 from dspkg.names import VersionUri
 from dspkg.pull_plan import EARLY_MARGIN, Tuning, plan_fetch
 from dspkg.puller import PullOptions, PullResult, pull_version
 from dspkg.store import Store
-from tests.helpers import StoreCase, assert_one_line_error, make_store_url, read_tree, run_cli
+from tests.helpers import StoreCase, make_store_url, read_tree
 from tests.helpers import write_outputs as write
 
 URI = "dataset://early/v1"
 VERSION = VersionUri("early", "v1")
 # Small cuts, so that a package of a few hundred kB is read as several early spans.
-TUNING = Tuning(min_range=64 << 10, range_requests=6)
+TUNING = Tuning(min_range=64 << 10, range_requests=6, early_buffer=8 << 20)
 
 
 def some_files(seed: int, count: int = 240) -> dict[str, bytes]:
@@ -60,10 +60,12 @@ def publish(case: StoreCase, tmp_path: Path, files: dict[str, bytes], **options:
     )
 
 
-def pull(case: StoreCase, cache_dir: Path, dest: Path) -> PullResult:
+def pull(case: StoreCase, cache_dir: Path, dest: Path, uri: VersionUri = VERSION) -> PullResult:
+    """A pull with early GETs on (they are off by default) and small cuts."""
+
     async def run() -> PullResult:
         with Cache(cache_dir) as cache:
-            return await pull_version(VERSION, dest, case.open(), cache, PullOptions(tuning=TUNING))
+            return await pull_version(uri, dest, case.open(), cache, PullOptions(tuning=TUNING))
 
     return asyncio.run(run())
 
@@ -160,7 +162,7 @@ def test_a_version_built_on_a_cached_one_sends_no_early_gets(tmp_path: Path) -> 
     case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
     publish(case, tmp_path, files)
     env = {"DSPKG_CACHE": str(tmp_path / "cache"), "PATH": os.environ.get("PATH", "")}
-    api.pull(URI, tmp_path / "v1", store=case.url, env=env)
+    pull(case, tmp_path / "cache", tmp_path / "v1")
     (tmp_path / "more").mkdir()
     (tmp_path / "more" / "new.bin").write_bytes(os.urandom(5_000))
     api.publish(
@@ -172,7 +174,7 @@ def test_a_version_built_on_a_cached_one_sends_no_early_gets(tmp_path: Path) -> 
         package_size="1MB",
         env=env,
     )
-    v2 = api.pull("dataset://early/v2", tmp_path / "v2", store=case.url, env=env)
+    v2 = pull(case, tmp_path / "cache", tmp_path / "v2", VersionUri("early", "v2"))
     assert read_tree(tmp_path / "v2") == {
         **files,
         "new.bin": read_tree(tmp_path / "more")["new.bin"],
@@ -182,12 +184,19 @@ def test_a_version_built_on_a_cached_one_sends_no_early_gets(tmp_path: Path) -> 
 
 
 def test_a_pull_failing_before_its_plan_stops_its_early_gets(tmp_path: Path) -> None:
+    """DEST is not empty: the pull fails after the GETs went out, before its plan."""
     case = StoreCase("file", f"file://{tmp_path / 'store'}", {})
     publish(case, tmp_path, some_files(5))
-    root = asyncio.run(Catalog(case.open()).read_root(VERSION))
-    (tmp_path / "store" / root.shards[0].key).unlink()
-    env = {"DSPKG_CACHE": str(tmp_path / "cache"), "PATH": os.environ.get("PATH", "")}
-    result = run_cli(["pull", URI, str(tmp_path / "dest"), "--store", case.url], env)
-    assert_one_line_error(result, "missing from the store")
-    assert "Task" not in result.stderr  # no early GET left pending or unretrieved
-    assert not (tmp_path / "dest").exists()
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "mine.txt").write_text("kept")
+
+    async def run() -> None:
+        with Cache(tmp_path / "cache") as cache:
+            options = PullOptions(tuning=TUNING)
+            with pytest.raises(DestinationError, match="is not empty"):
+                await pull_version(VERSION, tmp_path / "dest", case.open(), cache, options)
+            assert not any(cache.iter_objects())  # nothing fetched
+        assert asyncio.all_tasks() == {asyncio.current_task()}  # no early GET left running
+
+    asyncio.run(run())
+    assert read_tree(tmp_path / "dest") == {"mine.txt": b"kept"}

@@ -36,8 +36,10 @@ class Tuning:
     range_requests: int = 8  # ranged GETs in flight (package ranges and parts of big blobs)
     blob_requests: int = 128  # per-file GETs in flight
     blob_part: int = 8 << 20  # a blob of two parts or more is fetched as parallel ranged GETs
-    # Bytes of packages a cold pull may hold in memory, read before its plan is ready.
-    early_buffer: int = 96 << 20
+    # Bytes of packages a cold pull may hold in memory, read before its plan is ready
+    # (dspkg.early). Off (0) by default: on the bench bed it gained nothing measurable
+    # and cost about 125 MB of peak memory (docs/benchmarks.md, eighth session).
+    early_buffer: int = 0
 
     def with_jobs(self, jobs: int) -> Tuning:
         """``--jobs N``: at most N requests in flight of either kind."""

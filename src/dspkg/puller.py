@@ -425,10 +425,11 @@ async def _fill_batch(
 
 async def _cold(root: ManifestRoot, store: Store, cache: Cache, options: PullOptions) -> bool:
     """Whether a pull of all of ``root`` is cold enough to send its package GETs before
-    its plan: a packaged version, not a dry run, and no record of it in the cache, which
+    its plan (when ``Tuning.early_buffer`` allows it): a packaged version, not a dry
+    run, and no record of it in the cache, which
     holds at most a tenth as many objects as it has files (else a version built on one
     in the cache would download what it does not need)."""
-    if options.dry_run or not root.packaged:
+    if options.dry_run or not root.packaged or options.tuning.early_buffer <= 0:
         return False
     if options.refetch:
         return True
