@@ -25,15 +25,7 @@ from dspkg.publish_plan import (
     split_runs,
 )
 from dspkg.publish_records import VersionRecords
-from dspkg.pull_plan import (
-    EARLY_MARGIN,
-    Tuning,
-    early_cuts,
-    early_spans,
-    estimate,
-    header_start,
-    plan_fetch,
-)
+from dspkg.pull_plan import Tuning, estimate, header_start, plan_fetch
 from dspkg.shards import WRITER_LIMITS, ShardLimits, encode_manifest
 from dspkg.sources import LocalFile, LocalFiles
 from dspkg.zipwriter import PackageWriter
@@ -216,63 +208,6 @@ def test_ranges_cover_exactly_the_missing_files(
         assert r.size <= max(max_range, *(f.size + 100 for f in r.files))
     spans = sorted((r.start, r.end) for r in plan.ranges)
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    sizes=_sizes,
-    cached=st.sets(st.integers(0, 59)),
-    min_range=st.integers(1_000, 400_000),
-    requests=st.integers(1, 8),
-)
-def test_early_spans_hold_the_ranges_planned_at_their_cuts(
-    sizes: list[int], cached: set[int], min_range: int, requests: int
-) -> None:
-    manifest, package = packaged_manifest(sizes)
-    (info,) = manifest.packages
-    tuning = Tuning(min_range=min_range, max_range=1 << 30, range_requests=requests)
-    cuts = early_cuts(info, tuning)
-    spans = early_spans(manifest.packages, tuning)
-    entries_end = package.index(b"PK\x01\x02")  # where the central directory starts
-    # Cut from the root alone (which bounds where the entries end from above): spans
-    # from the cuts, the last one reaching the entries' end (when all cuts have one),
-    # none past the package.
-    assert cuts[0] == 0 and all(0 <= c < info.size for c in cuts)
-    assert len(spans) == min(len(cuts), requests)
-    assert [s.start for s in spans] == list(cuts[: len(spans)])
-    assert all(s.start < s.end <= info.size for s in spans)
-    if len(spans) == len(cuts):
-        assert spans[-1].end >= entries_end
-    for s, n in zip(spans, cuts[1:], strict=False):
-        assert s.end >= n + min(EARLY_MARGIN, entries_end - n)
-
-    have = {manifest.files[i].sha256 for i in cached if i < len(manifest.files)}
-    plan = plan_fetch(manifest, lambda f: f.sha256 in have, tuning, {0: cuts})
-    planned = [f for r in plan.ranges for f in r.files]
-    assert {f.sha256 for f in planned} == {f.sha256 for f in manifest.files} - have
-    for r in plan.ranges:
-        assert package[r.start : r.start + 4] == b"PK\x03\x04"
-        # No range crosses a cut: its files all start on one side of each.
-        starts = [header_start(f) for f in r.files]
-        assert all(not r.start < c <= starts[-1] for c in cuts)
-    for c in cuts:
-        # The first file to fetch from a cut starts a range.
-        after = [f for f in planned if header_start(f) >= c]
-        if after:
-            first = min(after, key=header_start)
-            assert any(r.start == header_start(first) for r in plan.ranges)
-    if not have and max(sizes) + 100 < EARLY_MARGIN:
-        # A cold pull: each span holds the range from the first entry after its cut
-        # (unless that entry is after the next cut too), whole.
-        starts = sorted(header_start(f) for f in planned)  # each content once
-        for s, following in zip(spans, [*cuts[1:], info.size], strict=False):
-            begins = next((x for x in starts if x >= s.start), following)
-            mine = [r for r in plan.ranges if s.start <= r.start < following]
-            if begins >= following:
-                assert not mine
-                continue
-            (r,) = mine
-            assert r.start == begins < s.start + EARLY_MARGIN and r.end <= s.end
 
 
 def test_coalescing_downloads_small_gaps_and_skips_big_ones() -> None:

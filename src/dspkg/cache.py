@@ -241,21 +241,9 @@ class Cache:
         :meth:`lookup`. A name not found is an object to fetch."""
         # The folders first, then one set operation: an empty cache costs 256 listings,
         # not a pass over every name in Python.
-        held = self._names_in(sorted({sha[:2] for sha in shas}), budget)
-        if held is None:
-            return None
-        return held.intersection(shas) if held else set()
-
-    def holds_at_most(self, count: int) -> bool:
-        """Whether the cache holds at most ``count`` objects (it lists them, stopping
-        once there are more)."""
-        return self._names_in([f"{i:02x}" for i in range(256)], count) is not None
-
-    def _names_in(self, prefixes: Iterable[str], budget: int) -> set[str] | None:
-        """The objects named in the folders ``prefixes``; None once more than ``budget``."""
         held: set[str] = set()
         listed = 0
-        for prefix in prefixes:
+        for prefix in sorted({sha[:2] for sha in shas}):
             try:
                 names = os.listdir(f"{self._objects_str}/{prefix}")
             except FileNotFoundError:
@@ -266,7 +254,7 @@ class Cache:
             if listed > budget:
                 return None
             held.update(prefix + name for name in names)
-        return held
+        return held.intersection(shas) if held else set()
 
     def recheck(self, sha256: str, size: int) -> bool:
         """Hash an object that something touched: keep it if its bytes match its name

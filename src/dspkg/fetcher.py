@@ -32,7 +32,6 @@ from typing import Any, Protocol
 from dspkg import zipformat as zf
 from dspkg.cache import Cache, ObjectWriter, cache_error
 from dspkg.concurrency import BoundedTasks
-from dspkg.early import EarlyReads
 from dspkg.errors import DspkgError, Integrity, UnsafePackage
 from dspkg.layout import blob_key
 from dspkg.manifest import FileEntry, Manifest, PackageInfo
@@ -135,8 +134,6 @@ class Fetcher:
     planned_at: float = field(default_factory=time.time)
     # Warnings given already (shared by the fetchers of one pull's batches: once each).
     warned: set[str] = field(default_factory=set)
-    # GETs a cold pull sent before this plan: a range starting in one takes its bytes.
-    early: EarlyReads | None = None
     result: FetchResult = field(default_factory=FetchResult)
     # Ranges of packages found unusable, with why: their files come from blobs instead.
     _failed: list[tuple[RangeFetch, Exception]] = field(default_factory=list)
@@ -211,18 +208,13 @@ class Fetcher:
         # One process downloads a package at a time; the others wait, then fetch only
         # what is still missing (usually nothing).
         info = self.manifest.packages[index]
-        # Held since before the plan when the package was read early.
-        lock = self.early.lock(info.key) if self.early is not None else None
-        if lock is None:
-            lock = self.cache.lock(self.store.url, info.key)
-            if not lock.try_acquire():
-                self._drop_early(info.key)  # the ranges will be cut anew
-                await lock.acquire_async()
-                ranges = self._still_missing(index, ranges)
-            elif lock.stamped_since(self.planned_at):
-                # Another process fetched it and let go between this one's plan and now.
-                self._drop_early(info.key)
-                ranges = self._still_missing(index, ranges)
+        lock = self.cache.lock(self.store.url, info.key)
+        if not lock.try_acquire():
+            await lock.acquire_async()
+            ranges = self._still_missing(index, ranges)
+        elif lock.stamped_since(self.planned_at):
+            # Another process fetched it and let go between this one's plan and now.
+            ranges = self._still_missing(index, ranges)
         directory: asyncio.Task[None] | None = None
         try:
             # Downloading most of the package anyway: check its central directory too,
@@ -251,13 +243,8 @@ class Fetcher:
         finally:
             if directory is not None:
                 await _cancelled(directory)  # awaited either way, so never orphaned
-            self._drop_early(info.key)
             lock.stamp()
             lock.release()
-
-    def _drop_early(self, key: str) -> None:
-        if self.early is not None:
-            self.early.drop(key)
 
     async def _fetch_ranges(self, ranges: list[RangeFetch]) -> None:
         async with BoundedTasks(max(1, len(ranges))) as parts:
@@ -370,10 +357,7 @@ class Fetcher:
         chunks: asyncio.Queue[memoryview | None] = asyncio.Queue(PENDING_CHUNKS)
 
         async def download() -> None:
-            source = self.early.take(r) if self.early is not None else None
-            if source is None:
-                source = self.store.stream_range(r.key, r.start, r.end)
-            async for chunk in source:
+            async for chunk in self.store.stream_range(r.key, r.start, r.end):
                 await chunks.put(chunk)
             await chunks.put(None)
 

@@ -101,28 +101,16 @@ async def load_files(
     shards: Sequence[ShardInfo] | None = None,
     *,
     read_only: bool = False,
-    arrived: Callable[[], None] | None = None,
 ) -> tuple[FileEntry, ...]:
     """The files of ``shards`` of ``root`` (all when None), checked together.
-    ``arrived`` is called once the bytes of every shard are in, before they are checked.
 
     A v1 manifest has no shards: all its files are returned, for the caller to select.
     """
     if root.inline is not None:
-        if arrived is not None:
-            arrived()
         return root.inline
     chosen = chosen_shards(root, shards)
     obj = store.describe(manifest_key(root.dataset, root.version))
-    waiting = len(chosen)
-
-    def one_arrived() -> None:
-        nonlocal waiting
-        waiting -= 1
-        if waiting == 0 and arrived is not None:
-            arrived()
-
-    load = shard_loader(store, cache, root, read_only=read_only, arrived=one_arrived)
+    load = shard_loader(store, cache, root, read_only=read_only)
     files = await load_joined(root, chosen, load, obj=obj, checked=root.validated)
     if chosen == root.shards and not root.validated and not read_only:
         _note_checked(cache, store.url, root)
@@ -151,16 +139,10 @@ def join_files(
 
 
 def shard_loader(
-    store: Store,
-    cache: Cache,
-    root: ManifestRoot,
-    *,
-    read_only: bool = False,
-    arrived: Callable[[], None] | None = None,
+    store: Store, cache: Cache, root: ManifestRoot, *, read_only: bool = False
 ) -> Callable[[ShardInfo], Awaitable[Records]]:
     """Loads one shard of ``root``: the cache's copy, else the store's (then kept), each
-    checked on its own (see :func:`~dspkg.shards.decode_shard`). ``arrived`` is called
-    once a shard's bytes are in: from the store, or a cached copy that decoded."""
+    checked on its own (see :func:`~dspkg.shards.decode_shard`)."""
     catalog = Catalog(store)
 
     async def load(shard: ShardInfo) -> Records:
@@ -168,15 +150,8 @@ def shard_loader(
         kept = cache.load_shard(store.url, root.dataset, name)
         if kept is not None:
             with contextlib.suppress(DspkgError):  # a damaged copy is a miss
-                records = await decode_in_thread(
-                    kept, shard, obj=f"cached shard {name}", trusted=True
-                )
-                if arrived is not None:
-                    arrived()
-                return records
+                return await decode_in_thread(kept, shard, obj=f"cached shard {name}", trusted=True)
         data = await catalog.shard_bytes(root, shard)
-        if arrived is not None:
-            arrived()
         records = await decode_in_thread(data, shard, obj=store.describe(shard.key), trusted=False)
         if not read_only:
             cache.save_shard(store.url, root.dataset, name, data)

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from dspkg import zipformat as zf
-from dspkg.manifest import FileEntry, Manifest, PackageInfo
-
-# An early read of a package runs this far past its cut: enough for the entry that
-# straddles the cut, which the range before it ends with.
-EARLY_MARGIN = 256 << 10
+from dspkg.manifest import FileEntry, Manifest
 
 
 @dataclass(frozen=True)
@@ -36,10 +32,6 @@ class Tuning:
     range_requests: int = 8  # ranged GETs in flight (package ranges and parts of big blobs)
     blob_requests: int = 128  # per-file GETs in flight
     blob_part: int = 8 << 20  # a blob of two parts or more is fetched as parallel ranged GETs
-    # Bytes of packages a cold pull may hold in memory, read before its plan is ready
-    # (dspkg.early). Off (0) by default: on the bench bed it gained nothing measurable
-    # and cost about 125 MB of peak memory (docs/benchmarks.md, eighth session).
-    early_buffer: int = 0
 
     def with_jobs(self, jobs: int) -> Tuning:
         """``--jobs N``: at most N requests in flight of either kind."""
@@ -112,57 +104,10 @@ def header_start(f: FileEntry) -> int:
     return f.offset - zf.local_header_size(f.path.encode(), f.size)
 
 
-@dataclass(frozen=True)
-class EarlySpan:
-    """Bytes ``[start, end)`` of package ``package``, read before the plan is known."""
-
-    package: int
-    key: str
-    start: int
-    end: int
-
-
-def early_cuts(info: PackageInfo, tuning: Tuning) -> tuple[int, ...]:
-    """Where a cold pull cuts a whole package into parallel ranged GETs when it sends
-    them knowing only the package's size and entry count (a manifest's root), before it
-    has read which entry lies where: about as :func:`coalesce` would cut it by length.
-    A plan made with these cuts (:func:`plan_fetch`'s ``cuts``) starts a range at the
-    first entry from each of them."""
-    end = _entries_end(info)
-    return tuple(range(0, end, tuning.range_limit(end))) if end > 0 else ()
-
-
-def early_spans(packages: Sequence[PackageInfo], tuning: Tuning) -> tuple[EarlySpan, ...]:
-    """The ranged GETs to send before the plan: one from each of :func:`early_cuts`,
-    running ``EARLY_MARGIN`` past the next cut (the entry straddling a cut belongs to
-    the range before it), the last one to where the entries can end at the latest; at
-    most ``range_requests`` of them, in package order."""
-    spans: list[EarlySpan] = []
-    for index, info in enumerate(packages):
-        end = _entries_end(info)
-        cuts = early_cuts(info, tuning)
-        for cut, following in itertools.zip_longest(cuts, cuts[1:], fillvalue=end):
-            if len(spans) == tuning.range_requests:
-                return tuple(spans)
-            spans.append(EarlySpan(index, info.key, cut, min(following + EARLY_MARGIN, end)))
-    return tuple(spans)
-
-
-def _entries_end(info: PackageInfo) -> int:
-    """Where a package's entries end at the latest: its central directory holds a
-    record of at least 46 bytes and a one-byte name per entry, then the end record."""
-    return info.size - info.entries * (zf.CENTRAL.size + 1) - zf.EOCD.size
-
-
 def plan_fetch(
-    manifest: Manifest,
-    cached: Callable[[FileEntry], bool],
-    tuning: Tuning = Tuning(),
-    cuts: Mapping[int, Sequence[int]] | None = None,
+    manifest: Manifest, cached: Callable[[FileEntry], bool], tuning: Tuning = Tuning()
 ) -> FetchPlan:
-    """Plan the downloads that fill the cache with every file of ``manifest``.
-    ``cuts``: offsets by package where a range must start anew (at the first entry
-    from there: see :func:`early_spans`), instead of cutting by length."""
+    """Plan the downloads that fill the cache with every file of ``manifest``."""
     seen: set[str] = set()
     add = seen.add
     files_cached = bytes_cached = 0
@@ -188,8 +133,7 @@ def plan_fetch(
             blobs.append(f)
     ranges: list[RangeFetch] = []
     for index in sorted(by_package):
-        at = cuts.get(index) if cuts is not None else None
-        ranges.extend(coalesce(manifest, index, by_package[index], tuning, at))
+        ranges.extend(coalesce(manifest, index, by_package[index], tuning))
     return FetchPlan(
         uri=str(manifest.uri),
         files_total=len(manifest.files),
@@ -207,20 +151,13 @@ def _offset(f: FileEntry) -> int:
 
 
 def coalesce(
-    manifest: Manifest,
-    index: int,
-    files: list[FileEntry],
-    tuning: Tuning,
-    cuts: Sequence[int] | None = None,
+    manifest: Manifest, index: int, files: list[FileEntry], tuning: Tuning
 ) -> list[RangeFetch]:
-    """The ranged GETs that fetch ``files`` of package ``index``: cut by length, or
-    at the first entry from each of ``cuts`` (sorted offsets) when given."""
+    """The ranged GETs that fetch ``files`` of package ``index``."""
     key = manifest.packages[index].key
     files = sorted(files, key=_offset)
     span = (files[-1].offset or 0) + files[-1].size - header_start(files[0]) if files else 0
-    limit: float = tuning.range_limit(span) if cuts is None else math.inf
-    following = iter(cuts or ())
-    cut = next(following, math.inf)
+    limit = tuning.range_limit(span)
     gap = tuning.gap_bytes
     header = zf.LOCAL.size
     big = zf.MAX32
@@ -236,10 +173,7 @@ def coalesce(
             offset - header - len(f.path.encode()) - (zf.LOCAL_ZIP64_EXTRA if size >= big else 0)
         )
         f_end = offset + size
-        at_cut = f_start >= cut
-        while f_start >= cut:
-            cut = next(following, math.inf)
-        if group and (f_start - end > gap or f_end - start > limit or at_cut):
+        if group and (f_start - end > gap or f_end - start > limit):
             ranges.append(RangeFetch(index, key, start, end, tuple(group)))
             group = []
         if not group:

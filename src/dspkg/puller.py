@@ -18,7 +18,6 @@ from dspkg import memory
 from dspkg.cache import Cache
 from dspkg.catalog import whole
 from dspkg.concurrency import in_thread
-from dspkg.early import EarlyReads
 from dspkg.errors import DestinationError
 from dspkg.fetcher import Fetcher
 from dspkg.loader import FileStream, Loaded, load_files, load_version, reload_root
@@ -121,18 +120,15 @@ async def pull_version(
     loaded = await load_version(store, cache, uri, read_only=options.dry_run)
     root = loaded.root
 
-    async def files_of(root: ManifestRoot, arrived: Callable[[], None] | None = None) -> Manifest:
+    async def files_of(root: ManifestRoot) -> Manifest:
         """A subset reads only the manifest shards whose path range it may match (all of
-        a v1 manifest): the result then holds those shards' files, the root the totals.
-        ``arrived``: see :func:`load_files`."""
+        a v1 manifest): the result then holds those shards' files, the root the totals."""
         shards = None
         if not subset.everything:
             # One shard at least: a selection that matches nothing is named from real files.
             shards = [s for s in root.shards if subset.may_match_range(s.first, s.last)]
             shards = shards or list(root.shards[:1])
-        files = await load_files(
-            store, cache, root, shards, read_only=options.dry_run, arrived=arrived
-        )
+        files = await load_files(store, cache, root, shards, read_only=options.dry_run)
         return whole(root, files)
 
     async def refresh() -> tuple[Manifest, Manifest] | None:
@@ -156,75 +152,60 @@ async def pull_version(
         return await _pull_in_batches(
             loaded, dest, store, cache, options, progress, before, started
         )
-    # A cold pull of the whole version sends its packages' GETs once the manifest's
-    # shards are in (not sooner: they would share the link), while the shards are
-    # checked and the plans made (see dspkg.early).
-    looked = time.time()
-    cold = subset.everything and await _cold(root, store, cache, options)
-    sent: list[EarlyReads] = []
-
-    def send_early() -> None:
-        sent.append(EarlyReads(store, cache, root.packages, options.tuning, looked))
-
-    try:
-        version = await files_of(root, send_early if cold else None)
-        early = sent[0] if sent else None
-        # From here on the manifest lists only the chosen files (its packages stay whole).
-        manifest = subset.view(version)
-        if options.dry_run:
-            present = set() if options.refetch else _cached(manifest, cache)
-            if loaded.cached and _needs_blobs(manifest, present):
-                manifest, version = await refresh() or (manifest, version)
-            plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
-            return _result(
-                manifest, dest, store, before, started, plan, tuning=options.tuning, root=root
-            )
-        with (
-            _destination_lock(cache, dest),
-            cache.pin(store.url, manifest.uri),
-            ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
-        ):
-            with _removed_on_failure(dest):
-                prepare_destination(dest)
-                builder = TreeBuilder(cache, dest, options.link, speedups=options.speedups)
-                files = manifest.files
-                try:
-                    # In a disk thread: the loop meanwhile takes in the early GETs' bytes.
-                    await in_thread(disk, lambda: builder.begin(plan_tree(files)))
-                    fetched, _, fallbacks, manifest, version = await _fill(
-                        manifest,
-                        store,
-                        cache,
-                        disk,
-                        builder,
-                        options,
-                        progress,
-                        version,
-                        refresh if loaded.cached else None,
-                        early=early,
-                    )
-                    builder.commit()
-                except BaseException:
-                    builder.abort()
-                    raise
-            _record_use(cache, store.url, version, manifest, root.files)
-            if options.max_cache_size is not None:
-                prune(cache, options.max_cache_size)  # this version stays: it is pinned
+    version = await files_of(root)
+    # From here on the manifest lists only the chosen files (its packages stay whole).
+    manifest = subset.view(version)
+    if options.dry_run:
+        present = set() if options.refetch else _cached(manifest, cache)
+        if loaded.cached and _needs_blobs(manifest, present):
+            manifest, version = await refresh() or (manifest, version)
+        plan = plan_fetch(manifest, lambda f: f.sha256 in present, options.tuning)
         return _result(
-            manifest,
-            dest,
-            store,
-            before,
-            started,
-            None,
-            builder.mode.value,
-            fallbacks,
-            fetched,
-            root=root,
+            manifest, dest, store, before, started, plan, tuning=options.tuning, root=root
         )
-    finally:
-        for early in sent:
-            await early.close()
+    with (
+        _destination_lock(cache, dest),
+        cache.pin(store.url, manifest.uri),
+        ThreadPoolExecutor(max_workers=options.disk_threads) as disk,
+    ):
+        with _removed_on_failure(dest):
+            prepare_destination(dest)
+            builder = TreeBuilder(cache, dest, options.link, speedups=options.speedups)
+            files = manifest.files
+            try:
+                # In a disk thread, settled before a cancellation goes on: it makes the
+                # staging tree's folders, which the cleanup then removes.
+                await in_thread(disk, lambda: builder.begin(plan_tree(files)))
+                fetched, _, fallbacks, manifest, version = await _fill(
+                    manifest,
+                    store,
+                    cache,
+                    disk,
+                    builder,
+                    options,
+                    progress,
+                    version,
+                    refresh if loaded.cached else None,
+                )
+                builder.commit()
+            except BaseException:
+                builder.abort()
+                raise
+        _record_use(cache, store.url, version, manifest, root.files)
+        if options.max_cache_size is not None:
+            prune(cache, options.max_cache_size)  # this version stays: it is pinned
+    return _result(
+        manifest,
+        dest,
+        store,
+        before,
+        started,
+        None,
+        builder.mode.value,
+        fallbacks,
+        fetched,
+        root=root,
+    )
 
 
 class _Refreshed(Exception):
@@ -423,22 +404,6 @@ async def _fill_batch(
     return list(dict.fromkeys(f.sha256 for f in files)), filled.files, filled.fallbacks
 
 
-async def _cold(root: ManifestRoot, store: Store, cache: Cache, options: PullOptions) -> bool:
-    """Whether a pull of all of ``root`` is cold enough to send its package GETs before
-    its plan (when ``Tuning.early_buffer`` allows it): a packaged version, not a dry
-    run, and no record of it in the cache, which
-    holds at most a tenth as many objects as it has files (else a version built on one
-    in the cache would download what it does not need)."""
-    if options.dry_run or not root.packaged or options.tuning.early_buffer <= 0:
-        return False
-    if options.refetch:
-        return True
-    if cache.holds_record(store.url, root.uri):
-        return False
-    small = functools.partial(cache.holds_at_most, root.files // 10)
-    return await asyncio.get_running_loop().run_in_executor(None, small)
-
-
 def _file_clock(cache: Cache) -> float:
     """Now, as the file system stamps files in the cache (its clock is coarser than
     ``time.time()`` and may lag it): the mtime of a file written and removed."""
@@ -540,7 +505,6 @@ async def _fill(
     phases: bool = True,
     since: float | None = None,
     warned: set[str] | None = None,
-    early: EarlyReads | None = None,
 ) -> _Filled:
     """Link every cached file into the staging tree, then fetch the rest into both.
 
@@ -553,8 +517,7 @@ async def _fill(
     no package (the cache's copy may predate packages that ``dspkg package`` added).
     ``phases``: each round of fetching is a progress phase of its own (else the caller's
     phase goes on). ``since``: with refetch, objects the cache got since then are linked
-    (a batched pull's own, see :meth:`TreeBuilder.link_cached`). ``early``: the GETs
-    sent before the plan, which its first round cuts the packages for and takes.
+    (a batched pull's own, see :meth:`TreeBuilder.link_cached`).
     Returns the files and bytes fetched, the fallbacks, and the manifest and version it used.
     """
     loop = asyncio.get_running_loop()
@@ -592,9 +555,6 @@ async def _fill(
         updated = await refresh()
         if updated is not None:
             manifest, version = updated
-            if early is not None:  # other packages: the early GETs are not for them
-                early.keep(())
-                early = None
             regrouped: dict[str, list[FileEntry]] = {}
             for f in manifest.files:
                 regrouped.setdefault(f.sha256, []).append(f)
@@ -604,12 +564,9 @@ async def _fill(
     for _ in range(MAX_ROUNDS):
         if not missing:
             return _Filled(fetched, fetched_bytes, tuple(fallbacks), manifest, version or manifest)
-        cuts = early.cuts if early is not None else None
         plan = await loop.run_in_executor(  # in a thread, as the tree's plan
-            disk, functools.partial(plan_fetch, manifest, _absent(missing), options.tuning, cuts)
+            disk, functools.partial(plan_fetch, manifest, _absent(missing), options.tuning)
         )
-        if early is not None:
-            early.keep(plan.ranges)
         if phases:
             progress.start(f"pulling {manifest.uri}", plan.files_to_fetch, plan.bytes_to_fetch)
         try:
@@ -625,9 +582,7 @@ async def _fill(
                 # Under refetch, no second look: it would take the cache's older objects.
                 planned_at=math.inf if options.refetch else looked,
                 warned=warned,
-                early=early,
             )
-            early = None  # taken by the first round or not at all
             outcome = await fetcher.run(plan)
         finally:
             if phases:
