@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dspkg.bench.machine import summary
+from dspkg.bench.machine import file_system_label, summary
 from dspkg.bench.results import DISK_STATES, STATE_LABELS, DiskState, Report, Row, Target
 
 _Cell = Callable[[Row], str]
@@ -180,7 +180,7 @@ def markdown(report: Report) -> str:
         f"### {title(report)}",
         "",
         f"Run {report.started_at}{_load(report)}. Machine: {m['nproc']} CPUs ({m['cpu_model']}), "
-        f"{m['memory_gb']} GB RAM, {m['file_system']} work dir, kernel {m['kernel']}, "
+        f"{m['memory_gb']} GB RAM, {file_system_label(m)} work dir, kernel {m['kernel']}, "
         f"Python {m['python']}; dspkg {v['dspkg']}, obstore {v['obstore']}, "
         f"{server or 'server'} {server_version or '?'}, s5cmd {v['s5cmd'] or 'missing'}.",
     ]
