@@ -136,6 +136,18 @@ def test_rows_report_the_median_round_and_every_round_time() -> None:
     (row,) = combine_rounds(rounds)
     assert row.seconds == 2.0 and row.peak_rss_kib == 300 and row.state == "deleted"
     assert row.extra["round_seconds"] == [3.0, 1.0, 2.0]
+    assert "round_server_cpu_seconds" not in row.extra  # not measured against a store
+
+
+def test_rows_keep_every_round_cpu_of_the_client_and_the_server() -> None:
+    rounds = [
+        {"x": Row("x", "m", 10, seconds=s, cpu_seconds=c, extra={"server_cpu_seconds": srv})}
+        for s, c, srv in ((3.0, 9.0, 6.3), (1.0, 4.0, None), (2.0, 5.0, 1.9))
+    ]
+    (row,) = combine_rounds(rounds)
+    assert row.seconds == 2.0 and row.extra["server_cpu_seconds"] == 1.9
+    assert row.extra["round_cpu_seconds"] == [9.0, 4.0, 5.0]
+    assert row.extra["round_server_cpu_seconds"] == [6.3, None, 1.9]
 
 
 @given(st.integers(10, 60_000))
@@ -188,7 +200,12 @@ def _report() -> Report:
             10**6,
             1024,
             0.5,
-            extra={"seconds_after_deletion": 3.5},
+            extra={
+                "seconds_after_deletion": 3.5,
+                "round_seconds": [2.5, 2.0, 1.5],
+                "round_cpu_seconds": [0.6, 0.5, None],
+                "round_server_cpu_seconds": [6.25, 1.9, 2.0],
+            },
             state="deleted",
         ),
     )
@@ -234,3 +251,7 @@ def test_the_report_shows_each_state_and_each_target_with_its_spread() -> None:
     assert "| a vs b | issue 13 | 1.60x | 1.40-2.00x, 2/3 pass | >= 1.5x | **PASS** |" in md
     assert "| a vs b (after deletions) | issue 13 | 0.90x |" in md
     assert "Rows after deletions: each round first deleted" in md
+    assert (
+        "| dspkg pull, packaged (cold cache) (after deletions) | 2.50 / 2.00 / 1.50 "
+        "| 0.6 / 0.5 / - | 6.2 / 1.9 / 2.0 |"
+    ) in md

@@ -200,6 +200,7 @@ def markdown(report: Report) -> str:
             else:
                 cells = [cell(row) for _, cell in columns]
             lines.append(f"| {row.method}{_after_deletion(row)} | " + " | ".join(cells) + " |")
+    lines += _rounds_table(report)
     lines += [
         "",
         "| target | answers | measured (median) | spread (rounds) | goal | result |",
@@ -214,6 +215,31 @@ def markdown(report: Report) -> str:
     lines += ["", verdict(report) + ". " + _rss_note(report)]
     lines += [f"\nNote: {n}." for n in report.facts.get("notes", ())]
     return "\n".join(lines)
+
+
+def _rounds_table(report: Report) -> list[str]:
+    """Every round of the rows measured against the store: its seconds, and the CPU
+    seconds of the client and of the server, so a slow round shows who was busy."""
+    rows = [r for r in report.rows if len(r.extra.get("round_server_cpu_seconds") or ()) > 1]
+    if not rows:
+        return []
+
+    def per_round(values: list[float | None], fmt: str) -> str:
+        return " / ".join(_num(v, fmt) for v in values)
+
+    lines = [
+        "",
+        "| method, each round | seconds | client CPU s | server CPU s |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        where = "" if row.state == "rested" else f" ({STATE_LABELS[row.state]})"
+        lines.append(
+            f"| {row.method}{where} | {per_round(row.extra['round_seconds'], '.2f')} "
+            f"| {per_round(row.extra.get('round_cpu_seconds') or [], '.1f')} "
+            f"| {per_round(row.extra['round_server_cpu_seconds'], '.1f')} |"
+        )
+    return lines
 
 
 def _load(report: Report) -> str:

@@ -226,7 +226,10 @@ def combine_rounds(rounds: Sequence[Mapping[str, Row]]) -> list[Row]:
 
     Taking a whole round (not a median per column) keeps each row's figures consistent
     with each other; only peak RSS is the largest of all rounds, the conservative figure
-    for a memory target. Every round's time is kept in ``extra["round_seconds"]``.
+    for a memory target. Every round's time is kept in ``extra["round_seconds"]``, and
+    beside it each round's CPU seconds, the client's (``round_cpu_seconds``) and, where
+    the row was measured against a store, its server's (``round_server_cpu_seconds``): a
+    slow round then shows whether the test server, not the method, was busy.
     """
     if len(rounds) == 1:
         return list(rounds[0].values())
@@ -239,13 +242,12 @@ def combine_rounds(rounds: Sequence[Mapping[str, Row]]) -> list[Row]:
             continue
         middle = timed[(len(timed) - 1) // 2]
         rss = [s.peak_rss_kib for s in timed if s.peak_rss_kib is not None]
-        combined.append(
-            replace(
-                middle,
-                peak_rss_kib=max(rss) if rss else None,
-                extra={**middle.extra, "round_seconds": [s.seconds for s in samples]},
-            )
-        )
+        extra = {**middle.extra, "round_seconds": [s.seconds for s in samples]}
+        if any(s.cpu_seconds is not None for s in samples):
+            extra["round_cpu_seconds"] = [s.cpu_seconds for s in samples]
+        if any(s.extra.get("server_cpu_seconds") is not None for s in samples):
+            extra["round_server_cpu_seconds"] = [s.extra.get("server_cpu_seconds") for s in samples]
+        combined.append(replace(middle, peak_rss_kib=max(rss) if rss else None, extra=extra))
     return combined
 
 
