@@ -134,6 +134,15 @@ def test_pull_mode_on_seaweedfs_in_both_disk_states() -> None:
     union = rows["shards_union"]["extra"]
     assert (union["missing"], union["doubled_or_foreign"]) == (0, 0)
     assert all(rows[f"shard_{r}"]["extra"]["ranged_requests"] >= 1 for r in range(4))
+    # Every row that reads packages started from a server that had just served them
+    # all (read directly, not through the emulator: the rows' counts above exclude it):
+    # the cold pair in 2 + 2 rounds, the subset and the 4 shards in 2 rested rounds.
+    warmed = [
+        int(n.replace(",", ""))
+        for n in re.findall(r"warmed SeaweedFS: read its packages \(([\d,]+) bytes\)", stderr)
+    ]
+    assert len(warmed) == 4 * 2 + 2 * (1 + 4)
+    assert len(set(warmed)) == 1 and warmed[0] >= FILES * 2000
     # Two rounds per state, the competing rows in alternating order (AB, BA).
     assert len(packaged["extra"]["round_seconds"]) == 2
     assert _round_order(stderr, "dspkg pull, packaged (cold cache)", "s5cmd cp package") == [

@@ -18,6 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import obstore
+from obstore.store import S3Store
+
 from dspkg.bench.processes import Sample, Spawner
 from dspkg.bench.servers import LocalServer, S3Credentials, start_moto, start_seaweedfs
 from dspkg.bench.settings import SERVER_NAMES, ServerKind
@@ -172,6 +175,36 @@ class S3Lab:
         """Run ``argv`` to completion and measure its time, peak RSS and CPU."""
         assert self._spawner is not None
         return self._spawner.run(argv, env=env, cwd=cwd)
+
+    def warm_server(self, prefix: str, suffix: str) -> int:
+        """Read every object under ``prefix`` named ``*suffix`` once, straight from the
+        server (not through the emulator: not timed, not counted); return the bytes read.
+
+        SeaweedFS keeps the chunks it last served in memory. A row that reads a package
+        after other rows have pushed its chunks out (the per-file rows read 3 GB of small
+        objects) finds the server filling that cache, faulting in fresh memory: 3-4 CPU-s
+        of the server's system time on two cores, in the first seconds of the row (measured
+        with perf: ``clear_page_erms`` under ``do_anonymous_page``). S3 itself puts no such
+        cost on the client's machine, and it falls on whichever competing row happens to
+        come first, so the rows that read packages start from a server that has just
+        served them.
+        """
+        assert self._server is not None
+        store = S3Store(
+            BUCKET,
+            endpoint=f"http://127.0.0.1:{self._server.port}",
+            access_key_id=CREDENTIALS.access_key_id,
+            secret_access_key=CREDENTIALS.secret_access_key,
+            region=CREDENTIALS.region,
+            client_options={"allow_http": True},
+        )
+        total = 0
+        for batch in obstore.list(store, prefix=prefix):
+            for meta in batch:
+                if meta["path"].endswith(suffix):
+                    for chunk in obstore.get(store, meta["path"]).stream():
+                        total += len(chunk)
+        return total
 
     def measure(
         self, argv: Sequence[str], env: Mapping[str, str], *, cwd: Path | None = None
