@@ -304,6 +304,8 @@ def test_mount_mode_on_seaweedfs() -> None:
     # The competing rows ran in every round, in alternating order; the random 1% once.
     assert len(rows["pull_read"]["extra"]["round_seconds"]) == 2
     assert len(rows["mount_pass"]["extra"]["round_seconds"]) == 2
+    # Each of the 2 + 2 paired rows and the random 1% started from a warmed server.
+    assert err.count("warmed SeaweedFS: read its packages") == 5
     order = re.findall(r"measuring: (dspkg pull|dspkg mount, every)", err)
     assert order == ["dspkg pull", "dspkg mount, every", "dspkg mount, every", "dspkg pull"]
     targets = {t["key"]: t for t in doc["targets"]}

@@ -25,6 +25,7 @@ from dspkg.bench.processes import Sample, Spawner
 from dspkg.bench.servers import LocalServer, S3Credentials, start_moto, start_seaweedfs
 from dspkg.bench.settings import SERVER_NAMES, ServerKind
 from dspkg.bench.wan import WanConfig, WanEmulator
+from dspkg.layout import PACKAGE_SUFFIX
 
 BUCKET = "dspkg-bench"
 CREDENTIALS = S3Credentials("bench", "bench-secret")
@@ -176,9 +177,9 @@ class S3Lab:
         assert self._spawner is not None
         return self._spawner.run(argv, env=env, cwd=cwd)
 
-    def warm_server(self, prefix: str, suffix: str) -> int:
-        """Read every object under ``prefix`` named ``*suffix`` once, straight from the
-        server (not through the emulator: not timed, not counted); return the bytes read.
+    def warm_server(self, prefix: str) -> int:
+        """Read every package under ``prefix`` once, straight from the server (not through
+        the emulator: not timed, not counted); return the bytes read.
 
         SeaweedFS keeps the chunks it last served in memory. A row that reads a package
         after other rows have pushed its chunks out (the per-file rows read 3 GB of small
@@ -201,9 +202,10 @@ class S3Lab:
         total = 0
         for batch in obstore.list(store, prefix=prefix):
             for meta in batch:
-                if meta["path"].endswith(suffix):
+                if meta["path"].endswith(PACKAGE_SUFFIX):
                     for chunk in obstore.get(store, meta["path"]).stream():
                         total += len(chunk)
+        self.say(f"warmed {self.server_name}: read its packages ({total:,} bytes) directly")
         return total
 
     def measure(

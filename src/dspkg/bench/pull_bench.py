@@ -208,8 +208,7 @@ class PullBench:
     def _warm_server(self) -> None:
         """Before a row that reads packages: the server has just served them (see
         :meth:`S3Lab.warm_server`), whichever rows ran before."""
-        read = self.lab.warm_server(STORE_PREFIX + "/", PACKAGE_SUFFIX)
-        self.say(f"warmed {self.lab.server_name}: read its packages ({read:,} bytes) directly")
+        self.lab.warm_server(STORE_PREFIX + "/")
 
     def _measure(self, key: str) -> None:
         if key in COLD_PAIR:
