@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,10 @@ Direction = Literal["down", "up"]
 # The share of the CPUs the server can use (one for moto, whose request handling holds
 # the GIL; all for SeaweedFS) above which a row measured the server, not the method.
 SERVER_BOUND = 0.6
+# The share of all CPUs the client, the server and the emulator kept busy together above
+# which a row measured the machine they share, when the test bed (server and emulator)
+# used at least half of that CPU time.
+MACHINE_BOUND = 0.85
 
 
 def store_row(
@@ -50,21 +55,9 @@ def store_row(
 
 def testbed_facts(rows: Sequence[Row], lab: S3Lab) -> dict[str, Any]:
     """Figures about the test bed itself, and notes where it, not the method, set the pace."""
-    server, cores = lab.server_name, lab.server_cores
-    notes: list[str] = []
-    for row in rows:
-        cpu = row.extra.get("server_cpu_seconds")
-        if cpu is None or not row.seconds:
-            continue
-        busy = cpu / (row.seconds * cores)
-        if busy >= SERVER_BOUND:
-            where = "" if row.state == "rested" else f" ({STATE_LABELS[row.state]})"
-            notes.append(
-                f"{row.method}{where}: {server} was busy {busy:.0%} of the time "
-                f"({cpu:.1f} CPU s on {cores} CPU{'s' if cores > 1 else ''} it can use, "
-                f"{row.requests:,} requests); the row is bound by the test server, not by "
-                "the link or the method, and real S3 would serve it faster"
-            )
+    server = lab.server_name
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    notes = bound_rows(rows, server, lab.server_cores, cpus)
     closing = [
         r
         for r in rows
@@ -87,6 +80,39 @@ def testbed_facts(rows: Sequence[Row], lab: S3Lab) -> dict[str, Any]:
         "rss_floor_mb": round(lab.rss_floor_kib * 1024 / 1e6, 1),
         "notes": notes,
     }
+
+
+def bound_rows(rows: Sequence[Row], server: str, cores: int, cpus: int) -> list[str]:
+    """Notes for the rows the test bed, not the method, set the pace of: the server alone
+    busy on the ``cores`` it can use, or the client, the server and the emulator together
+    filling the machine's ``cpus`` with the bed's share at least half."""
+    notes = []
+    for row in rows:
+        cpu = row.extra.get("server_cpu_seconds")
+        if cpu is None or not row.seconds:
+            continue
+        where = "" if row.state == "rested" else f" ({STATE_LABELS[row.state]})"
+        busy = cpu / (row.seconds * cores)
+        if busy >= SERVER_BOUND:
+            notes.append(
+                f"{row.method}{where}: {server} was busy {busy:.0%} of the time "
+                f"({cpu:.1f} CPU s on {cores} CPU{'s' if cores > 1 else ''} it can use, "
+                f"{row.requests:,} requests); the row is bound by the test server, not by "
+                "the link or the method, and real S3 would serve it faster"
+            )
+            continue
+        emulator = row.extra.get("emulator_cpu_seconds") or 0.0
+        client = row.cpu_seconds or 0.0
+        total = client + cpu + emulator
+        if total >= MACHINE_BOUND * row.seconds * cpus and cpu + emulator >= total / 2:
+            notes.append(
+                f"{row.method}{where}: the client, {server} and the WAN emulator kept the "
+                f"{cpus} CPUs {total / (row.seconds * cpus):.0%} busy ({client:.1f} + "
+                f"{cpu:.1f} + {emulator:.1f} CPU s), more than half of it the test bed's; "
+                "the row is bound by the machine the bed shares with the method, and would "
+                "run faster against a remote S3"
+            )
+    return notes
 
 
 def local_row(key: str, method: str, files: int, *samples: Sample) -> Row:
