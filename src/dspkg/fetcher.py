@@ -303,18 +303,12 @@ class Fetcher:
         # what dspkg writes); a second one when the tail fell short of it. A manifest
         # holding some of the package's files (a subset, a batch of a big pull) sizes
         # the rest of the names by theirs.
-        def sized() -> tuple[list[FileEntry], int]:
-            mine = [f for f in self.manifest.files if f.package == index]
-            names = sum(len(f.path.encode()) for f in mine)
-            if mine and len(mine) < info.entries:
-                names = -(-names * info.entries // len(mine))
-            count = max(len(mine), info.entries)
-            return mine, count * (zf.CENTRAL.size + zf.CENTRAL_ZIP64_EXTRA_MAX) + names
-
-        # About 1 microsecond a file: in a thread, so that the loop sends the package's
-        # ranged GETs meanwhile (80 ms at 100,000 files, right when they are due).
-        loop = asyncio.get_running_loop()
-        mine, expected = await loop.run_in_executor(None, sized)
+        mine = [f for f in self.manifest.files if f.package == index]
+        names = sum(len(f.path.encode()) for f in mine)
+        if mine and len(mine) < info.entries:
+            names = -(-names * info.entries // len(mine))
+        count = max(len(mine), info.entries)
+        expected = count * (zf.CENTRAL.size + zf.CENTRAL_ZIP64_EXTRA_MAX) + names
         tail_start = max(0, info.size - zf.END_RECORDS_MAX - expected)
         spans[tail_start] = await self.store.get_range(info.key, tail_start, info.size)
         where = locate_central_directory(read, info.size, obj=name)
@@ -342,7 +336,7 @@ class Fetcher:
 
         # About 5 microseconds an entry: in a thread, so that the loop keeps handing the
         # ranges' chunks to the disk threads meanwhile.
-        await loop.run_in_executor(None, check)
+        await asyncio.get_running_loop().run_in_executor(None, check)
 
     # --- ranges -----------------------------------------------------------------------
 
