@@ -64,23 +64,20 @@ class MountBench:
             self.rows, self.runs = {}, self.work / "runs" / f"rested-{index + 1}"
             self.say(f"round rested-{index + 1} ({index + 1} of {self.s.repeat})")
             for key in alternate(PAIR, index):
-                self._warm_server()
+                # Each row from a server that has just served the packages, whichever
+                # row ran before (see S3Lab.warm_server).
+                self.lab.warm_server(STORE_PREFIX + "/")
                 measures[key]()
             rounds.append(self.rows)
         # The random 1% is judged by its bytes (a seeded choice: the same in every round),
         # so it runs once, after the rounds.
         self.runs = self.work / "runs" / "random"
         self.rows = {}
-        self._warm_server()
+        self.lab.warm_server(STORE_PREFIX + "/")
         self._mount("mount_random", "dspkg mount, a random 1% of the files", "random")
         random = self.rows["mount_random"]
         targets = combine_targets([self._pair_targets(r) for r in rounds])
         return [*combine_rounds(rounds), random], [*targets, self._random_target(random)]
-
-    def _warm_server(self) -> None:
-        """Before each row: the server has just served the packages (see
-        :meth:`S3Lab.warm_server`), whichever row ran before."""
-        self.lab.warm_server(STORE_PREFIX + "/")
 
     def _mount_pass(self) -> None:
         self._mount("mount_pass", "dspkg mount, every file in os.walk order", "pass")
