@@ -106,6 +106,7 @@ def test_pull_mode_on_seaweedfs_in_both_disk_states() -> None:
             "shards_union",
             "creation_floor",
             "network_floor",
+            "download_floor",
         },
     )
     packaged, per_file = rows["packaged_cold"], rows["per_file_cold"]
@@ -134,14 +135,20 @@ def test_pull_mode_on_seaweedfs_in_both_disk_states() -> None:
     union = rows["shards_union"]["extra"]
     assert (union["missing"], union["doubled_or_foreign"]) == (0, 0)
     assert all(rows[f"shard_{r}"]["extra"]["ranged_requests"] >= 1 for r in range(4))
+    # The download floor read the packaged version's packages whole, in ranged GETs
+    # (through the emulator, which counted them), and wrote nothing.
+    floor = rows["download_floor"]
+    assert floor["requests"] == floor["extra"]["ranged_requests"] >= 1
+    assert FILES * 2000 < floor["wire_bytes"] < packaged["wire_bytes"]
     # Every row that reads packages started from a server that had just served them
     # all (read directly, not through the emulator: the rows' counts above exclude it):
-    # the cold pair in 2 + 2 rounds, the subset and the 4 shards in 2 rested rounds.
+    # the cold pair and the download floor in 2 + 2 rounds, the subset and the 4
+    # shards in 2 rested rounds.
     warmed = [
         int(n.replace(",", ""))
         for n in re.findall(r"warmed SeaweedFS: read its packages \(([\d,]+) bytes\)", stderr)
     ]
-    assert len(warmed) == 4 * 2 + 2 * (1 + 4)
+    assert len(warmed) == 4 * 3 + 2 * (1 + 4)
     assert len(set(warmed)) == 1 and warmed[0] >= FILES * 2000
     # Two rounds per state, the competing rows in alternating order (AB, BA).
     assert len(packaged["extra"]["round_seconds"]) == 2
@@ -158,6 +165,7 @@ def test_pull_mode_on_seaweedfs_in_both_disk_states() -> None:
         "s5cmd_zip_unzip",
         "creation_floor",
         "network_floor",
+        "download_floor",
     }
     assert deleted["packaged_cold"]["extra"]["seconds_after_deletion"] < 60
     deletions = doc["facts"]["deletions"]

@@ -14,7 +14,9 @@ per round; the median of the rounds decides it.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from dspkg.bench import data
 from dspkg.bench.floors import creation_floor, network_floor
-from dspkg.bench.harness import S3Lab, Say
+from dspkg.bench.harness import BUCKET, S3Lab, Say
 from dspkg.bench.processes import BenchError, dspkg_argv
 from dspkg.bench.results import (
     DiskState,
@@ -47,6 +49,7 @@ from dspkg.bench.scenario import (
 from dspkg.bench.settings import DATASET, BenchSettings
 from dspkg.bench.tools import S5CMD_MISSING, find_s5cmd, require
 from dspkg.layout import PACKAGE_SUFFIX
+from dspkg.pull_plan import Tuning
 
 PACKAGED = f"dataset://{DATASET}/packaged"
 PLAIN = f"dataset://{DATASET}/plain"
@@ -62,6 +65,8 @@ DISK_DRIFT = 1.5
 COLD_PAIR = ("packaged_cold", "s5cmd_zip_unzip")
 PER_FILE_PAIR = ("per_file_cold", "s5cmd_per_file")
 SHARDS = 4
+# Issue 13: the cold packaged pull at least this many times faster than s5cmd per-file.
+PER_FILE_GOAL = 10.0
 # Sizes below which a goal set for large versions is shown but not judged.
 LARGE = 100_000
 
@@ -79,6 +84,22 @@ def disk_note(before: float, after: float) -> str | None:
         f"rounds and {after:,.0f} after them; rows that create files are not comparable "
         "within those rounds (ext4 creates files slowly for minutes after mass deletions: "
         "run again on a quiet disk)"
+    )
+
+
+def reach_note(per_file: Row, floor: Row, goal: float) -> str | None:
+    """A note when ``goal`` times faster than s5cmd per-file asks for a cold pull quicker
+    than the download floor: no client could meet it on this bed (None when it could)."""
+    if not per_file.seconds or not floor.seconds:
+        return None
+    needed = per_file.seconds / goal
+    if needed >= floor.seconds:
+        return None
+    return (
+        f"{goal:g}x {per_file.method} ({per_file.seconds:.1f} s) needs a cold pull of at most "
+        f"{needed:.2f} s, less than the {floor.seconds:.2f} s this server and link took to "
+        "deliver the packages' bytes alone (download floor): no client could meet that "
+        "goal on this test bed"
     )
 
 
@@ -105,6 +126,8 @@ class PullBench:
         self.s5cmd = find_s5cmd()
         self.child_files = max(settings.files // 100, 1)
         self.packages = 0  # of the packaged version, as publishing it reported
+        # Its packages (key in the bucket, size): what the download floor reads.
+        self.package_objects: list[tuple[str, int]] = []
         self.rows: dict[str, Row] = {}
         self.runs = work / "runs"
         self.creation_rates: dict[str, float] = {}
@@ -136,7 +159,9 @@ class PullBench:
             self.say("setup: publishing the packaged and unpackaged versions (unthrottled)")
             published = self.lab.run(dspkg_argv("publish", str(outputs), "--json"), env=env)
             versions = dspkg_figures(published)["versions"]
-            self.packages = next(len(v["packages"]) for v in versions if v["uri"] == PACKAGED)
+            packages = next(v["packages"] for v in versions if v["uri"] == PACKAGED)
+            self.packages = len(packages)
+            self.package_objects = [(f"{STORE_PREFIX}/{p['key']}", p["size"]) for p in packages]
             self.say("setup: publishing the child version (+1% files)")
             self.lab.run(dspkg_argv("publish", str(child), "--json"), env=env)
             if self.s5cmd is not None:
@@ -190,6 +215,7 @@ class PullBench:
     def _rested_round(self, index: int) -> None:
         for key in alternate(COLD_PAIR, index):
             self._measure(key)
+        self._download_floor()
         self._dspkg_pull("warm", "dspkg pull, packaged (warm cache)", PACKAGED, "warm")
         self._cp_al()
         self._dspkg_pull("delta", "dspkg pull, child +1% files (parent cached)", CHILD, "delta")
@@ -203,6 +229,7 @@ class PullBench:
     def _deleted_round(self, index: int) -> None:
         for key in alternate(COLD_PAIR, index):
             self._measure(key)
+        self._download_floor()
         self._floors()
 
     def _warm_server(self) -> None:
@@ -391,6 +418,27 @@ class PullBench:
             extra={"missing": missing, "doubled_or_foreign": doubled},
         )
 
+    def _download_floor(self) -> None:
+        """The packages' bytes through the link in ranged GETs cut as the pull cuts them,
+        read and dropped by a child that writes nothing: the floor this server and link
+        put under the cold pull, time to first byte and ramp included."""
+        key = "download_floor"
+        parallel = Tuning().range_requests
+        method = (
+            f"floor: the packages' bytes through the link (ranged GETs, {parallel} at once, "
+            "kept nowhere)"
+        )
+        self.say(f"measuring: {method}")
+        self._warm_server()
+        pairs = [f"{k}:{size}" for k, size in self.package_objects]
+        argv = [sys.executable, "-m", "dspkg.bench._drain", BUCKET, *pairs]
+        measured = self.lab.measure(argv, self.lab.env())
+        read = json.loads(measured.sample.stdout)["bytes"]
+        expected = sum(size for _, size in self.package_objects)
+        if read != expected:
+            raise BenchError(f"{method}: read {read:,} bytes of {expected:,}")
+        self.rows[key] = store_row(key, method, self.s.files, measured, "down")
+
     def _floors(self) -> None:
         s = self.s
         self.say("measuring: file-creation floor (lean single-threaded loop)")
@@ -457,7 +505,7 @@ class PullBench:
                     "cold packaged pull vs s5cmd per-file (s5cmd time / dspkg time)",
                     ratio(r["s5cmd_per_file"], packaged),
                     ">=",
-                    10.0,
+                    PER_FILE_GOAL,
                     "x",
                     no_s5,
                     answers=ISSUE_13,
@@ -577,5 +625,10 @@ def run_pull(settings: BenchSettings, work: Path, say: Say) -> Outcome:
         note = disk_note(rates["before"], rates["after"]) if "after" in rates else None
         if note:
             facts["notes"].append(note)
+        rested = {r.key: r for r in rows if r.state == "rested"}
+        if "download_floor" in rested and not rested["s5cmd_per_file"].skipped:
+            reach = reach_note(rested["s5cmd_per_file"], rested["download_floor"], PER_FILE_GOAL)
+            if reach:
+                facts["notes"].append(reach)
     say(f"pull benchmark done in {time.monotonic() - started:.0f} s")
     return Outcome(tuple(rows), tuple(targets), facts)

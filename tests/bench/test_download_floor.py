@@ -1,0 +1,51 @@
+"""The download floor's pure parts: how it cuts a package, and when it says a goal is
+out of any client's reach."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dspkg.bench._drain import parts
+from dspkg.bench.pull_bench import reach_note
+from dspkg.bench.results import Row
+from dspkg.pull_plan import Tuning
+
+
+@given(size=st.integers(1, 1 << 34), requests=st.integers(1, 16))
+def test_parts_cover_the_object_once_in_ranges_no_longer_than_the_pulls(
+    size: int, requests: int
+) -> None:
+    tuning = Tuning(range_requests=requests)
+    cut = parts(size, tuning)
+    assert cut[0][0] == 0 and cut[-1][1] == size
+    assert all(a < b for a, b in cut)
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(cut))
+    assert max(b - a for a, b in cut) <= tuning.range_limit(size)
+    # As many as the pull would need, not more.
+    assert len(cut) == -(-size // tuning.range_limit(size))
+
+
+def test_a_gigabyte_package_is_read_as_the_pull_reads_it() -> None:
+    cut = parts(1_000_000_000, Tuning())
+    assert len(cut) == Tuning().range_requests == 8
+
+
+def _row(key: str, seconds: float | None) -> Row:
+    return Row(key, f"method {key}", 100_000, seconds)
+
+
+def test_reach_note_names_the_goal_the_floor_and_the_time_it_needs() -> None:
+    note = reach_note(_row("s5cmd_per_file", 85.0), _row("download_floor", 8.7), 10.0)
+    assert note is not None
+    assert "10x method s5cmd_per_file (85.0 s) needs a cold pull of at most 8.50 s" in note
+    assert "8.70 s" in note and "no client could meet" in note
+
+
+def test_no_reach_note_when_the_goal_is_within_reach_or_unmeasured() -> None:
+    assert reach_note(_row("s5cmd_per_file", 90.0), _row("download_floor", 8.7), 10.0) is None
+    assert reach_note(_row("s5cmd_per_file", 87.0), _row("download_floor", 8.7), 10.0) is None
+    assert reach_note(_row("s5cmd_per_file", None), _row("download_floor", 8.7), 10.0) is None
+    assert reach_note(_row("s5cmd_per_file", 85.0), _row("download_floor", None), 10.0) is None
