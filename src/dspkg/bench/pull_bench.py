@@ -428,8 +428,8 @@ class PullBench:
             f"floor: the packages' bytes through the link (ranged GETs, {parallel} at once, "
             "kept nowhere)"
         )
-        self.say(f"measuring: {method}")
         self._warm_server()
+        self.say(f"measuring: {method}")
         pairs = [f"{k}:{size}" for k, size in self.package_objects]
         argv = [sys.executable, "-m", "dspkg.bench._drain", BUCKET, *pairs]
         measured = self.lab.measure(argv, self.lab.env())
