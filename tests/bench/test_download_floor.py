@@ -4,12 +4,13 @@ out of any client's reach."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dspkg.bench._drain import parts
-from dspkg.bench.pull_bench import reach_note
+from dspkg.bench.pull_bench import LARGE, per_file_reach, reach_note
 from dspkg.bench.results import Row
 from dspkg.pull_plan import Tuning
 
@@ -49,3 +50,15 @@ def test_no_reach_note_when_the_goal_is_within_reach_or_unmeasured() -> None:
     assert reach_note(_row("s5cmd_per_file", 87.0), _row("download_floor", 8.7), 10.0) is None
     assert reach_note(_row("s5cmd_per_file", None), _row("download_floor", 8.7), 10.0) is None
     assert reach_note(_row("s5cmd_per_file", 85.0), _row("download_floor", None), 10.0) is None
+
+
+def test_the_run_notes_the_reach_only_where_the_per_file_goal_is_judged() -> None:
+    rows = [_row("s5cmd_per_file", 85.0), _row("download_floor", 8.7)]
+    assert per_file_reach(rows, LARGE) == reach_note(rows[0], rows[1], 10.0) is not None
+    # Below the size the goal is set for, after deletions only, or without a row: none.
+    assert per_file_reach(rows, LARGE - 1) is None
+    deleted = [replace(r, state="deleted") for r in rows]
+    assert per_file_reach(deleted, LARGE) is None
+    assert per_file_reach(rows[:1], LARGE) is None
+    skipped = [replace(rows[0], seconds=None, skipped="s5cmd is missing"), rows[1]]
+    assert per_file_reach(skipped, LARGE) is None

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,6 +101,16 @@ def reach_note(per_file: Row, floor: Row, goal: float) -> str | None:
         "deliver the packages' bytes alone (download floor): no client could meet that "
         "goal on this test bed"
     )
+
+
+def per_file_reach(rows: Sequence[Row], files: int) -> str | None:
+    """:func:`reach_note` for a run's combined rows, where the per-file goal is judged
+    (``LARGE`` files or more, s5cmd present, the download floor measured)."""
+    rested = {r.key: r for r in rows if r.state == "rested"}
+    per_file, floor = rested.get("s5cmd_per_file"), rested.get("download_floor")
+    if files < LARGE or per_file is None or per_file.skipped or floor is None:
+        return None
+    return reach_note(per_file, floor, PER_FILE_GOAL)
 
 
 def remove_tree(root: Path) -> int:
@@ -625,10 +635,8 @@ def run_pull(settings: BenchSettings, work: Path, say: Say) -> Outcome:
         note = disk_note(rates["before"], rates["after"]) if "after" in rates else None
         if note:
             facts["notes"].append(note)
-        rested = {r.key: r for r in rows if r.state == "rested"}
-        if "download_floor" in rested and not rested["s5cmd_per_file"].skipped:
-            reach = reach_note(rested["s5cmd_per_file"], rested["download_floor"], PER_FILE_GOAL)
-            if reach:
-                facts["notes"].append(reach)
+        reach = per_file_reach(rows, settings.files)
+        if reach:
+            facts["notes"].append(reach)
     say(f"pull benchmark done in {time.monotonic() - started:.0f} s")
     return Outcome(tuple(rows), tuple(targets), facts)
