@@ -20,7 +20,7 @@ from dspkg.progress import Progress
 from dspkg.publish_plan import FEW_FILES, BuiltPackage, PackagePlan
 from dspkg.sizes import format_size
 from dspkg.sources import Batch, LocalFile, ReadFile
-from dspkg.store import Store
+from dspkg.store import PART_SIZE, UPLOAD_CONCURRENCY, Store
 from dspkg.zipwriter import LOCAL_PREFIX, PackageWriter
 
 # Each file as it is packaged, with where its data starts in the package.
@@ -111,8 +111,8 @@ async def upload_package(
     reader: Source,
     *,
     on_file: OnFile = _no_op,
-    part_size: int = 8 << 20,
-    concurrency: int = 8,
+    part_size: int = PART_SIZE,
+    concurrency: int = UPLOAD_CONCURRENCY,
     keep_data: bool = True,
 ) -> BuiltPackage:
     """Read, hash and package ``plan.files`` into ``plan.key``; ``on_file`` sees each file

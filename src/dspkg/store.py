@@ -37,6 +37,9 @@ T = TypeVar("T")
 
 # What stream_range yields at a time (the last piece of a range may be shorter).
 STREAM_CHUNK = 1 << 20
+# A streamed upload's parts, and how many of them are in flight (multipart).
+PART_SIZE = 8 << 20
+UPLOAD_CONCURRENCY = 8
 
 # Errors worth another try: network trouble and server-side failures that obstore
 # reports generically once its own request retries are used up, or that cut a body
@@ -359,8 +362,8 @@ class Store:
         key: str,
         chunks: AsyncIterable[bytes],
         *,
-        part_size: int = 8 << 20,
-        concurrency: int = 8,
+        part_size: int = PART_SIZE,
+        concurrency: int = UPLOAD_CONCURRENCY,
     ) -> None:
         """Upload a stream as one object (multipart); nothing appears at ``key`` on failure."""
         counted = self._count_up(chunks)

@@ -10,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dspkg.bench._drain import parts
-from dspkg.bench.pull_bench import LARGE, per_file_reach, reach_note
+from dspkg.bench.publish_bench import upload_reach
+from dspkg.bench.pull_bench import LARGE, per_file_reach
 from dspkg.bench.results import Row
+from dspkg.bench.scenario import reach_note
 from dspkg.pull_plan import Tuning
 
 
@@ -39,22 +41,27 @@ def _row(key: str, seconds: float | None) -> Row:
 
 
 def test_reach_note_names_the_goal_the_floor_and_the_time_it_needs() -> None:
-    note = reach_note(_row("s5cmd_per_file", 85.0), _row("download_floor", 8.7), 10.0)
+    note = reach_note(
+        _row("s5cmd_per_file", 85.0), _row("download_floor", 8.7), 10.0, "a cold pull"
+    )
     assert note is not None
     assert "10x method s5cmd_per_file (85.0 s) needs a cold pull of at most 8.50 s" in note
-    assert "8.70 s" in note and "no client could meet" in note
+    assert "8.70 s" in note and "(method download_floor)" in note
+    assert "no client could meet" in note
 
 
 def test_no_reach_note_when_the_goal_is_within_reach_or_unmeasured() -> None:
-    assert reach_note(_row("s5cmd_per_file", 90.0), _row("download_floor", 8.7), 10.0) is None
-    assert reach_note(_row("s5cmd_per_file", 87.0), _row("download_floor", 8.7), 10.0) is None
-    assert reach_note(_row("s5cmd_per_file", None), _row("download_floor", 8.7), 10.0) is None
-    assert reach_note(_row("s5cmd_per_file", 85.0), _row("download_floor", None), 10.0) is None
+    assert reach_note(_row("s5cmd_per_file", 90.0), _row("download_floor", 8.7), 10.0, "x") is None
+    assert reach_note(_row("s5cmd_per_file", 87.0), _row("download_floor", 8.7), 10.0, "x") is None
+    assert reach_note(_row("s5cmd_per_file", None), _row("download_floor", 8.7), 10.0, "x") is None
+    assert reach_note(_row("s5cmd_per_file", 85.0), _row("download_floor", None), 10.0, "x") is None
 
 
 def test_the_run_notes_the_reach_only_where_the_per_file_goal_is_judged() -> None:
     rows = [_row("s5cmd_per_file", 85.0), _row("download_floor", 8.7)]
-    assert per_file_reach(rows, LARGE) == reach_note(rows[0], rows[1], 10.0) is not None
+    assert (
+        per_file_reach(rows, LARGE) == reach_note(rows[0], rows[1], 10.0, "a cold pull") is not None
+    )
     # Below the size the goal is set for, after deletions only, or without a row: none.
     assert per_file_reach(rows, LARGE - 1) is None
     deleted = [replace(r, state="deleted") for r in rows]
@@ -62,3 +69,11 @@ def test_the_run_notes_the_reach_only_where_the_per_file_goal_is_judged() -> Non
     assert per_file_reach(rows[:1], LARGE) is None
     skipped = [replace(rows[0], seconds=None, skipped="s5cmd is missing"), rows[1]]
     assert per_file_reach(skipped, LARGE) is None
+
+
+def test_the_publish_notes_the_reach_of_its_per_file_goal() -> None:
+    rows = [_row("s5cmd_upload", 19.3), _row("upload_floor", 2.0)]
+    note = upload_reach(rows)
+    assert note is not None and "needs a publish of at most 1.93 s" in note
+    assert upload_reach([_row("s5cmd_upload", 25.0), rows[1]]) is None
+    assert upload_reach(rows[:1]) is None

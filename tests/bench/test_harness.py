@@ -204,7 +204,9 @@ def test_publish_mode_on_moto_alternates_its_pairs(tmp_path: Path) -> None:
     keep = tmp_path / "work"
     doc, stderr = _bench("--publish", "--server", "moto", "--repeat", "2", "--keep", str(keep))
     assert doc["mode"] == "publish" and doc["facts"]["server"] == "moto"
-    rows = _check_rows(doc, {"publish_local", "zip_local", "publish_s3", "s5cmd_upload"})
+    rows = _check_rows(
+        doc, {"publish_local", "zip_local", "publish_s3", "s5cmd_upload", "upload_floor"}
+    )
     # Two rounds, each a real publish (new names, new stores); the median round reported.
     assert doc["config"]["repeat"] == 2
     assert len(rows["publish_s3"]["extra"]["round_seconds"]) == 2
@@ -222,6 +224,12 @@ def test_publish_mode_on_moto_alternates_its_pairs(tmp_path: Path) -> None:
         assert rows["s5cmd_upload"]["requests"] >= FILES
         assert rows["s5cmd_upload"]["extra"]["requests_by_method"]["PUT"] == FILES
     assert rows["publish_local"]["extra"]["dspkg"]["versions"][0]["created"] is True
+    # The upload floor sent the package's size from memory (through the emulator, which
+    # counted it: the package and a few hundred bytes of headers).
+    package = s3["extra"]["dspkg"]["versions"][0]["packages"][0]["size"]
+    floor = rows["upload_floor"]
+    assert package <= floor["wire_bytes"] < package + 4096
+    assert floor["requests"] >= 1
     assert {t["key"] for t in doc["targets"]} == {
         "publish_local_vs_zip",
         "publish_s3_vs_s5cmd",

@@ -41,6 +41,7 @@ from dspkg.bench.scenario import (
     check_tree,
     dspkg_figures,
     local_row,
+    reach_note,
     s3_url,
     s5cmd_argv,
     store_row,
@@ -87,22 +88,6 @@ def disk_note(before: float, after: float) -> str | None:
     )
 
 
-def reach_note(per_file: Row, floor: Row, goal: float) -> str | None:
-    """A note when ``goal`` times faster than s5cmd per-file asks for a cold pull quicker
-    than the download floor: no client could meet it on this bed (None when it could)."""
-    if not per_file.seconds or not floor.seconds:
-        return None
-    needed = per_file.seconds / goal
-    if needed >= floor.seconds:
-        return None
-    return (
-        f"{goal:g}x {per_file.method} ({per_file.seconds:.1f} s) needs a cold pull of at most "
-        f"{needed:.2f} s, less than the {floor.seconds:.2f} s this server and link took to "
-        "deliver the packages' bytes alone (download floor): no client could meet that "
-        "goal on this test bed"
-    )
-
-
 def per_file_reach(rows: Sequence[Row], files: int) -> str | None:
     """:func:`reach_note` for a run's combined rows, where the per-file goal is judged
     (``LARGE`` files or more, s5cmd present, the download floor measured)."""
@@ -110,7 +95,7 @@ def per_file_reach(rows: Sequence[Row], files: int) -> str | None:
     per_file, floor = rested.get("s5cmd_per_file"), rested.get("download_floor")
     if files < LARGE or per_file is None or per_file.skipped or floor is None:
         return None
-    return reach_note(per_file, floor, PER_FILE_GOAL)
+    return reach_note(per_file, floor, PER_FILE_GOAL, "a cold pull")
 
 
 def remove_tree(root: Path) -> int:
@@ -441,7 +426,7 @@ class PullBench:
         self._warm_server()
         self.say(f"measuring: {method}")
         pairs = [f"{k}:{size}" for k, size in self.package_objects]
-        argv = [sys.executable, "-m", "dspkg.bench._drain", BUCKET, *pairs]
+        argv = [sys.executable, "-m", "dspkg.bench._drain", "get", BUCKET, *pairs]
         measured = self.lab.measure(argv, self.lab.env())
         read = json.loads(measured.sample.stdout)["bytes"]
         expected = sum(size for _, size in self.package_objects)

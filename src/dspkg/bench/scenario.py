@@ -115,6 +115,23 @@ def bound_rows(rows: Sequence[Row], server: str, cores: int, cpus: int) -> list[
     return notes
 
 
+def reach_note(per_file: Row, floor: Row, goal: float, action: str) -> str | None:
+    """A note when ``goal`` times faster than a per-file row asks ``action`` (a cold pull,
+    a publish) to beat the floor of the same bytes through the same link: no client could
+    meet that goal on this bed (None when one could)."""
+    if not per_file.seconds or not floor.seconds:
+        return None
+    needed = per_file.seconds / goal
+    if needed >= floor.seconds:
+        return None
+    return (
+        f"{goal:g}x {per_file.method} ({per_file.seconds:.1f} s) needs {action} of at most "
+        f"{needed:.2f} s, less than the {floor.seconds:.2f} s this server and link took to "
+        f"move the packages' bytes alone ({floor.method}): no client could meet that goal "
+        "on this test bed"
+    )
+
+
 def local_row(key: str, method: str, files: int, *samples: Sample) -> Row:
     """A row for local work (no store): times and CPU add up, peak RSS is the largest."""
     return Row(
