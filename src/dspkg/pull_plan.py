@@ -48,14 +48,18 @@ class Tuning:
     def blob_parts(self, size: int) -> list[tuple[int, int]]:
         """The byte ranges a blob of ``size`` bytes is fetched in: one, or parts of about
         ``blob_part`` bytes fetched in parallel."""
-        count = max(1, size // self.blob_part)
-        edges = [size * i // count for i in range(count + 1)]
-        return list(itertools.pairwise(edges))
+        return even_parts(size, max(1, size // self.blob_part))
 
     @property
     def gap_bytes(self) -> int:
         """Bytes worth downloading to save one request."""
         return max(int(self.bandwidth * self.rtt), 64 << 10)
+
+
+def even_parts(size: int, count: int) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges that cover ``size`` bytes in ``count`` nearly equal parts."""
+    edges = [size * i // count for i in range(count + 1)]
+    return list(itertools.pairwise(edges))
 
 
 @dataclass(frozen=True)

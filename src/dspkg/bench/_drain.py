@@ -20,7 +20,6 @@ time to first byte, its ramp and its work, the requests' round trips).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import math
 import os
@@ -30,7 +29,7 @@ from collections.abc import AsyncIterator
 import obstore
 from obstore.store import S3Store
 
-from dspkg.pull_plan import Tuning
+from dspkg.pull_plan import Tuning, even_parts
 from dspkg.store import PART_SIZE, STREAM_CHUNK, UPLOAD_CONCURRENCY
 
 Objects = list[tuple[str, int]]
@@ -39,9 +38,7 @@ Objects = list[tuple[str, int]]
 def parts(size: int, tuning: Tuning) -> list[tuple[int, int]]:
     """``[start, end)`` ranges that cover ``size`` bytes in nearly equal parts, each at most
     as long as the pull's ranges would be."""
-    count = max(1, math.ceil(size / tuning.range_limit(size)))
-    edges = [size * i // count for i in range(count + 1)]
-    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
+    return even_parts(size, max(1, math.ceil(size / tuning.range_limit(size))))
 
 
 async def drain(store: S3Store, objects: Objects, tuning: Tuning) -> int:
