@@ -12,19 +12,19 @@ state of the disk after deletions does not enter it: only rested rounds are run.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from dspkg.bench import data
-from dspkg.bench.harness import BUCKET, S3Lab, Say
-from dspkg.bench.processes import BenchError, dspkg_argv
+from dspkg.bench.harness import S3Lab, Say
+from dspkg.bench.processes import dspkg_argv
 from dspkg.bench.results import Outcome, Row, Target, combine_rounds, combine_targets, ratio
 from dspkg.bench.rounds import alternate
 from dspkg.bench.scenario import (
+    PER_FILE_GOAL,
     dspkg_figures,
+    floor_row,
     reach_note,
     s3_url,
     s5cmd_argv,
@@ -38,8 +38,6 @@ from dspkg.store import PART_SIZE, UPLOAD_CONCURRENCY
 RSS_LIMIT_MB = 300.0
 LOCAL_PAIR = ("publish_local", "zip_local")
 S3_PAIR = ("publish_s3", "s5cmd_upload")
-# Issue 13: the S3 publish at least this many times faster than s5cmd's per-file upload.
-PER_FILE_GOAL = 10.0
 
 
 class PublishBench:
@@ -169,13 +167,8 @@ class PublishBench:
         versions = self.rows["publish_s3"].extra["dspkg"]["versions"]
         sizes = [p["size"] for v in versions for p in v["packages"]]
         prefix = f"upload-floor-{self.round}"
-        pairs = [f"{prefix}/{i}.bin:{size}" for i, size in enumerate(sizes)]
-        argv = [sys.executable, "-m", "dspkg.bench._drain", "put", BUCKET, *pairs]
-        measured = self.lab.measure(argv, self.lab.env())
-        sent = json.loads(measured.sample.stdout)["bytes"]
-        if sent != sum(sizes):
-            raise BenchError(f"{method}: sent {sent:,} bytes of {sum(sizes):,}")
-        self.rows[key] = store_row(key, method, self.s.files, measured, "up")
+        objects = [(f"{prefix}/{i}.bin", size) for i, size in enumerate(sizes)]
+        self.rows[key] = floor_row(self.lab, key, method, self.s.files, "put", objects)
 
     def _targets(self, r: dict[str, Row]) -> list[Target]:
         no_s5 = S5CMD_MISSING if self.s5cmd is None else None

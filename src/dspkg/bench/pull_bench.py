@@ -14,9 +14,7 @@ per round; the median of the rounds decides it.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -24,7 +22,7 @@ from pathlib import Path
 
 from dspkg.bench import data
 from dspkg.bench.floors import creation_floor, network_floor
-from dspkg.bench.harness import BUCKET, S3Lab, Say
+from dspkg.bench.harness import S3Lab, Say
 from dspkg.bench.processes import BenchError, dspkg_argv
 from dspkg.bench.results import (
     DiskState,
@@ -38,8 +36,10 @@ from dspkg.bench.results import (
 )
 from dspkg.bench.rounds import RoundPlan, alternate, plan_rounds
 from dspkg.bench.scenario import (
+    PER_FILE_GOAL,
     check_tree,
     dspkg_figures,
+    floor_row,
     local_row,
     reach_note,
     s3_url,
@@ -66,8 +66,6 @@ DISK_DRIFT = 1.5
 COLD_PAIR = ("packaged_cold", "s5cmd_zip_unzip")
 PER_FILE_PAIR = ("per_file_cold", "s5cmd_per_file")
 SHARDS = 4
-# Issue 13: the cold packaged pull at least this many times faster than s5cmd per-file.
-PER_FILE_GOAL = 10.0
 # Sizes below which a goal set for large versions is shown but not judged.
 LARGE = 100_000
 
@@ -425,14 +423,7 @@ class PullBench:
         )
         self._warm_server()
         self.say(f"measuring: {method}")
-        pairs = [f"{k}:{size}" for k, size in self.package_objects]
-        argv = [sys.executable, "-m", "dspkg.bench._drain", "get", BUCKET, *pairs]
-        measured = self.lab.measure(argv, self.lab.env())
-        read = json.loads(measured.sample.stdout)["bytes"]
-        expected = sum(size for _, size in self.package_objects)
-        if read != expected:
-            raise BenchError(f"{method}: read {read:,} bytes of {expected:,}")
-        self.rows[key] = store_row(key, method, self.s.files, measured, "down")
+        self.rows[key] = floor_row(self.lab, key, method, self.s.files, "get", self.package_objects)
 
     def _floors(self) -> None:
         s = self.s

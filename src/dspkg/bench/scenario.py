@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,9 @@ SERVER_BOUND = 0.6
 # which a row measured the machine they share, when the test bed (server and emulator)
 # used at least half of that CPU time.
 MACHINE_BOUND = 0.85
+# Issue 13: a cold pull and an S3 publish at least this many times faster than s5cmd
+# moving the same files one by one.
+PER_FILE_GOAL = 10.0
 
 
 def store_row(
@@ -113,6 +117,27 @@ def bound_rows(rows: Sequence[Row], server: str, cores: int, cpus: int) -> list[
                 "run faster against a remote S3"
             )
     return notes
+
+
+def floor_row(
+    lab: S3Lab,
+    key: str,
+    method: str,
+    files: int,
+    command: Literal["get", "put"],
+    objects: Sequence[tuple[str, int]],
+) -> Row:
+    """A download (``get``) or upload (``put``) floor: ``objects`` (key in the bucket,
+    size) moved through the link by ``python -m dspkg.bench._drain``, which keeps and
+    reads nothing; its bytes are checked."""
+    pairs = [f"{k}:{size}" for k, size in objects]
+    argv = [sys.executable, "-m", "dspkg.bench._drain", command, BUCKET, *pairs]
+    measured = lab.measure(argv, lab.env())
+    moved = json.loads(measured.sample.stdout)["bytes"]
+    expected = sum(size for _, size in objects)
+    if moved != expected:
+        raise BenchError(f"{method}: moved {moved:,} bytes of {expected:,}")
+    return store_row(key, method, files, measured, "down" if command == "get" else "up")
 
 
 def reach_note(per_file: Row, floor: Row, goal: float, action: str) -> str | None:
