@@ -82,9 +82,10 @@ def test_9990_small_and_10_big_files_pull_exactly_big_ones_in_parallel_parts(
     assert digests(tmp_path / "dest") == digests(root)
     # The manifest (its root and one shard), a size check and a directory check of the
     # package, its ranges, and five ranged GETs per big file; at most eight ranged GETs
-    # ran at once.
+    # ran at once, beside the package's two checks (they go alongside its first ranges,
+    # outside the ranged GETs' slots, so up to two more requests may be in flight).
     assert pulled.requests == 2 + 2 + planned["ranges"] + 10 * parts_per_file
-    assert 2 <= store.stats.peak_in_flight <= Tuning().range_requests
+    assert 2 <= store.stats.peak_in_flight <= Tuning().range_requests + 2
 
 
 def test_a_big_blob_comes_in_parallel_parts_and_is_verified_whole(
