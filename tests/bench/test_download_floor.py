@@ -50,6 +50,17 @@ def test_reach_note_names_the_goal_the_floor_and_the_time_it_needs() -> None:
     assert "no client could meet" in note
 
 
+def test_reach_note_names_the_links_own_floor_when_the_goal_is_below_it_too() -> None:
+    per_file, floor = _row("s5cmd_per_file", 81.3), _row("download_floor", 8.47)
+    beyond = reach_note(per_file, floor, 10.0, "a cold pull", link_seconds=8.14)
+    assert beyond is not None and "less than the 8.14 s they take at the link's full rate" in (
+        beyond
+    )
+    within = reach_note(per_file, floor, 10.0, "a cold pull", link_seconds=8.0)
+    assert within is not None and "full rate" not in within
+    assert within == reach_note(per_file, floor, 10.0, "a cold pull")
+
+
 def test_no_reach_note_when_the_goal_is_within_reach_or_unmeasured() -> None:
     assert reach_note(_row("s5cmd_per_file", 90.0), _row("download_floor", 8.7), 10.0, "x") is None
     assert reach_note(_row("s5cmd_per_file", 87.0), _row("download_floor", 8.7), 10.0, "x") is None
@@ -73,7 +84,22 @@ def test_the_run_notes_the_reach_only_where_the_per_file_goal_is_judged() -> Non
 
 def test_the_publish_notes_the_reach_of_its_per_file_goal() -> None:
     rows = [_row("s5cmd_upload", 19.3), _row("upload_floor", 2.0)]
-    note = upload_reach(rows)
+    note = upload_reach(rows, 1000.0)
     assert note is not None and "needs a publish of at most 1.93 s" in note
-    assert upload_reach([_row("s5cmd_upload", 25.0), rows[1]]) is None
-    assert upload_reach(rows[:1]) is None
+    assert upload_reach([_row("s5cmd_upload", 25.0), rows[1]], 1000.0) is None
+    assert upload_reach(rows[:1], 1000.0) is None
+    # 200 MB through a 1 Gbit/s link take 1.6 s: a goal of 1.55 s is below the link's floor.
+    moved = [_row("s5cmd_upload", 15.5), replace(rows[1], wire_bytes=200_000_000)]
+    note = upload_reach(moved, 1000.0)
+    assert note is not None and "less than the 1.60 s they take at the link's full rate" in note
+    assert "full rate" not in (upload_reach(moved, 500.0 * 4) or "")
+
+
+def test_the_pull_names_the_network_floor_of_its_run() -> None:
+    rows = [
+        _row("s5cmd_per_file", 81.3),
+        _row("download_floor", 8.47),
+        _row("network_floor", 8.14),
+    ]
+    note = per_file_reach(rows, LARGE)
+    assert note is not None and "8.14 s they take at the link's full rate" in note

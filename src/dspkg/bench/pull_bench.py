@@ -93,7 +93,9 @@ def per_file_reach(rows: Sequence[Row], files: int) -> str | None:
     per_file, floor = rested.get("s5cmd_per_file"), rested.get("download_floor")
     if files < LARGE or per_file is None or per_file.skipped or floor is None:
         return None
-    return reach_note(per_file, floor, PER_FILE_GOAL, "a cold pull")
+    link = rested.get("network_floor")
+    link_seconds = link.seconds if link is not None and link.seconds else 0.0
+    return reach_note(per_file, floor, PER_FILE_GOAL, "a cold pull", link_seconds)
 
 
 def remove_tree(root: Path) -> int:

@@ -140,20 +140,28 @@ def floor_row(
     return store_row(key, method, files, measured, "down" if command == "get" else "up")
 
 
-def reach_note(per_file: Row, floor: Row, goal: float, action: str) -> str | None:
+def reach_note(
+    per_file: Row, floor: Row, goal: float, action: str, link_seconds: float = 0.0
+) -> str | None:
     """A note when ``goal`` times faster than a per-file row asks ``action`` (a cold pull,
     a publish) to beat the floor of the same bytes through the same link: no client could
-    meet that goal on this bed (None when one could)."""
+    meet that goal on this bed (None when one could). ``link_seconds`` (the bytes at the
+    link's full rate, when known) is named too when the goal asks for less than even that."""
     if not per_file.seconds or not floor.seconds:
         return None
     needed = per_file.seconds / goal
     if needed >= floor.seconds:
         return None
+    beyond_link = (
+        f", and less than the {link_seconds:.2f} s they take at the link's full rate"
+        if needed < link_seconds
+        else ""
+    )
     return (
         f"{goal:g}x {per_file.method} ({per_file.seconds:.1f} s) needs {action} of at most "
         f"{needed:.2f} s, less than the {floor.seconds:.2f} s this server and link took to "
-        f"move the packages' bytes alone ({floor.method}): no client could meet that goal "
-        "on this test bed"
+        f"move the packages' bytes alone ({floor.method}){beyond_link}: no client could "
+        "meet that goal on this test bed"
     )
 
 
