@@ -51,14 +51,18 @@ def test_reach_note_names_the_goal_the_floor_and_the_time_it_needs() -> None:
 
 
 def test_reach_note_names_the_links_own_floor_when_the_goal_is_below_it_too() -> None:
-    per_file, floor = _row("s5cmd_per_file", 81.3), _row("download_floor", 8.47)
-    beyond = reach_note(per_file, floor, 10.0, "a cold pull", link_seconds=8.14)
-    assert beyond is not None and "less than the 8.14 s they take at the link's full rate" in (
+    # 1,004.6 MB at 1 Gbit/s take 8.04 s: 10x of 80 s asks for 8.00 s, of 81.3 s for 8.13 s.
+    floor = replace(_row("download_floor", 8.47), wire_bytes=1_004_600_000)
+    beyond = reach_note(_row("s5cmd_per_file", 80.0), floor, 10.0, "a cold pull", 1000.0)
+    assert beyond is not None and "less than the 8.04 s they take at the link's full rate" in (
         beyond
     )
-    within = reach_note(per_file, floor, 10.0, "a cold pull", link_seconds=8.0)
+    within = reach_note(_row("s5cmd_per_file", 81.3), floor, 10.0, "a cold pull", 1000.0)
     assert within is not None and "full rate" not in within
-    assert within == reach_note(per_file, floor, 10.0, "a cold pull")
+    # Without the link's rate (unlimited, or not given), only the measured floor is named.
+    for mbit in (0.0, float("inf")):
+        plain = reach_note(_row("s5cmd_per_file", 80.0), floor, 10.0, "a cold pull", mbit)
+        assert plain is not None and "full rate" not in plain
 
 
 def test_no_reach_note_when_the_goal_is_within_reach_or_unmeasured() -> None:
@@ -71,15 +75,17 @@ def test_no_reach_note_when_the_goal_is_within_reach_or_unmeasured() -> None:
 def test_the_run_notes_the_reach_only_where_the_per_file_goal_is_judged() -> None:
     rows = [_row("s5cmd_per_file", 85.0), _row("download_floor", 8.7)]
     assert (
-        per_file_reach(rows, LARGE) == reach_note(rows[0], rows[1], 10.0, "a cold pull") is not None
+        per_file_reach(rows, LARGE, 1000.0)
+        == reach_note(rows[0], rows[1], 10.0, "a cold pull", 1000.0)
+        is not None
     )
     # Below the size the goal is set for, after deletions only, or without a row: none.
-    assert per_file_reach(rows, LARGE - 1) is None
+    assert per_file_reach(rows, LARGE - 1, 1000.0) is None
     deleted = [replace(r, state="deleted") for r in rows]
-    assert per_file_reach(deleted, LARGE) is None
-    assert per_file_reach(rows[:1], LARGE) is None
+    assert per_file_reach(deleted, LARGE, 1000.0) is None
+    assert per_file_reach(rows[:1], LARGE, 1000.0) is None
     skipped = [replace(rows[0], seconds=None, skipped="s5cmd is missing"), rows[1]]
-    assert per_file_reach(skipped, LARGE) is None
+    assert per_file_reach(skipped, LARGE, 1000.0) is None
 
 
 def test_the_publish_notes_the_reach_of_its_per_file_goal() -> None:
@@ -95,11 +101,10 @@ def test_the_publish_notes_the_reach_of_its_per_file_goal() -> None:
     assert "full rate" not in (upload_reach(moved, 500.0 * 4) or "")
 
 
-def test_the_pull_names_the_network_floor_of_its_run() -> None:
+def test_the_pull_names_the_links_floor_of_the_bytes_it_moved() -> None:
     rows = [
-        _row("s5cmd_per_file", 81.3),
-        _row("download_floor", 8.47),
-        _row("network_floor", 8.14),
+        _row("s5cmd_per_file", 80.0),
+        replace(_row("download_floor", 8.47), wire_bytes=1_004_600_000),
     ]
-    note = per_file_reach(rows, LARGE)
-    assert note is not None and "8.14 s they take at the link's full rate" in note
+    note = per_file_reach(rows, LARGE, 1000.0)
+    assert note is not None and "8.04 s they take at the link's full rate" in note

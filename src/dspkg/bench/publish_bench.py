@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dspkg.bench import data
-from dspkg.bench.floors import network_floor
 from dspkg.bench.harness import S3Lab, Say
 from dspkg.bench.processes import dspkg_argv
 from dspkg.bench.results import Outcome, Row, Target, combine_rounds, combine_targets, ratio
@@ -217,14 +216,12 @@ class PublishBench:
 
 
 def upload_reach(rows: Sequence[Row], mbit: float) -> str | None:
-    """:func:`reach_note` for the publish's per-file goal, once its rows are combined
-    (the link's own floor: the upload floor's bytes at ``mbit``)."""
+    """:func:`reach_note` for the publish's per-file goal, once its rows are combined."""
     by_key = {r.key: r for r in rows}
     per_file, floor = by_key.get("s5cmd_upload"), by_key.get("upload_floor")
     if per_file is None or per_file.skipped or floor is None:
         return None
-    link_seconds = network_floor(floor.wire_bytes or 0, mbit)
-    return reach_note(per_file, floor, PER_FILE_GOAL, "a publish", link_seconds)
+    return reach_note(per_file, floor, PER_FILE_GOAL, "a publish", mbit)
 
 
 def run_publish(settings: BenchSettings, work: Path, say: Say) -> Outcome:

@@ -86,16 +86,14 @@ def disk_note(before: float, after: float) -> str | None:
     )
 
 
-def per_file_reach(rows: Sequence[Row], files: int) -> str | None:
+def per_file_reach(rows: Sequence[Row], files: int, mbit: float) -> str | None:
     """:func:`reach_note` for a run's combined rows, where the per-file goal is judged
     (``LARGE`` files or more, s5cmd present, the download floor measured)."""
     rested = {r.key: r for r in rows if r.state == "rested"}
     per_file, floor = rested.get("s5cmd_per_file"), rested.get("download_floor")
     if files < LARGE or per_file is None or per_file.skipped or floor is None:
         return None
-    link = rested.get("network_floor")
-    link_seconds = link.seconds if link is not None and link.seconds else 0.0
-    return reach_note(per_file, floor, PER_FILE_GOAL, "a cold pull", link_seconds)
+    return reach_note(per_file, floor, PER_FILE_GOAL, "a cold pull", mbit)
 
 
 def remove_tree(root: Path) -> int:
@@ -613,7 +611,7 @@ def run_pull(settings: BenchSettings, work: Path, say: Say) -> Outcome:
         note = disk_note(rates["before"], rates["after"]) if "after" in rates else None
         if note:
             facts["notes"].append(note)
-        reach = per_file_reach(rows, settings.files)
+        reach = per_file_reach(rows, settings.files, settings.mbit)
         if reach:
             facts["notes"].append(reach)
     say(f"pull benchmark done in {time.monotonic() - started:.0f} s")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dspkg.bench.data import count_files
+from dspkg.bench.floors import network_floor
 from dspkg.bench.harness import BUCKET, S3Lab, StoreSample
 from dspkg.bench.processes import BenchError, Sample
 from dspkg.bench.results import STATE_LABELS, Row
@@ -141,20 +142,21 @@ def floor_row(
 
 
 def reach_note(
-    per_file: Row, floor: Row, goal: float, action: str, link_seconds: float = 0.0
+    per_file: Row, floor: Row, goal: float, action: str, mbit: float = 0.0
 ) -> str | None:
     """A note when ``goal`` times faster than a per-file row asks ``action`` (a cold pull,
     a publish) to beat the floor of the same bytes through the same link: no client could
-    meet that goal on this bed (None when one could). ``link_seconds`` (the bytes at the
-    link's full rate, when known) is named too when the goal asks for less than even that."""
+    meet that goal on this bed (None when one could). With the link's rate (``mbit``), the
+    note also says when the goal asks for less than the floor's bytes take at that rate."""
     if not per_file.seconds or not floor.seconds:
         return None
     needed = per_file.seconds / goal
     if needed >= floor.seconds:
         return None
+    link = network_floor(floor.wire_bytes or 0, mbit)
     beyond_link = (
-        f", and less than the {link_seconds:.2f} s they take at the link's full rate"
-        if needed < link_seconds
+        f", and less than the {link:.2f} s they take at the link's full rate"
+        if needed < link
         else ""
     )
     return (
